@@ -1,0 +1,21 @@
+# slidestock: reproducible stocks of low-resolution whole-slide images from IDC.
+# Run: snakemake --cores 16 (config/config.yaml); every config key: config/README.md.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/cohort.smk"
+include: "workflow/rules/slides.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        "results/report/slides.csv",
+        "results/report/index.html",

@@ -1,0 +1,43 @@
+# The cohort (lock file) and the level plan; both are checkpoints because the
+# slide jobs, and their parameters, depend on what they contain.
+
+
+checkpoint cohort:
+    output:
+        lock="results/cohort/cohort.tsv",
+    log:
+        "logs/cohort/cohort.log",
+    benchmark:
+        "benchmarks/cohort/cohort.tsv"
+    retries: 1
+    conda:
+        ENV
+    resources:
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        runtime=lambda wildcards, attempt: 20 * attempt,
+    params:
+        cohort=CONFIG["cohort"],
+    script:
+        "../scripts/cohort.py"
+
+
+checkpoint plan:
+    input:
+        lock="results/cohort/cohort.tsv",
+    output:
+        plan="results/cohort/instances.tsv",
+    log:
+        "logs/plan/plan.log",
+    benchmark:
+        "benchmarks/plan/plan.tsv"
+    retries: 1
+    conda:
+        ENV
+    resources:
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        runtime=lambda wildcards, attempt: 20 * attempt,
+    params:
+        tables=CONFIG["cohort"]["tables"],
+        target=CONFIG["target"],
+    script:
+        "../scripts/plan.py"

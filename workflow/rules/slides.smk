@@ -1,0 +1,31 @@
+# One job per slide: fetch the planned level with s5cmd into the job's tmpdir,
+# check its size, downsample it, write the image and its provenance JSON.
+# The download never leaves the job: it is deleted when the job ends.
+
+
+rule slide:
+    input:
+        plan=ancient("results/cohort/instances.tsv"),
+    output:
+        record="results/slides/{slide}.json",
+    log:
+        "logs/slide/{slide}.log",
+    benchmark:
+        "benchmarks/slide/{slide}.tsv"
+    retries: 2
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 1500 * attempt,
+        runtime=lambda wildcards, attempt: 30 * attempt,
+        disk_mb=get_slide_disk_mb,
+    # The endpoint is read from the config by the script, not passed as a
+    # parameter: where the bytes come from must not re-run finished slides.
+    params:
+        row=get_plan_row,
+        image=lambda wildcards: f"results/slides/{wildcards.slide}.{IMAGE_FORMAT}",
+        target=CONFIG["target"],
+        attempts=CONFIG["fetch"]["attempts"],
+    script:
+        "../scripts/slide.py"

@@ -1,0 +1,87 @@
+"""Configuration: validation against the JSON schema, defaults, and typed views.
+
+Messages name the key, the value found and what was expected, e.g.
+``config key cohort.n: got 0; expected an integer >= 1 (or null for all)``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from slidestock.cohort import TablePaths
+from slidestock.errors import ConfigError
+from slidestock.levels import Target
+
+
+def load_schema(path: Path) -> dict[str, Any]:
+    schema = yaml.safe_load(path.read_text())
+    assert isinstance(schema, dict)
+    return schema
+
+
+def _key(path: Any) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _expected(schema: Mapping[str, Any]) -> str:
+    return str(schema.get("expected") or schema.get("description") or schema)
+
+
+def describe_error(error: jsonschema.ValidationError) -> str:
+    """One line: the key, the value found and what the schema expects there."""
+    key = _key(error.absolute_path)
+    schema = error.schema if isinstance(error.schema, Mapping) else {}
+    if error.validator == "additionalProperties":
+        allowed = sorted(schema.get("properties", {}))
+        extra = sorted(set(error.instance if isinstance(error.instance, dict) else ()) - set(allowed))
+        where = f"{key}." if error.absolute_path else ""
+        return (
+            f"config key {where}{extra[0]}: not a known key; expected one of: {', '.join(allowed)}"
+            if len(extra) == 1
+            else f"config keys {', '.join(where + e for e in extra)}: not known; expected one of: "
+            f"{', '.join(allowed)}"
+        )
+    if error.validator == "required":
+        return f"config key {key}: {error.message}"
+    return f"config key {key}: got {error.instance!r}; expected {_expected(schema)}"
+
+
+def _fill_defaults(config: dict[str, Any], schema: Mapping[str, Any]) -> None:
+    for name, sub in schema.get("properties", {}).items():
+        if name not in config and "default" in sub:
+            config[name] = copy.deepcopy(sub["default"])
+        if isinstance(config.get(name), dict) and sub.get("type") == "object":
+            _fill_defaults(config[name], sub)
+
+
+def validate_config(config: Mapping[str, Any], schema_path: Path) -> dict[str, Any]:
+    """A validated copy of ``config`` with defaults filled in; raises :class:`ConfigError`."""
+    schema = load_schema(schema_path)
+    checked = copy.deepcopy(dict(config))
+    _fill_defaults(checked, schema)
+    validator = jsonschema.Draft7Validator(schema)
+    errors = sorted(validator.iter_errors(checked), key=lambda e: _key(e.absolute_path))
+    if errors:
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  {describe_error(e)}" for e in errors))
+    target_of(checked)
+    return checked
+
+
+def target_of(config: Mapping[str, Any]) -> Target:
+    """The output target; exactly one of ``target.mpp`` and ``target.max_px``."""
+    target = config["target"]
+    return Target(mpp=target.get("mpp"), max_px=target.get("max_px"))
+
+
+def tables_of(config: Mapping[str, Any], base: Path) -> TablePaths | None:
+    """Configured table paths (relative to ``base``), or None to use idc-index's tables."""
+    tables = config["cohort"].get("tables")
+    if not tables:
+        return None
+    return TablePaths(*(base / Path(tables[name]) for name in ("index", "sm_index", "sm_instance_index")))

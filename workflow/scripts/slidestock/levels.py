@@ -1,0 +1,205 @@
+"""The level rule: which pyramid level of a slide to fetch, and the output size.
+
+Among a slide's VOLUME levels with known (or derivable) pixel spacing, take the
+coarsest whose spacing is at most the target spacing, so that we only ever
+downsample; with ``max_px``, take the smallest level whose long side is at
+least ``max_px``. Never upsample: a level coarser than the target is output at
+its own spacing, and the choice says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from slidestock.errors import ConfigError, LevelError
+
+# A level within this relative margin of the target counts as fine enough:
+# it absorbs float noise only, never a visible upsampling.
+_SPACING_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class Level:
+    """One DICOM instance of a slide series, as the index describes it.
+
+    ``size_px`` is (columns, rows) of the total pixel matrix; ``spacing_um`` is
+    µm per pixel along the columns, ``None`` when the index has no spacing.
+    """
+
+    sop_instance_uid: str
+    crdc_instance_uuid: str
+    image_type: tuple[str, ...]
+    size_px: tuple[int, int]
+    spacing_um: float | None
+    transfer_syntax: str
+    size_bytes: int
+
+    @property
+    def flavor(self) -> str:
+        """The third value of ImageType: VOLUME, LABEL, OVERVIEW or THUMBNAIL."""
+        return self.image_type[2] if len(self.image_type) > 2 else ""
+
+    @property
+    def long_side_px(self) -> int:
+        return max(self.size_px)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The requested output: a spacing in µm per pixel, or a long side in pixels."""
+
+    mpp: float | None = None
+    max_px: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.mpp is None) == (self.max_px is None):
+            raise ConfigError(
+                f"target: got mpp={self.mpp!r} and max_px={self.max_px!r}; "
+                "expected exactly one of them to be set"
+            )
+        if self.mpp is not None and not self.mpp > 0:
+            raise ConfigError(f"target.mpp: got {self.mpp!r}; expected a number > 0 (µm per pixel)")
+        if self.max_px is not None and self.max_px < 1:
+            raise ConfigError(f"target.max_px: got {self.max_px!r}; expected an integer >= 1")
+
+    def describe(self) -> str:
+        return f"{self.mpp:g} µm/px" if self.mpp is not None else f"long side {self.max_px} px"
+
+
+@dataclass(frozen=True)
+class LevelChoice:
+    """The chosen level, the spacing used for it, and the planned output size."""
+
+    level: Level
+    spacing_um: float
+    spacing_derived: bool
+    output_size_px: tuple[int, int]
+    reason: str
+
+    @property
+    def scale(self) -> float:
+        """Output columns over level columns (1.0 when the level is output as is)."""
+        return self.output_size_px[0] / self.level.size_px[0]
+
+    @property
+    def output_spacing_um(self) -> float:
+        return self.spacing_um / self.scale
+
+
+def volume_levels(levels: Iterable[Level]) -> list[Level]:
+    """The VOLUME levels, finest first; LABEL, OVERVIEW and THUMBNAIL never qualify."""
+    volumes = [lv for lv in levels if lv.flavor == "VOLUME"]
+    # Ties (two volumes of one size) break on the UID, so the choice is stable.
+    return sorted(volumes, key=lambda lv: (-lv.size_px[0], -lv.size_px[1], lv.sop_instance_uid))
+
+
+def spacings_um(volumes: Sequence[Level]) -> list[tuple[float, bool]]:
+    """Spacing of each level and whether it was derived.
+
+    A missing spacing is derived from the finest level that has one and the
+    ratio of their column counts, since levels of one volume cover the same
+    area.
+    """
+    known = [lv for lv in volumes if lv.spacing_um is not None]
+    if not known:
+        return []
+    ref = known[0]
+    assert ref.spacing_um is not None
+    result = []
+    for lv in volumes:
+        if lv.spacing_um is not None:
+            result.append((lv.spacing_um, False))
+        else:
+            result.append((ref.spacing_um * ref.size_px[0] / lv.size_px[0], True))
+    return result
+
+
+def output_size_px(size_px: tuple[int, int], spacing_um: float, target: Target) -> tuple[int, int]:
+    """Output (columns, rows) for a level of ``size_px`` at ``spacing_um``; never larger."""
+    width, height = size_px
+    if target.mpp is not None:
+        if spacing_um > target.mpp * (1 + _SPACING_TOLERANCE):
+            return size_px
+        scale = spacing_um / target.mpp
+    else:
+        assert target.max_px is not None
+        long_side = max(width, height)
+        if long_side <= target.max_px:
+            return size_px
+        scale = target.max_px / long_side
+    return (_scaled(width, scale), _scaled(height, scale))
+
+
+def _scaled(length_px: int, scale: float) -> int:
+    # Round half up, not to even: the size must not depend on float formatting.
+    return max(1, math.floor(length_px * scale + 0.5))
+
+
+def choose_level(levels: Iterable[Level], target: Target, slide: str = "slide") -> LevelChoice:
+    """Apply the level rule of DESIGN.md to one slide's instances."""
+    volumes = volume_levels(levels)
+    if not volumes:
+        raise LevelError(
+            f"{slide}: no VOLUME instance among its levels; expected at least one "
+            "(LABEL, OVERVIEW and THUMBNAIL images are never used)"
+        )
+    spacings = spacings_um(volumes)
+    if target.mpp is not None:
+        if not spacings:
+            raise LevelError(
+                f"{slide}: none of its {len(volumes)} VOLUME levels has a pixel spacing; "
+                f"expected at least one to reach {target.describe()}"
+            )
+        return _choose_by_spacing(volumes, spacings, target)
+    return _choose_by_size(volumes, spacings, target)
+
+
+def _choose_by_spacing(
+    volumes: Sequence[Level], spacings: Sequence[tuple[float, bool]], target: Target
+) -> LevelChoice:
+    assert target.mpp is not None
+    limit = target.mpp * (1 + _SPACING_TOLERANCE)
+    fine_enough = [i for i, (sp, _) in enumerate(spacings) if sp <= limit]
+    if fine_enough:
+        i = max(fine_enough, key=lambda j: (spacings[j][0], -j))
+        spacing, derived = spacings[i]
+        reason = (
+            f"coarsest of {len(volumes)} VOLUME levels with spacing <= {target.mpp:g} µm/px "
+            f"({spacing:.4g} µm/px{', derived from size ratio' if derived else ''})"
+        )
+    else:
+        i = min(range(len(spacings)), key=lambda j: (spacings[j][0], j))
+        spacing, derived = spacings[i]
+        reason = (
+            f"finest level is {spacing:.4g} µm/px, coarser than the target {target.mpp:g} µm/px: "
+            "output at the level's own spacing (never upsample)"
+        )
+    level = volumes[i]
+    return LevelChoice(level, spacing, derived, output_size_px(level.size_px, spacing, target), reason)
+
+
+def _choose_by_size(
+    volumes: Sequence[Level], spacings: Sequence[tuple[float, bool]], target: Target
+) -> LevelChoice:
+    assert target.max_px is not None
+    large_enough = [i for i, lv in enumerate(volumes) if lv.long_side_px >= target.max_px]
+    if large_enough:
+        i = large_enough[-1]
+        reason = (
+            f"smallest of {len(volumes)} VOLUME levels with long side >= {target.max_px} px "
+            f"({volumes[i].long_side_px} px)"
+        )
+    else:
+        i = 0
+        reason = (
+            f"largest level's long side is {volumes[0].long_side_px} px, below {target.max_px} px: "
+            "output as is (never upsample)"
+        )
+    level = volumes[i]
+    if spacings:
+        spacing, derived = spacings[i]
+    else:
+        spacing, derived = math.nan, False
+    return LevelChoice(level, spacing, derived, output_size_px(level.size_px, 1.0, target), reason)

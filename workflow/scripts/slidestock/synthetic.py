@@ -1,0 +1,606 @@
+"""Synthetic DICOM WSI series and IDC index tables for the demo, tests and benchmarks.
+
+Nothing here reaches IDC: the demo and the tests serve these files from a local
+S3 server in the IDC object layout (``<bucket>/<crdc_series_uuid>/<crdc_instance_uuid>.dcm``)
+and describe them with ``index``, ``sm_index`` and ``sm_instance_index`` Parquet
+tables that have exactly the column names and types of the real ones (taken
+from the ``idc-index-data`` wheel). Everything is deterministic: the same
+specification gives the same pixels, UIDs and table rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import idc_index_data
+import imagecodecs
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pyvips
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import UID, generate_uid
+
+WSI_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.1.77.1.6")
+JPEG_BASELINE = UID("1.2.840.10008.1.2.4.50")
+JPEG_2000 = UID("1.2.840.10008.1.2.4.91")
+TRANSFER_SYNTAX_NAMES = {JPEG_BASELINE: "JPEG Baseline", JPEG_2000: "JPEG 2000"}
+BUCKET = "idc-open-data"
+TILE_PX = 256
+BACKGROUND_RGB = (242, 241, 238)
+# UUIDs of fixture objects derive from this namespace, so they are stable.
+_UUID_NAMESPACE = uuid.UUID("7c0a4c52-3b5e-4f0f-9a59-5b1d2f6c9e11")
+
+
+@dataclass(frozen=True)
+class SlideSpec:
+    """One synthetic slide: a DICOM WSI series of ``n_levels`` levels in 4x steps.
+
+    ``base_size_px`` is (columns, rows) of the base level; each coarser level
+    has ``size // 4**k`` pixels, as scanners round, so downsample factors are
+    close to but not exactly powers of four.
+    """
+
+    collection_id: str
+    patient_id: str
+    container_id: str
+    base_size_px: tuple[int, int]
+    base_spacing_um: float = 0.25
+    n_levels: int = 4
+    transfer_syntax: str = JPEG_BASELINE
+    label_and_overview: bool = False
+    seed: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.collection_id}/{self.container_id}"
+
+
+DEMO_SLIDES: tuple[SlideSpec, ...] = (
+    SlideSpec("demo_brca", "TCGA-D1-A001", "TCGA-D1-A001-01Z-00-DX1", (8200, 6150), seed=1),
+    SlideSpec(
+        "demo_brca",
+        "TCGA-D1-A002",
+        "TCGA-D1-A002-01Z-00-DX1",
+        (9000, 5400),
+        transfer_syntax=JPEG_2000,
+        seed=2,
+    ),
+    SlideSpec(
+        "demo_brca",
+        "TCGA-D1-A003",
+        "TCGA-D1-A003-01Z-00-DX1",
+        (8100, 8100),
+        label_and_overview=True,
+        seed=3,
+    ),
+    SlideSpec("demo_brca", "TCGA-D1-A004", "TCGA-D1-A004-01Z-00-DX1", (6000, 8400), seed=4),
+    SlideSpec("demo_luad", "TCGA-D2-A005", "TCGA-D2-A005-01Z-00-DX1", (8800, 6600), n_levels=3, seed=5),
+    SlideSpec("demo_luad", "TCGA-D2-A006", "TCGA-D2-A006-01Z-00-DX1", (10000, 7000), seed=6),
+)
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """What the index tables say about one written DICOM instance."""
+
+    sop_instance_uid: str
+    crdc_instance_uuid: str
+    image_type: tuple[str, ...]
+    size_px: tuple[int, int]
+    spacing_mm: float | None
+    transfer_syntax: str
+    instance_size: int
+
+
+@dataclass(frozen=True)
+class SeriesRecord:
+    """What the index tables say about one written DICOM series."""
+
+    spec: SlideSpec
+    study_uid: str
+    series_uid: str
+    crdc_series_uuid: str
+    instances: tuple[InstanceRecord, ...] = field(default_factory=tuple)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(i.instance_size for i in self.instances)
+
+
+def _uid(*parts: object) -> str:
+    return str(generate_uid(entropy_srcs=[str(p) for p in parts]))
+
+
+def _uuid(*parts: object) -> str:
+    return str(uuid.uuid5(_UUID_NAMESPACE, "/".join(str(p) for p in parts)))
+
+
+def tissue_image(size_px: tuple[int, int], seed: int) -> pyvips.Image:
+    """A tissue-like RGB image: stained blobs with texture on a bright background."""
+    width, height = size_px
+    rng = np.random.default_rng(seed)
+    coarse_w, coarse_h = max(16, width // 64), max(16, height // 64)
+    yy, xx = np.mgrid[0:coarse_h, 0:coarse_w].astype(np.float64)
+    density = np.zeros((coarse_h, coarse_w))
+    for _ in range(7):
+        cx, cy = rng.uniform(0.15, 0.85) * coarse_w, rng.uniform(0.15, 0.85) * coarse_h
+        radius = rng.uniform(0.08, 0.22) * min(coarse_w, coarse_h)
+        density += np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * radius**2))
+    tissue = np.clip((density - 0.35) * 3.0, 0.0, 1.0)[..., None]
+    hue = rng.uniform(0.0, 1.0, size=(coarse_h, coarse_w, 1))
+    pink = np.array([225.0, 150.0, 190.0])
+    purple = np.array([120.0, 70.0, 160.0])
+    stain = pink * (1 - hue) + purple * hue
+    rgb = np.asarray(BACKGROUND_RGB, dtype=np.float64) * (1 - tissue) + stain * tissue
+    coarse = pyvips.Image.new_from_array(np.ascontiguousarray(rgb.astype(np.uint8)))
+    coarse = coarse.copy(interpretation="srgb")
+    image = coarse.resize(width / coarse_w, vscale=height / coarse_h, kernel="linear")
+    image = _exact_size(image, width, height)
+    mask = _exact_size(
+        pyvips.Image.new_from_array(np.ascontiguousarray((tissue[..., 0] * 255).astype(np.uint8))).resize(
+            width / coarse_w, vscale=height / coarse_h, kernel="linear"
+        ),
+        width,
+        height,
+    )
+    noise = pyvips.Image.gaussnoise(width, height, mean=0.0, sigma=18.0, seed=seed)
+    textured = image + noise * (mask / 255.0)
+    result: pyvips.Image = textured.cast("uchar").copy(interpretation="srgb")
+    return result
+
+
+def _exact_size(image: pyvips.Image, width: int, height: int) -> pyvips.Image:
+    image = image.crop(0, 0, min(width, image.width), min(height, image.height))
+    if image.width == width and image.height == height:
+        return image
+    embedded: pyvips.Image = image.embed(0, 0, width, height, extend="copy")
+    return embedded
+
+
+def level_sizes(spec: SlideSpec) -> list[tuple[int, int]]:
+    """(columns, rows) of each level, base first."""
+    width, height = spec.base_size_px
+    return [(width // 4**k, height // 4**k) for k in range(spec.n_levels)]
+
+
+def encode_frame(tile: np.ndarray, transfer_syntax: str) -> bytes:
+    """Encode one RGB tile as a DICOM frame of the given transfer syntax."""
+    if transfer_syntax == JPEG_BASELINE:
+        image = pyvips.Image.new_from_array(tile).copy(interpretation="srgb")
+        data: bytes = image.jpegsave_buffer(Q=85, keep="none")
+        return data
+    if transfer_syntax == JPEG_2000:
+        return bytes(imagecodecs.jpeg2k_encode(tile, level=45, codecformat="J2K", reversible=False, mct=True))
+    raise ValueError(f"transfer syntax {transfer_syntax!r} is not one the fixtures can encode")
+
+
+def tile_frames(level: np.ndarray, transfer_syntax: str, tile_px: int = TILE_PX) -> list[bytes]:
+    """Cut a level into TILED_FULL frames (row-major, edge tiles padded)."""
+    rows, cols = level.shape[:2]
+    frames = []
+    for y in range(0, rows, tile_px):
+        for x in range(0, cols, tile_px):
+            tile = np.empty((tile_px, tile_px, 3), dtype=np.uint8)
+            tile[...] = BACKGROUND_RGB
+            part = level[y : y + tile_px, x : x + tile_px]
+            tile[: part.shape[0], : part.shape[1]] = part
+            frames.append(encode_frame(tile, transfer_syntax))
+    return frames
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue = value
+    item.CodingSchemeDesignator = scheme
+    item.CodeMeaning = meaning
+    return item
+
+
+def _dataset(
+    spec: SlideSpec,
+    series: SeriesRecord,
+    *,
+    sop_instance_uid: str,
+    instance_number: int,
+    image_type: Sequence[str],
+    size_px: tuple[int, int],
+    tile_px: tuple[int, int],
+    spacing_mm: float | None,
+    transfer_syntax: str,
+    frames: list[bytes],
+) -> Dataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = WSI_SOP_CLASS
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = WSI_SOP_CLASS
+    ds.SOPInstanceUID = sop_instance_uid
+    ds.StudyInstanceUID = series.study_uid
+    ds.SeriesInstanceUID = series.series_uid
+    ds.FrameOfReferenceUID = _uid(spec.key, "frame-of-reference")
+    ds.DimensionOrganizationType = "TILED_FULL"
+    ds.Modality = "SM"
+    ds.PatientID = spec.patient_id
+    ds.PatientName = spec.patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.StudyDate = "20260101"
+    ds.StudyTime = "000000"
+    ds.StudyID = ""
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.AcquisitionDateTime = "20260101000000"
+    ds.ContentDate = "20260101"
+    ds.ContentTime = "000000"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = instance_number
+    ds.Manufacturer = "slidestock synthetic"
+    ds.ManufacturerModelName = "fixture"
+    ds.DeviceSerialNumber = "0"
+    ds.SoftwareVersions = "0"
+    ds.ContainerIdentifier = spec.container_id
+    ds.IssuerOfTheContainerIdentifierSequence = DicomSequence([])
+    ds.ContainerTypeCodeSequence = DicomSequence([_code("433466003", "SCT", "Microscope slide")])
+    specimen = Dataset()
+    specimen.SpecimenIdentifier = spec.container_id
+    specimen.SpecimenUID = _uid(spec.key, "specimen")
+    specimen.IssuerOfTheSpecimenIdentifierSequence = DicomSequence([])
+    specimen.SpecimenPreparationSequence = DicomSequence([])
+    ds.SpecimenDescriptionSequence = DicomSequence([specimen])
+    ds.ImageType = list(image_type)
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "YBR_FULL_422" if transfer_syntax == JPEG_BASELINE else "YBR_ICT"
+    ds.PlanarConfiguration = 0
+    ds.Rows, ds.Columns = tile_px[1], tile_px[0]
+    ds.BitsAllocated = 8
+    ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.NumberOfFrames = len(frames)
+    ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows = size_px
+    ds.TotalPixelMatrixFocalPlanes = 1
+    ds.NumberOfOpticalPaths = 1
+    ds.NumberOfFocalPlanes = 1
+    ds.ImageOrientationSlide = [0, -1, 0, -1, 0, 0]
+    origin = Dataset()
+    origin.XOffsetInSlideCoordinateSystem = 20.0
+    origin.YOffsetInSlideCoordinateSystem = 40.0
+    ds.TotalPixelMatrixOriginSequence = DicomSequence([origin])
+    ds.SpecimenLabelInImage = "YES" if "LABEL" in image_type else "NO"
+    ds.BurnedInAnnotation = "YES" if "LABEL" in image_type else "NO"
+    ds.FocusMethod = "AUTO"
+    ds.ExtendedDepthOfField = "NO"
+    ds.VolumetricProperties = "VOLUME"
+    ds.LossyImageCompression = "01"
+    ds.LossyImageCompressionMethod = "ISO_10918_1" if transfer_syntax == JPEG_BASELINE else "ISO_15444_1"
+    ds.LossyImageCompressionRatio = 10
+    optical_path = Dataset()
+    optical_path.OpticalPathIdentifier = "1"
+    optical_path.IlluminationTypeCodeSequence = DicomSequence(
+        [_code("111744", "DCM", "Brightfield illumination")]
+    )
+    optical_path.IlluminationColorCodeSequence = DicomSequence([_code("11744", "DCM", "Full Spectrum")])
+    ds.OpticalPathSequence = DicomSequence([optical_path])
+
+    shared = Dataset()
+    frame_type = Dataset()
+    frame_type.FrameType = list(image_type)
+    shared.WholeSlideMicroscopyImageFrameTypeSequence = DicomSequence([frame_type])
+    path_id = Dataset()
+    path_id.OpticalPathIdentifier = "1"
+    shared.OpticalPathIdentificationSequence = DicomSequence([path_id])
+    if spacing_mm is not None:
+        measures = Dataset()
+        measures.PixelSpacing = [spacing_mm, spacing_mm]
+        measures.SliceThickness = 0.004
+        shared.PixelMeasuresSequence = DicomSequence([measures])
+        ds.ImagedVolumeWidth = size_px[0] * spacing_mm
+        ds.ImagedVolumeHeight = size_px[1] * spacing_mm
+        ds.ImagedVolumeDepth = 0.004
+    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    ds.PixelData = encapsulate(frames, has_bot=True)
+    ds["PixelData"].VR = "OB"
+    return ds
+
+
+def _write_instance(
+    root: Path,
+    spec: SlideSpec,
+    series: SeriesRecord,
+    *,
+    name: str,
+    number: int,
+    image_type: tuple[str, ...],
+    pixels: np.ndarray,
+    spacing_mm: float | None,
+    tiled: bool,
+    transfer_syntax: str,
+) -> InstanceRecord:
+    rows, cols = pixels.shape[:2]
+    if tiled:
+        frames = tile_frames(pixels, transfer_syntax)
+        tile = (TILE_PX, TILE_PX)
+    else:
+        frames = [encode_frame(np.ascontiguousarray(pixels), transfer_syntax)]
+        tile = (cols, rows)
+    sop_uid = _uid(spec.key, name)
+    crdc_uuid = _uuid(spec.key, name)
+    ds = _dataset(
+        spec,
+        series,
+        sop_instance_uid=sop_uid,
+        instance_number=number,
+        image_type=image_type,
+        size_px=(cols, rows),
+        tile_px=tile,
+        spacing_mm=spacing_mm,
+        transfer_syntax=transfer_syntax,
+        frames=frames,
+    )
+    path = root / BUCKET / series.crdc_series_uuid / f"{crdc_uuid}.dcm"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return InstanceRecord(
+        sop_instance_uid=sop_uid,
+        crdc_instance_uuid=crdc_uuid,
+        image_type=image_type,
+        size_px=(cols, rows),
+        spacing_mm=spacing_mm,
+        transfer_syntax=transfer_syntax,
+        instance_size=path.stat().st_size,
+    )
+
+
+def _to_array(image: pyvips.Image) -> np.ndarray:
+    array: np.ndarray = image.numpy()
+    return np.ascontiguousarray(array)
+
+
+def write_series(spec: SlideSpec, root: Path) -> SeriesRecord:
+    """Write every instance of one slide under ``root/<bucket>/<crdc_series_uuid>/``."""
+    series = SeriesRecord(
+        spec=spec,
+        study_uid=_uid(spec.key, "study"),
+        series_uid=_uid(spec.key, "series"),
+        crdc_series_uuid=_uuid(spec.key, "series"),
+    )
+    base_w, base_h = spec.base_size_px
+    base = tissue_image(spec.base_size_px, spec.seed).copy_memory()
+    instances = []
+    for k, (width, height) in enumerate(level_sizes(spec)):
+        level = base if k == 0 else base.resize(width / base_w, vscale=height / base_h)
+        level = _exact_size(level, width, height)
+        # The exact spacing of a level follows from the base spacing and the size ratio.
+        spacing_mm = spec.base_spacing_um * base_w / width / 1000.0
+        instances.append(
+            _write_instance(
+                root,
+                spec,
+                series,
+                name=f"level{k}",
+                number=k + 1,
+                image_type=("ORIGINAL" if k == 0 else "DERIVED", "PRIMARY", "VOLUME", "NONE"),
+                pixels=_to_array(level),
+                spacing_mm=spacing_mm,
+                tiled=True,
+                transfer_syntax=spec.transfer_syntax,
+            )
+        )
+    if spec.label_and_overview:
+        instances.extend(_label_and_overview(root, spec, series, base))
+    return SeriesRecord(
+        spec=spec,
+        study_uid=series.study_uid,
+        series_uid=series.series_uid,
+        crdc_series_uuid=series.crdc_series_uuid,
+        instances=tuple(instances),
+    )
+
+
+def _label_and_overview(
+    root: Path, spec: SlideSpec, series: SeriesRecord, base: pyvips.Image
+) -> list[InstanceRecord]:
+    """A barcode-like LABEL without spacing, and an OVERVIEW at 15 µm/px.
+
+    The overview's spacing equals the demo target, so a level rule that forgot
+    to exclude non-VOLUME instances would pick it.
+    """
+    stripes = np.full((300, 600, 3), 255, dtype=np.uint8)
+    widths = np.random.default_rng(spec.seed).integers(2, 9, size=60)
+    x = 20
+    for i, w in enumerate(widths):
+        if i % 2 == 0 and x + w < 580:
+            stripes[60:240, x : x + w] = 0
+        x += int(w)
+    overview_spacing_um = 15.0
+    scale = spec.base_spacing_um / overview_spacing_um
+    overview = _to_array(base.resize(scale))
+    return [
+        _write_instance(
+            root,
+            spec,
+            series,
+            name="label",
+            number=90,
+            image_type=("ORIGINAL", "PRIMARY", "LABEL", "NONE"),
+            pixels=stripes,
+            spacing_mm=None,
+            tiled=False,
+            transfer_syntax=JPEG_BASELINE,
+        ),
+        _write_instance(
+            root,
+            spec,
+            series,
+            name="overview",
+            number=91,
+            image_type=("ORIGINAL", "PRIMARY", "OVERVIEW", "NONE"),
+            pixels=overview,
+            spacing_mm=overview_spacing_um / 1000.0,
+            tiled=False,
+            transfer_syntax=JPEG_BASELINE,
+        ),
+    ]
+
+
+# ---------------------------------------------------------------- index tables
+
+
+def _bigquery_type(column: dict[str, Any]) -> pa.DataType:
+    scalar = {"STRING": pa.string(), "FLOAT": pa.float64(), "INTEGER": pa.int64()}[str(column["type"])]
+    return pa.list_(scalar) if column.get("mode") == "REPEATED" else scalar
+
+
+def table_schema(index_name: str) -> pa.Schema:
+    """The Arrow schema of an idc-index table, from the schema the wheel ships."""
+    if index_name == "index":
+        path = idc_index_data.IDC_INDEX_PARQUET_FILEPATH
+        assert path is not None
+        return pq.read_schema(path).remove_metadata()
+    meta = idc_index_data.INDEX_METADATA[index_name]["schema"]
+    assert isinstance(meta, dict)
+    columns = meta["columns"]
+    assert isinstance(columns, list)
+    return pa.schema([(c["name"], _bigquery_type(c)) for c in columns])
+
+
+def _table(index_name: str, rows: Iterable[dict[str, Any]]) -> pa.Table:
+    schema = table_schema(index_name)
+    rows = list(rows)
+    unknown = {k for r in rows for k in r} - set(schema.names)
+    if unknown:
+        raise ValueError(f"fixture columns {sorted(unknown)} are not in the {index_name} schema")
+    columns = {name: [r.get(name) for r in rows] for name in schema.names}
+    return pa.table(columns, schema=schema)
+
+
+def _round_sf(value: float, figures: int = 2) -> float:
+    return round(value, figures - 1 - math.floor(math.log10(abs(value))))
+
+
+def index_rows(records: Sequence[SeriesRecord], idc_version: int) -> list[dict[str, Any]]:
+    rows = []
+    for rec in records:
+        syntaxes = sorted({i.transfer_syntax for i in rec.instances})
+        rows.append(
+            {
+                "collection_id": rec.spec.collection_id,
+                "PatientID": rec.spec.patient_id,
+                "SeriesInstanceUID": rec.series_uid,
+                "StudyInstanceUID": rec.study_uid,
+                "source_DOI": f"10.5555/slidestock.{rec.spec.collection_id}",
+                "Modality": "SM",
+                "SOPClassUID": str(WSI_SOP_CLASS),
+                "sop_class_name": "VL Whole Slide Microscopy Image Storage",
+                "TransferSyntaxUID": ",".join(syntaxes),
+                "transfer_syntax_name": ",".join(TRANSFER_SYNTAX_NAMES[UID(s)] for s in syntaxes),
+                "PhotometricInterpretation": "YBR_FULL_422",
+                "PixelRepresentation": "0",
+                "Manufacturer": "slidestock synthetic",
+                "SeriesDescription": "synthetic whole slide image",
+                "SeriesNumber": "1",
+                "instanceCount": len(rec.instances),
+                "license_short_name": "CC BY 4.0",
+                "series_init_idc_version": idc_version,
+                "series_revised_idc_version": idc_version,
+                "aws_bucket": BUCKET,
+                "crdc_series_uuid": rec.crdc_series_uuid,
+                "series_aws_url": f"s3://{BUCKET}/{rec.crdc_series_uuid}/*",
+                "series_size_MB": rec.size_bytes / 1_000_000.0,
+            }
+        )
+    return rows
+
+
+def sm_index_rows(records: Sequence[SeriesRecord]) -> list[dict[str, Any]]:
+    rows = []
+    for rec in records:
+        base = rec.instances[0]
+        assert base.spacing_mm is not None
+        rows.append(
+            {
+                "SeriesInstanceUID": rec.series_uid,
+                "ContainerIdentifier": rec.spec.container_id,
+                "embeddingMedium_CodeMeaning": ["Tissue freezing medium"],
+                "tissueFixative_CodeMeaning": ["Neutral Buffered Formalin"],
+                "staining_usingSubstance_CodeMeaning": ["hematoxylin stain", "water soluble eosin stain"],
+                "min_PixelSpacing_2sf": _round_sf(base.spacing_mm),
+                "max_TotalPixelMatrixColumns": base.size_px[0],
+                "max_TotalPixelMatrixRows": base.size_px[1],
+                "ObjectiveLensPower": 40,
+                "primaryAnatomicStructure_CodeMeaning": "Breast"
+                if "brca" in rec.spec.collection_id
+                else "Lung",
+                "illuminationType_CodeMeaning": "Brightfield illumination",
+            }
+        )
+    return rows
+
+
+def sm_instance_index_rows(records: Sequence[SeriesRecord]) -> list[dict[str, Any]]:
+    rows = []
+    for rec in records:
+        for inst in rec.instances:
+            rows.append(
+                {
+                    "SOPInstanceUID": inst.sop_instance_uid,
+                    "SeriesInstanceUID": rec.series_uid,
+                    "staining_usingSubstance_CodeMeaning": [
+                        "hematoxylin stain",
+                        "water soluble eosin stain",
+                    ],
+                    "PixelSpacing_0": None if inst.spacing_mm is None else _round_sf(inst.spacing_mm),
+                    "ImageType": list(inst.image_type),
+                    "TransferSyntaxUID": inst.transfer_syntax,
+                    "instance_size": inst.instance_size,
+                    "TotalPixelMatrixColumns": inst.size_px[0],
+                    "TotalPixelMatrixRows": inst.size_px[1],
+                    "crdc_instance_uuid": inst.crdc_instance_uuid,
+                }
+            )
+    return rows
+
+
+def write_tables(records: Sequence[SeriesRecord], out_dir: Path, idc_version: int) -> dict[str, Path]:
+    """Write the three index tables for ``records``; returns their paths by table name."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables = {
+        "index": _table("index", index_rows(records, idc_version)),
+        "sm_index": _table("sm_index", sm_index_rows(records)),
+        "sm_instance_index": _table("sm_instance_index", sm_instance_index_rows(records)),
+    }
+    paths = {}
+    for name, table in tables.items():
+        path = out_dir / f"{name}.parquet"
+        pq.write_table(table, path)
+        paths[name] = path
+    return paths
+
+
+def build(out_dir: Path, specs: Sequence[SlideSpec] = DEMO_SLIDES, idc_version: int = 25) -> dict[str, Path]:
+    """Write objects under ``out_dir/s3`` and tables under ``out_dir/tables``.
+
+    A ``manifest.json`` records what was built; a second call with the same
+    specification reuses the files.
+    """
+    stamp = out_dir / "manifest.json"
+    wanted = json.dumps([s.__dict__ for s in specs] + [idc_version], sort_keys=True, default=str)
+    if stamp.exists() and json.loads(stamp.read_text())["spec"] == wanted:
+        return {k: Path(v) for k, v in json.loads(stamp.read_text())["paths"].items()}
+    records = [write_series(spec, out_dir / "s3") for spec in specs]
+    paths = write_tables(records, out_dir / "tables", idc_version)
+    paths["s3_root"] = out_dir / "s3"
+    stamp.write_text(json.dumps({"spec": wanted, "paths": {k: str(v) for k, v in paths.items()}}, indent=1))
+    return paths
