@@ -39,5 +39,6 @@ checkpoint plan:
     params:
         tables=CONFIG["cohort"]["tables"],
         target=CONFIG["target"],
+        slide_plans=SLIDE_PLANS,
     script:
         "../scripts/plan.py"

@@ -2,13 +2,12 @@
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
 from slidestock.cohort import read_lock
 from slidestock.config import validate_config
 from slidestock.errors import ConfigError
+from slidestock.plan import read_slide_plan
 
 try:
     CONFIG = validate_config(
@@ -21,6 +20,7 @@ config.update(CONFIG)
 
 IMAGE_FORMAT = CONFIG["target"]["format"]
 ENV = "../../envs/slidestock.yaml"
+SLIDE_PLANS = "results/cohort/plan"
 
 
 wildcard_constraints:
@@ -36,20 +36,17 @@ def get_slide_records(wildcards):
     return expand("results/slides/{slide}.json", slide=get_slide_ids())
 
 
-_PLANS = {}
+def get_slide_plan(wildcards):
+    """The slide's own plan file, written by the plan checkpoint.
+
+    The checkpoint rewrites only plans that changed, so re-planning re-runs
+    only those slides.
+    """
+    checkpoints.plan.get()
+    return f"{SLIDE_PLANS}/{wildcards.slide}.tsv"
 
 
-def get_plan_row(wildcards):
-    """The slide's row of instances.tsv; a changed row re-runs only that slide."""
-    path = checkpoints.plan.get().output.plan
-    mtime = Path(path).stat().st_mtime_ns
-    if _PLANS.get("key") != (path, mtime):
-        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-        _PLANS.update(key=(path, mtime), frame=frame.set_index("slide_id", drop=False))
-    return dict(_PLANS["frame"].loc[wildcards.slide])
-
-
-def get_slide_disk_mb(wildcards, attempt):
-    """Scratch space: the chosen instance's size plus headroom."""
-    size = get_plan_row(wildcards)["instance_size"]
-    return int(int(size or 0) / 1e6 * 1.2 + 50) * attempt
+def get_slide_disk_mb(wildcards, input, attempt):
+    """Scratch space for the download: the chosen instance's size plus headroom."""
+    size = read_slide_plan(Path(input.plan))["instance_size"] or 0
+    return (int(int(size) / 1e6 * 1.2) + 50) * attempt

@@ -5,27 +5,26 @@
 
 rule slide:
     input:
-        plan=ancient("results/cohort/instances.tsv"),
+        plan=get_slide_plan,
     output:
         record="results/slides/{slide}.json",
     log:
         "logs/slide/{slide}.log",
     benchmark:
         "benchmarks/slide/{slide}.tsv"
-    retries: 2
-    conda:
-        ENV
+    # The endpoint is read from the config by the script, not passed as a
+    # parameter: where the bytes come from must not re-run finished slides.
+    params:
+        image=lambda wildcards: f"results/slides/{wildcards.slide}.{IMAGE_FORMAT}",
+        target=CONFIG["target"],
+        attempts=CONFIG["fetch"]["attempts"],
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 1500 * attempt,
         runtime=lambda wildcards, attempt: 30 * attempt,
         disk_mb=get_slide_disk_mb,
-    # The endpoint is read from the config by the script, not passed as a
-    # parameter: where the bytes come from must not re-run finished slides.
-    params:
-        row=get_plan_row,
-        image=lambda wildcards: f"results/slides/{wildcards.slide}.{IMAGE_FORMAT}",
-        target=CONFIG["target"],
-        attempts=CONFIG["fetch"]["attempts"],
+    retries: 2
+    conda:
+        ENV
     script:
         "../scripts/slide.py"

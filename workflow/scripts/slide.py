@@ -8,12 +8,13 @@ sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
 
 from slidestock.config import target_of
 from slidestock.pipeline import SlideJob, run_slide
+from slidestock.plan import read_slide_plan
 
 smk = snakemake  # noqa: F821
 logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
 job = SlideJob(
-    plan=smk.params.row,
+    plan=read_slide_plan(Path(smk.input.plan)),
     target=target_of({"target": smk.params.target}),
     fmt=smk.params.target["format"],
     endpoint=smk.config["fetch"]["endpoint"],

@@ -180,22 +180,25 @@ def select_cohort(
     return Cohort(slides=sample, n_candidates=n_candidates, query=query)
 
 
+def _present_values(con: duckdb.DuckDBPyConnection, column: str) -> set[str]:
+    """Distinct values of a candidate column as text (list columns contribute their elements)."""
+    values = con.sql(read_sql("candidates")).select(duckdb.ColumnExpression(column)).distinct().fetchall()
+    present: set[str] = set()
+    for (value,) in values:
+        present.update(str(v) for v in (value if isinstance(value, list) else [value]) if v is not None)
+    return present
+
+
 def _raise_empty(con: duckdb.DuckDBPyConnection, filters: Mapping[str, Sequence[Any]], query: str) -> None:
     hints = []
     for column, values in sorted(filters.items()):
-        present = {
-            row[0]
-            for row in con.sql(read_sql("candidates"))
-            .select(duckdb.ColumnExpression(column))
-            .distinct()
-            .fetchall()
-        }
+        present = _present_values(con, column)
         for value in values:
-            if value not in present:
-                near = difflib.get_close_matches(str(value), [str(p) for p in present if p is not None], n=3)
+            if str(value) not in present:
+                near = difflib.get_close_matches(str(value), present, n=3)
                 hint = f" (did you mean {', '.join(near)}?)" if near else ""
                 hints.append(f"{column}={value!r} matches no series{hint}")
-    detail = "; ".join(hints) if hints else "the filter columns together match no series"
+    detail = "; ".join(hints) if hints else "each value exists, but no series has all of them together"
     raise CohortError(f"cohort.filter selects no slides: {detail}. Query:\n{query}")
 
 

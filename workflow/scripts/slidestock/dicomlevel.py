@@ -27,26 +27,31 @@ JPEG2000_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91
 class DicomLevel:
     """A decoded level: lazy pixels and what the header says about them.
 
-    ``spacing_um`` is the header's full-precision PixelSpacing (column
-    spacing), ``None`` when the header has none.
+    ``spacing_xy_um`` is the header's full-precision PixelSpacing as
+    (column spacing, row spacing) in µm, ``None`` when the header has none.
     """
 
     image: pyvips.Image
     size_px: tuple[int, int]
-    spacing_um: float | None
+    spacing_xy_um: tuple[float, float] | None
     transfer_syntax: str
     photometric: str
     sop_instance_uid: str
 
 
-def header_spacing_um(ds: pydicom.Dataset) -> float | None:
-    """Pixel spacing in µm from the shared functional groups (row spacing, column spacing in mm)."""
+def header_spacing_um(ds: pydicom.Dataset) -> tuple[float, float] | None:
+    """(column, row) spacing in µm from the shared functional groups.
+
+    DICOM PixelSpacing is (row spacing, column spacing) in mm: y first.
+    """
     try:
         spacing = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
-        value = float(spacing[1])
+        row_mm, col_mm = float(spacing[0]), float(spacing[1])
     except (AttributeError, IndexError, KeyError, TypeError, ValueError):
         return None
-    return value * 1000.0 if value > 0 and math.isfinite(value) else None
+    if not all(v > 0 and math.isfinite(v) for v in (row_mm, col_mm)):
+        return None
+    return (col_mm * 1000.0, row_mm * 1000.0)
 
 
 def _decode_frame(frame: bytes, syntax: str, item: str, index: int) -> pyvips.Image:
@@ -93,7 +98,7 @@ def read_level(path: Path, item: str | None = None) -> DicomLevel:
     return DicomLevel(
         image=image,
         size_px=(width, height),
-        spacing_um=header_spacing_um(ds),
+        spacing_xy_um=header_spacing_um(ds),
         transfer_syntax=syntax,
         photometric=str(ds.get("PhotometricInterpretation", "")),
         sop_instance_uid=str(ds.SOPInstanceUID),

@@ -32,16 +32,18 @@ def resize_exact(image: pyvips.Image, size_px: tuple[int, int]) -> pyvips.Image:
     return resized
 
 
-def write_image(image: pyvips.Image, path: Path, spacing_um: float, fmt: str = "png") -> None:
-    """Write ``image`` at ``path`` with its spacing as resolution, atomically.
+def write_image(
+    image: pyvips.Image, path: Path, spacing_xy_um: tuple[float, float], fmt: str = "png"
+) -> None:
+    """Write ``image`` at ``path`` with its (column, row) spacing as resolution, atomically.
 
     The file appears under its final name only when complete, so no partial
     image is ever left where a finished one belongs.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"target.format: got {fmt!r}; expected one of {', '.join(FORMATS)}")
-    px_per_mm = 1000.0 / spacing_um
-    tagged = image.copy(xres=px_per_mm, yres=px_per_mm)
+    # libvips resolution is in pixels per millimetre.
+    tagged = image.copy(xres=1000.0 / spacing_xy_um[0], yres=1000.0 / spacing_xy_um[1])
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     try:

@@ -116,19 +116,25 @@ def spacings_um(volumes: Sequence[Level]) -> list[tuple[float, bool]]:
     return result
 
 
-def output_size_px(size_px: tuple[int, int], spacing_um: float, target: Target) -> tuple[int, int]:
-    """Output (columns, rows) for a level of ``size_px`` at ``spacing_um``; never larger."""
+def output_size_px(
+    size_px: tuple[int, int], spacing_xy_um: tuple[float, float], target: Target
+) -> tuple[int, int]:
+    """Output (columns, rows) for a level of ``size_px`` at (column, row) spacing; never larger.
+
+    Each axis is scaled by its own spacing, so a level with non-square pixels
+    comes out square at the target spacing.
+    """
     width, height = size_px
     if target.mpp is not None:
-        if spacing_um > target.mpp * (1 + _SPACING_TOLERANCE):
+        limit = target.mpp * (1 + _SPACING_TOLERANCE)
+        if max(spacing_xy_um) > limit:
             return size_px
-        scale = spacing_um / target.mpp
-    else:
-        assert target.max_px is not None
-        long_side = max(width, height)
-        if long_side <= target.max_px:
-            return size_px
-        scale = target.max_px / long_side
+        return (_scaled(width, spacing_xy_um[0] / target.mpp), _scaled(height, spacing_xy_um[1] / target.mpp))
+    assert target.max_px is not None
+    long_side = max(width, height)
+    if long_side <= target.max_px:
+        return size_px
+    scale = target.max_px / long_side
     return (_scaled(width, scale), _scaled(height, scale))
 
 
@@ -177,7 +183,9 @@ def _choose_by_spacing(
             "output at the level's own spacing (never upsample)"
         )
     level = volumes[i]
-    return LevelChoice(level, spacing, derived, output_size_px(level.size_px, spacing, target), reason)
+    return LevelChoice(
+        level, spacing, derived, output_size_px(level.size_px, (spacing, spacing), target), reason
+    )
 
 
 def _choose_by_size(
@@ -202,4 +210,6 @@ def _choose_by_size(
         spacing, derived = spacings[i]
     else:
         spacing, derived = math.nan, False
-    return LevelChoice(level, spacing, derived, output_size_px(level.size_px, 1.0, target), reason)
+    return LevelChoice(
+        level, spacing, derived, output_size_px(level.size_px, (spacing, spacing), target), reason
+    )

@@ -69,6 +69,13 @@ def _base_record(job: SlideJob) -> dict[str, Any]:
     }
 
 
+def _plan_spacing(plan: Mapping[str, str]) -> tuple[float, float] | None:
+    if not plan["level_spacing_um"]:
+        return None
+    spacing = float(plan["level_spacing_um"])
+    return (spacing, spacing)
+
+
 def run_slide(job: SlideJob) -> dict[str, Any]:
     """Process one slide and write its JSON record; returns the record."""
     start = time.monotonic()
@@ -103,8 +110,8 @@ def _fetch_and_downsample(job: SlideJob, record: dict[str, Any]) -> None:
         t0 = time.monotonic()
         level = read_level(local, item=f"{plan['slide_id']} ({plan['url']})")
         # The header's full-precision spacing beats the index's two significant figures.
-        spacing = level.spacing_um or (float(plan["level_spacing_um"]) if plan["level_spacing_um"] else None)
-        record["level"]["header_spacing_um"] = level.spacing_um
+        spacing = level.spacing_xy_um or _plan_spacing(plan)
+        record["level"]["header_spacing_um"] = level.spacing_xy_um and list(level.spacing_xy_um)
         record["level"]["photometric"] = level.photometric
         if spacing is None:
             raise SlidestockError(
@@ -113,7 +120,7 @@ def _fetch_and_downsample(job: SlideJob, record: dict[str, Any]) -> None:
             )
         size = output_size_px(level.size_px, spacing, job.target)
         output = resize_exact(level.image, size)
-        out_spacing = spacing * level.size_px[0] / size[0]
+        out_spacing = (spacing[0] * level.size_px[0] / size[0], spacing[1] * level.size_px[1] / size[1])
         write_image(output, job.image_path, out_spacing, job.fmt)
         record["timings_s"] = {
             "fetch": round(fetched.seconds, 3),
@@ -124,7 +131,7 @@ def _fetch_and_downsample(job: SlideJob, record: dict[str, Any]) -> None:
         "path": str(job.image_path),
         "format": job.fmt,
         "size_px": list(size),
-        "spacing_um": out_spacing,
+        "spacing_um": list(out_spacing),
         "bytes": job.image_path.stat().st_size,
         "sha256": sha256_file(job.image_path),
     }

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -73,3 +75,39 @@ def plan_frame(cohort: pd.DataFrame, levels: Mapping[str, Sequence[Level]], targ
     ]
     return pd.DataFrame(rows, columns=list(PLAN_COLUMNS))
 
+
+def slide_plan_text(row: Mapping[Hashable, Any]) -> str:
+    """One slide's plan as a two-line TSV (header, values)."""
+    values = ["" if row[c] is None else str(row[c]) for c in PLAN_COLUMNS]
+    if any("\t" in v or "\n" in v for v in values):
+        raise LevelError(f"{row['slide_id']}: a plan value holds a tab or newline; expected plain text")
+    return "\t".join(PLAN_COLUMNS) + "\n" + "\t".join(values) + "\n"
+
+
+def write_slide_plans(plan: pd.DataFrame, folder: Path) -> int:
+    """Write ``folder/<slide_id>.tsv`` per slide, touching only files whose content changed.
+
+    A slide job depends on its own plan file, so re-planning a cohort re-runs
+    exactly the slides whose plan changed. Returns how many files were written.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for row in plan.to_dict("records"):
+        path = folder / f"{row['slide_id']}.tsv"
+        text = slide_plan_text(row)
+        if not path.exists() or path.read_text() != text:
+            partial = path.with_name(f".{path.name}.partial")
+            partial.write_text(text)
+            os.replace(partial, path)
+            written += 1
+    return written
+
+
+def read_slide_plan(path: Path) -> dict[str, str]:
+    """Read a file written by :func:`write_slide_plans`."""
+    header, values = path.read_text().rstrip("\n").split("\n")
+    row = dict(zip(header.split("\t"), values.split("\t"), strict=True))
+    missing = set(PLAN_COLUMNS) - set(row)
+    if missing:
+        raise LevelError(f"{path}: columns {sorted(missing)} missing; expected a slidestock slide plan")
+    return row

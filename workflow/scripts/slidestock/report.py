@@ -44,7 +44,7 @@ def report_row(record: Mapping[str, Any], slide: Mapping[Hashable, Any]) -> dict
     out_size = output.get("size_px") or [None, None]
     series_bytes = int(record.get("series_size_bytes") or 0)
     fetched = int(record.get("bytes_fetched") or 0)
-    spacing = level.get("header_spacing_um") or level.get("index_spacing_um")
+    spacing = (level.get("header_spacing_um") or [level.get("index_spacing_um")])[0]
     return {
         "slide_id": record["slide_id"],
         "collection_id": slide.get("collection_id", ""),
@@ -62,7 +62,7 @@ def report_row(record: Mapping[str, Any], slide: Mapping[Hashable, Any]) -> dict
         "fraction_fetched": round(fetched / series_bytes, 6) if series_bytes else None,
         "output_columns": out_size[0],
         "output_rows": out_size[1],
-        "output_spacing_um": None if not output else round(float(output["spacing_um"]), 6),
+        "output_spacing_um": None if not output else round(float(output["spacing_um"][0]), 6),
         "output_path": output.get("path", ""),
         "sha256": output.get("sha256", ""),
     }

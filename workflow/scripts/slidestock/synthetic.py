@@ -476,7 +476,8 @@ def table_schema(index_name: str) -> pa.Schema:
     return pa.schema([(c["name"], _bigquery_type(c)) for c in columns])
 
 
-def _table(index_name: str, rows: Iterable[dict[str, Any]]) -> pa.Table:
+def arrow_table(index_name: str, rows: Iterable[dict[str, Any]]) -> pa.Table:
+    """Rows as an Arrow table with exactly the idc-index schema (missing columns are null)."""
     schema = table_schema(index_name)
     rows = list(rows)
     unknown = {k for r in rows for k in r} - set(schema.names)
@@ -577,9 +578,9 @@ def write_tables(records: Sequence[SeriesRecord], out_dir: Path, idc_version: in
     """Write the three index tables for ``records``; returns their paths by table name."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = {
-        "index": _table("index", index_rows(records, idc_version)),
-        "sm_index": _table("sm_index", sm_index_rows(records)),
-        "sm_instance_index": _table("sm_instance_index", sm_instance_index_rows(records)),
+        "index": arrow_table("index", index_rows(records, idc_version)),
+        "sm_index": arrow_table("sm_index", sm_index_rows(records)),
+        "sm_instance_index": arrow_table("sm_instance_index", sm_instance_index_rows(records)),
     }
     paths = {}
     for name, table in tables.items():

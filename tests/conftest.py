@@ -1,0 +1,33 @@
+"""Shared fixtures: the generated demo slides and a real S3 server on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from slidestock import s3server, synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+# The demo's fixture folder doubles as the tests' cache: synthetic.build reuses
+# it when the specification is unchanged, and rebuilds it otherwise.
+FIXTURES = REPO / "resources" / "demo" / "build"
+
+
+@pytest.fixture(scope="session")
+def demo_build() -> dict[str, Path]:
+    return synthetic.build(FIXTURES)
+
+
+@pytest.fixture(scope="session")
+def instance_table(demo_build: dict[str, Path]) -> pd.DataFrame:
+    return pd.read_parquet(demo_build["sm_instance_index"])
+
+
+@pytest.fixture(scope="session")
+def s3(demo_build: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[s3server.S3Server]:
+    log = tmp_path_factory.mktemp("rclone") / "rclone.log"
+    with s3server.serving(demo_build["s3_root"], log_path=log) as server:
+        yield server

@@ -1,0 +1,237 @@
+"""The workflow end to end: snakemake as a subprocess against the local S3 server.
+
+Each run works in its own folder with its own TMPDIR, on the generated demo
+slides, and the outputs are checked against values computed here from the
+fixture specification, not from the code under test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from slidestock import synthetic
+from slidestock.s3server import S3Server
+
+REPO = Path(__file__).resolve().parents[2]
+SPECS = {spec.container_id: spec for spec in synthetic.DEMO_SLIDES}
+TARGET_UM = 15.0
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass(frozen=True)
+class Run:
+    workdir: Path
+    scratch: Path
+    config: Path
+    proc: subprocess.CompletedProcess[str]
+
+
+def write_config(path: Path, tables: dict[str, Path], endpoint: str, **cohort: object) -> Path:
+    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    config["cohort"]["tables"] = {name: str(p) for name, p in tables.items()}
+    config["cohort"].update(cohort)
+    config["fetch"] = {"endpoint": endpoint, "attempts": 1}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def snakemake(workdir: Path, config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    scratch = workdir / "scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable, "-m", "snakemake",
+        "--snakefile", str(REPO / "Snakefile"),
+        "--directory", str(workdir),
+        "--configfile", str(config),
+        "--cores", "2",
+        *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600, check=False)
+
+
+def run_in(folder: Path, tables: dict[str, Path], s3: S3Server, **cohort: object) -> Run:
+    folder.mkdir(parents=True, exist_ok=True)
+    config = write_config(folder / "config.yaml", tables, s3.url, **cohort)
+    proc = snakemake(folder, config)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return Run(folder, folder / "scratch", config, proc)
+
+
+def demo_tables(demo_build: dict[str, Path]) -> dict[str, Path]:
+    return {name: demo_build[name] for name in ("index", "sm_index", "sm_instance_index")}
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory: pytest.TempPathFactory, demo_build: dict[str, Path], s3: S3Server) -> Run:
+    return run_in(tmp_path_factory.mktemp("first"), demo_tables(demo_build), s3)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def expected_output_px(spec: synthetic.SlideSpec) -> tuple[int, int]:
+    """From the specification: the 4x-step level just finer than 15 µm/px, then rounding half up."""
+    width, height = spec.base_size_px
+    level = max(
+        k for k in range(spec.n_levels) if spec.base_spacing_um * width / (width // 4**k) <= TARGET_UM
+    )
+    level_w, level_h = width // 4**level, height // 4**level
+    spacing = spec.base_spacing_um * width / level_w
+    return (math.floor(level_w * spacing / TARGET_UM + 0.5), math.floor(level_h * spacing / TARGET_UM + 0.5))
+
+
+def records(run: Run) -> dict[str, dict[str, object]]:
+    lock = pd.read_csv(run.workdir / "results/cohort/cohort.tsv", sep="\t", comment="#", dtype=str)
+    return {
+        row.ContainerIdentifier: json.loads((run.workdir / f"results/slides/{row.slide_id}.json").read_text())
+        for row in lock.itertuples()
+    }
+
+
+def test_every_demo_slide_is_done_at_the_target_spacing(first: Run) -> None:
+    recs = records(first)
+    assert sorted(recs) == sorted(SPECS)
+    for container, rec in recs.items():
+        assert rec["status"] == "done", rec["error"]
+        image = first.workdir / f"results/slides/{rec['slide_id']}.png"
+        with Image.open(image) as png:
+            assert png.size == expected_output_px(SPECS[container])
+            dpi_x, dpi_y = png.info["dpi"]
+        # The resolution in the file is the real one, within 1 % of the target.
+        assert 25400 / dpi_x == pytest.approx(TARGET_UM, rel=0.01)
+        assert 25400 / dpi_y == pytest.approx(TARGET_UM, rel=0.01)
+        output = rec["output"]
+        assert isinstance(output, dict)
+        assert output["sha256"] == sha256(image)
+
+
+def test_bytes_fetched_are_the_chosen_instance_only(first: Run, instance_table: pd.DataFrame) -> None:
+    by_uid = instance_table.set_index("SOPInstanceUID")
+    for rec in records(first).values():
+        source = rec["source"]
+        assert isinstance(source, dict)
+        chosen = by_uid.loc[source["SOPInstanceUID"]]
+        assert chosen["ImageType"][2] == "VOLUME"
+        series = instance_table[instance_table["SeriesInstanceUID"] == source["SeriesInstanceUID"]]
+        assert rec["bytes_fetched"] == chosen["instance_size"]
+        assert rec["series_size_bytes"] == series["instance_size"].sum()
+        assert chosen["instance_size"] / series["instance_size"].sum() < 0.05
+
+
+def test_overview_at_the_target_spacing_is_not_chosen(first: Run, instance_table: pd.DataFrame) -> None:
+    rec = records(first)["TCGA-D1-A003-01Z-00-DX1"]
+    overview = instance_table[instance_table["ImageType"].map(lambda t: t[2] == "OVERVIEW")]
+    assert overview["PixelSpacing_0"].tolist() == [0.015]
+    source = rec["source"]
+    assert isinstance(source, dict)
+    assert source["SOPInstanceUID"] not in set(overview["SOPInstanceUID"])
+
+
+def test_report_lists_every_slide_with_its_numbers(first: Run) -> None:
+    report = pd.read_csv(first.workdir / "results/report/slides.csv")
+    assert report["status"].tolist() == ["done"] * 6
+    recs = {rec["slide_id"]: rec for rec in records(first).values()}
+    for row in report.itertuples():
+        assert row.bytes_fetched == recs[row.slide_id]["bytes_fetched"]
+        assert row.output_spacing_um == pytest.approx(TARGET_UM, rel=0.01)
+    page = (first.workdir / "results/report/index.html").read_text()
+    assert page.count('<img alt="TCGA-D') == 6
+    assert "6 of 6 slides done, 0 failed" in page
+
+
+def test_no_download_is_left_behind(first: Run) -> None:
+    leftovers = [p for p in first.workdir.rglob("*") if p.suffix in {".dcm", ".partial"}]
+    assert leftovers == []
+    assert list(first.scratch.iterdir()) == []
+
+
+def test_second_dry_run_has_nothing_to_do(first: Run) -> None:
+    proc = snakemake(first.workdir, first.config, "-n")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_fresh_run_gives_identical_lock_and_images(
+    first: Run, tmp_path: Path, demo_build: dict[str, Path], s3: S3Server
+) -> None:
+    second = run_in(tmp_path / "second", demo_tables(demo_build), s3)
+    for name in ("results/cohort/cohort.tsv", "results/cohort/instances.tsv", "results/report/slides.csv"):
+        assert (second.workdir / name).read_bytes() == (first.workdir / name).read_bytes(), name
+    images = sorted(p.name for p in (first.workdir / "results/slides").glob("*.png"))
+    assert len(images) == 6
+    for name in images:
+        assert sha256(second.workdir / "results/slides" / name) == sha256(
+            first.workdir / "results/slides" / name
+        )
+
+
+def test_bad_config_stops_before_anything_runs(
+    tmp_path: Path, demo_build: dict[str, Path], s3: S3Server
+) -> None:
+    config = write_config(tmp_path / "config.yaml", demo_tables(demo_build), s3.url, n=0, seed=1.5)
+    proc = snakemake(tmp_path, config)
+    assert proc.returncode != 0
+    assert "config key cohort.n: got 0; expected an integer >= 1" in proc.stderr
+    assert "config key cohort.seed: got 1.5; expected an integer" in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_one_bad_slide_is_reported_and_the_others_finish(
+    tmp_path: Path, demo_build: dict[str, Path], s3: S3Server, instance_table: pd.DataFrame, first: Run
+) -> None:
+    # The index claims one byte more for one slide's chosen level than the object holds.
+    victim = records(first)["TCGA-D1-A004-01Z-00-DX1"]
+    source = victim["source"]
+    assert isinstance(source, dict)
+    broken = instance_table.copy()
+    wrong = broken["SOPInstanceUID"] == source["SOPInstanceUID"]
+    broken.loc[wrong, "instance_size"] += 1
+    tables = demo_tables(demo_build)
+    tables["sm_instance_index"] = tmp_path / "sm_instance_index.parquet"
+    broken.to_parquet(tables["sm_instance_index"], index=False)
+    run = run_in(tmp_path / "run", tables, s3)
+    report = pd.read_csv(run.workdir / "results/report/slides.csv").set_index("slide_id")
+    assert (report["status"] == "done").sum() == 5
+    failed = report.loc[victim["slide_id"]]
+    assert failed["status"] == "failed"
+    size = int(instance_table.loc[wrong, "instance_size"].iloc[0])
+    assert f"downloaded {size} bytes; expected {size + 1} bytes" in failed["error"]
+    assert not (run.workdir / f"results/slides/{victim['slide_id']}.png").exists()
+
+
+def test_sample_of_two_follows_the_seed(tmp_path: Path, demo_build: dict[str, Path], s3: S3Server) -> None:
+    run = run_in(tmp_path, demo_tables(demo_build), s3, n=2, seed=7)
+    lock = pd.read_csv(run.workdir / "results/cohort/cohort.tsv", sep="\t", comment="#", dtype=str)
+    index = pd.read_parquet(demo_build["index"])
+    keys = {uid: hashlib.md5(f"7:{uid}".encode()).hexdigest() for uid in index["SeriesInstanceUID"]}
+    assert set(lock["SeriesInstanceUID"]) == set(sorted(keys, key=lambda u: (keys[u], u))[:2])
+    assert "# candidates: 6" in (run.workdir / "results/cohort/cohort.tsv").read_text()
+    assert len(list((run.workdir / "results/slides").glob("*.png"))) == 2
+
+
+def test_growing_n_runs_only_the_new_slides(
+    tmp_path: Path, demo_build: dict[str, Path], s3: S3Server
+) -> None:
+    small = run_in(tmp_path, demo_tables(demo_build), s3, n=3, seed=11)
+    before = {p.name: p.stat().st_mtime_ns for p in (small.workdir / "results/slides").glob("*.json")}
+    assert len(before) == 3
+    grown = run_in(tmp_path, demo_tables(demo_build), s3, n=4, seed=11)
+    after = {p.name: p.stat().st_mtime_ns for p in (grown.workdir / "results/slides").glob("*.json")}
+    assert len(after) == 4
+    assert {name: after[name] for name in before} == before
+    assert grown.proc.stderr.count("rule slide:") == 1

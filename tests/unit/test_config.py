@@ -1,0 +1,92 @@
+"""Config validation: each message names the key, the value and what was expected."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from slidestock.config import validate_config
+from slidestock.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def base() -> dict[str, Any]:
+    loaded = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def with_change(path: str, value: Any) -> dict[str, Any]:
+    config = copy.deepcopy(base())
+    *parents, last = path.split(".")
+    node = config
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return config
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "demo.yaml"])
+def test_shipped_configs_are_valid(name: str) -> None:
+    config = yaml.safe_load((REPO / "config" / name).read_text())
+    assert validate_config(config, SCHEMA)["target"]["mpp"] == 15.0
+
+
+def test_defaults_are_filled_in() -> None:
+    checked = validate_config({"cohort": {"n": 5}, "target": {"mpp": 10}, "fetch": {}}, SCHEMA)
+    assert checked["cohort"] == {
+        "n": 5,
+        "source": "idc",
+        "idc_version": "current",
+        "filter": {"Modality": ["SM"]},
+        "seed": 42,
+        "tables": None,
+    }
+    assert checked["fetch"] == {"endpoint": "aws", "attempts": 3}
+    assert checked["target"] == {"mpp": 10, "max_px": None, "format": "png"}
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("cohort.n", 0, "config key cohort.n: got 0; expected an integer >= 1 (or null for all)"),
+        ("cohort.n", "ten", "config key cohort.n: got 'ten'; expected an integer >= 1"),
+        ("cohort.seed", 4.5, "config key cohort.seed: got 4.5; expected an integer"),
+        ("cohort.seed", "42", "config key cohort.seed: got '42'; expected an integer"),
+        (
+            "cohort.idc_version",
+            "latest",
+            "config key cohort.idc_version: got 'latest'; expected 'current' or",
+        ),
+        ("cohort.filter", {"collection_id": []}, "config key cohort.filter.collection_id: got []"),
+        ("target.format", "bmp", "config key target.format: got 'bmp'; expected png"),
+        ("target.mpp", -1, "config key target.mpp: got -1; expected a number > 0"),
+        ("fetch.endpoint", "ftp://x", "config key fetch.endpoint: got 'ftp://x'; expected aws, gcs or"),
+        ("cohort.colection_id", ["x"], "config key cohort.colection_id: not a known key; expected one of:"),
+        ("extra", 1, "config key extra: not a known key; expected one of: cohort, fetch, target"),
+    ],
+)
+def test_bad_values_name_key_value_and_expectation(path: str, value: Any, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_config(with_change(path, value), SCHEMA)
+    assert message in str(info.value)
+
+
+def test_both_mpp_and_max_px_is_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"got mpp=15.0 and max_px=2048; expected exactly one"):
+        validate_config(with_change("target.max_px", 2048), SCHEMA)
+
+
+def test_every_error_is_reported_at_once() -> None:
+    config = with_change("cohort.n", 0)
+    config["cohort"]["seed"] = "x"
+    with pytest.raises(ConfigError) as info:
+        validate_config(config, SCHEMA)
+    assert "cohort.n" in str(info.value)
+    assert "cohort.seed" in str(info.value)

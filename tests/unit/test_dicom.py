@@ -1,0 +1,125 @@
+"""The generated DICOM WSI fixtures, and reading a level back as pixels.
+
+OpenSlide (openslide-bin 4 reads DICOM WSI) is the independent reference:
+each fixture series must open with it, and our decode of a level must match
+its pixels.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import openslide
+import pandas as pd
+import pyarrow.parquet as pq
+import pydicom
+import pytest
+
+from slidestock import synthetic
+from slidestock.dicomlevel import read_level
+from slidestock.errors import DecodeError
+
+
+def series_folders(demo_build: dict[str, Path]) -> list[Path]:
+    return sorted((demo_build["s3_root"] / synthetic.BUCKET).iterdir())
+
+
+def instance_path(demo_build: dict[str, Path], instances: pd.DataFrame, row: pd.Series) -> Path:
+    index = pd.read_parquet(demo_build["index"]).set_index("SeriesInstanceUID")
+    series_uuid = index.loc[row["SeriesInstanceUID"], "crdc_series_uuid"]
+    return demo_build["s3_root"] / synthetic.BUCKET / series_uuid / f"{row['crdc_instance_uuid']}.dcm"
+
+
+def test_demo_has_the_promised_shape(demo_build: dict[str, Path], instance_table: pd.DataFrame) -> None:
+    assert len(series_folders(demo_build)) == 6
+    volumes = instance_table[instance_table["ImageType"].map(lambda t: t[2] == "VOLUME")]
+    per_series = volumes.groupby("SeriesInstanceUID")
+    assert sorted(per_series.size().unique()) == [3, 4]
+    base = per_series.apply(lambda g: g.loc[g["TotalPixelMatrixColumns"].idxmax()], include_groups=False)
+    assert (base[["TotalPixelMatrixColumns", "TotalPixelMatrixRows"]].max(axis=1) >= 8000).all()
+    assert (base["PixelSpacing_0"] == 0.00025).all()
+    syntaxes = instance_table.groupby("SeriesInstanceUID")["TransferSyntaxUID"].agg(set)
+    assert sum(s == {synthetic.JPEG_2000} for s in syntaxes) == 1
+    assert sum(s == {synthetic.JPEG_BASELINE} for s in syntaxes) == 5
+    flavors = instance_table["ImageType"].map(lambda t: t[2]).value_counts().to_dict()
+    assert flavors == {"VOLUME": 23, "LABEL": 1, "OVERVIEW": 1}
+
+
+@pytest.mark.parametrize("name", ["index", "sm_index", "sm_instance_index"])
+def test_tables_have_exactly_the_idc_index_schema(demo_build: dict[str, Path], name: str) -> None:
+    written = pq.read_schema(demo_build[name]).remove_metadata()
+    assert written.names == synthetic.table_schema(name).names
+    assert written.types == synthetic.table_schema(name).types
+
+
+def test_sizes_in_index_are_the_file_sizes(demo_build: dict[str, Path], instance_table: pd.DataFrame) -> None:
+    for _, row in instance_table.iterrows():
+        assert instance_path(demo_build, instance_table, row).stat().st_size == row["instance_size"]
+
+
+def test_every_series_opens_with_openslide_and_pydicom(demo_build: dict[str, Path]) -> None:
+    for folder in series_folders(demo_build):
+        files = sorted(folder.glob("*.dcm"))
+        slide = openslide.OpenSlide(str(files[0]))
+        headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+        volumes = sorted(
+            (
+                (int(h.TotalPixelMatrixColumns), int(h.TotalPixelMatrixRows))
+                for h in headers
+                if h.ImageType[2] == "VOLUME"
+            ),
+            reverse=True,
+        )
+        assert list(slide.level_dimensions) == volumes
+        assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(0.25)
+        has_label = any(h.ImageType[2] == "LABEL" for h in headers)
+        assert sorted(slide.associated_images) == (["label", "macro"] if has_label else [])
+        slide.close()
+
+
+@pytest.mark.parametrize("syntax", [synthetic.JPEG_BASELINE, synthetic.JPEG_2000])
+def test_read_level_matches_openslide(
+    demo_build: dict[str, Path], instance_table: pd.DataFrame, syntax: str, tmp_path: Path
+) -> None:
+    rows = instance_table[
+        (instance_table["TransferSyntaxUID"] == syntax)
+        & instance_table["ImageType"].map(lambda t: t[2] == "VOLUME")
+    ]
+    row = rows.sort_values("TotalPixelMatrixColumns").iloc[1]  # the level before the smallest
+    # Alone in its folder, as a download is: OpenSlide would otherwise find the series' other levels.
+    path = tmp_path / "level.dcm"
+    shutil.copyfile(instance_path(demo_build, instance_table, row), path)
+    level = read_level(path)
+    width, height = int(row["TotalPixelMatrixColumns"]), int(row["TotalPixelMatrixRows"])
+    assert level.size_px == (width, height) == (level.image.width, level.image.height)
+    assert level.spacing_xy_um is not None
+    assert level.spacing_xy_um[0] == pytest.approx(row["PixelSpacing_0"] * 1000, rel=0.05)
+    ours = level.image.numpy()
+    slide = openslide.OpenSlide(str(path))
+    assert slide.level_count == 1
+    reference = np.asarray(slide.read_region((0, 0), 0, (width, height)).convert("RGB"))
+    difference = np.abs(ours.astype(int) - reference.astype(int))
+    assert ours.shape == reference.shape == (height, width, 3)
+    assert difference.mean() < 0.5
+    assert np.percentile(difference, 99.9) <= 2
+
+
+def test_non_dicom_file_is_a_decode_error(tmp_path: Path) -> None:
+    path = tmp_path / "not.dcm"
+    path.write_bytes(b"<html>Access Denied</html>")
+    with pytest.raises(DecodeError, match=r"slide-x: not a readable DICOM file"):
+        read_level(path, item="slide-x")
+
+
+def test_missing_frames_are_a_decode_error(
+    demo_build: dict[str, Path], instance_table: pd.DataFrame, tmp_path: Path
+) -> None:
+    row = instance_table.sort_values("instance_size").iloc[0]
+    ds = pydicom.dcmread(instance_path(demo_build, instance_table, row))
+    ds.TotalPixelMatrixColumns = int(ds.TotalPixelMatrixColumns) * 4
+    broken = tmp_path / "broken.dcm"
+    ds.save_as(broken)
+    with pytest.raises(DecodeError, match=r"frames; expected \d+ x \d+ = \d+ tiles"):
+        read_level(broken)

@@ -1,0 +1,116 @@
+"""The level rule and the output-size arithmetic."""
+
+from __future__ import annotations
+
+import pytest
+
+from slidestock.errors import ConfigError, LevelError
+from slidestock.levels import Level, Target, choose_level, output_size_px, spacings_um, volume_levels
+
+VOLUME = ("DERIVED", "PRIMARY", "VOLUME", "NONE")
+
+
+def level(uid: str, size: tuple[int, int], spacing: float | None, flavor: str = "VOLUME") -> Level:
+    image_type = ("ORIGINAL", "PRIMARY", flavor, "NONE")
+    return Level(uid, f"uuid-{uid}", image_type, size, spacing, "1.2.840.10008.1.2.4.50", size[0] * 10)
+
+
+# A TCGA-like pyramid: sizes are not exact powers of four.
+PYRAMID = [
+    level("l0", (40000, 30000), 0.25),
+    level("l1", (10000, 7500), 1.0),
+    level("l2", (2500, 1875), 4.0),
+    level("l3", (625, 468), 16.0),
+]
+
+
+def test_picks_coarsest_level_not_coarser_than_target() -> None:
+    choice = choose_level(PYRAMID, Target(mpp=15.0))
+    assert choice.level.sop_instance_uid == "l2"
+    assert choice.output_size_px == (667, 500)  # 2500 * 4 / 15 = 666.67, 1875 * 4 / 15 = 500
+    assert choice.spacing_um == 4.0
+
+
+def test_target_equal_to_a_level_takes_that_level_unscaled() -> None:
+    choice = choose_level(PYRAMID, Target(mpp=16.0))
+    assert choice.level.sop_instance_uid == "l3"
+    assert choice.output_size_px == (625, 468)
+    assert choice.scale == 1.0
+
+
+def test_order_of_levels_does_not_matter() -> None:
+    assert choose_level(reversed(PYRAMID), Target(mpp=3.0)).level.sop_instance_uid == "l1"
+
+
+@pytest.mark.parametrize("flavor", ["LABEL", "OVERVIEW", "THUMBNAIL"])
+def test_non_volume_instances_are_never_chosen(flavor: str) -> None:
+    # This instance's spacing equals the target exactly: it would win if it qualified.
+    decoy = level("decoy", (1000, 800), 15.0, flavor)
+    choice = choose_level([*PYRAMID, decoy], Target(mpp=15.0))
+    assert choice.level.sop_instance_uid == "l2"
+    assert choose_level([*PYRAMID, decoy], Target(max_px=900)).level.sop_instance_uid == "l2"
+
+
+def test_never_upsamples_when_base_is_coarser_than_target() -> None:
+    coarse = [level("c0", (3000, 2000), 8.0), level("c1", (750, 500), 32.0)]
+    choice = choose_level(coarse, Target(mpp=2.0))
+    assert choice.level.sop_instance_uid == "c0"
+    assert choice.output_size_px == (3000, 2000)
+    assert "never upsample" in choice.reason
+
+
+def test_max_px_takes_smallest_level_at_least_that_long() -> None:
+    choice = choose_level(PYRAMID, Target(max_px=2048))
+    assert choice.level.sop_instance_uid == "l2"
+    assert choice.output_size_px == (2048, 1536)  # 1875 * 2048 / 2500 = 1536
+
+
+def test_max_px_larger_than_base_outputs_base_as_is() -> None:
+    choice = choose_level(PYRAMID[2:], Target(max_px=5000))
+    assert choice.level.sop_instance_uid == "l2"
+    assert choice.output_size_px == (2500, 1875)
+
+
+def test_missing_spacing_is_derived_from_size_ratio() -> None:
+    levels = [
+        level("a", (40000, 30000), 0.25),
+        level("b", (10010, 7500), None),
+        level("c", (2500, 1875), None),
+    ]
+    assert spacings_um(volume_levels(levels)) == [(0.25, False), (0.25 * 40000 / 10010, True), (4.0, True)]
+    choice = choose_level(levels, Target(mpp=15.0))
+    assert choice.level.sop_instance_uid == "c"
+    assert choice.spacing_derived
+    assert "derived" in choice.reason
+
+
+def test_no_spacing_at_all_is_a_level_error_naming_the_slide() -> None:
+    levels = [level("a", (4000, 3000), None), level("b", (1000, 750), None)]
+    with pytest.raises(LevelError, match=r"slide-7: none of its 2 VOLUME levels has a pixel spacing"):
+        choose_level(levels, Target(mpp=15.0), slide="slide-7")
+
+
+def test_no_volume_is_a_level_error() -> None:
+    with pytest.raises(LevelError, match="no VOLUME instance"):
+        choose_level([level("x", (500, 500), 15.0, "LABEL")], Target(mpp=15.0))
+
+
+def test_tie_between_two_volumes_breaks_on_uid() -> None:
+    twins = [level("b-twin", (2500, 1875), 4.0), level("a-twin", (2500, 1875), 4.0)]
+    assert choose_level(twins, Target(mpp=15.0)).level.sop_instance_uid == "a-twin"
+
+
+def test_output_size_rounds_half_up_and_scales_axes_independently() -> None:
+    assert output_size_px((512, 384), (4.00390625, 4.00390625), Target(mpp=15.0)) == (137, 103)
+    assert output_size_px((100, 100), (2.0, 4.0), Target(mpp=8.0)) == (25, 50)
+    assert output_size_px((3, 3), (1.0, 1.0), Target(mpp=2.0)) == (2, 2)  # 1.5 rounds up
+    assert output_size_px((10, 10), (1.0, 1.0), Target(mpp=1000.0)) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("mpp", "max_px", "message"),
+    [(15.0, 100, "exactly one"), (None, None, "exactly one"), (0.0, None, "> 0"), (None, 0, ">= 1")],
+)
+def test_target_rejects_bad_combinations(mpp: float | None, max_px: int | None, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Target(mpp=mpp, max_px=max_px)
