@@ -29,6 +29,8 @@ from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, generate_uid
 
+from slidestock.levels import Level
+
 WSI_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.1.77.1.6")
 JPEG_BASELINE = UID("1.2.840.10008.1.2.4.50")
 JPEG_2000 = UID("1.2.840.10008.1.2.4.91")
@@ -89,19 +91,6 @@ DEMO_SLIDES: tuple[SlideSpec, ...] = (
 
 
 @dataclass(frozen=True)
-class InstanceRecord:
-    """What the index tables say about one written DICOM instance."""
-
-    sop_instance_uid: str
-    crdc_instance_uuid: str
-    image_type: tuple[str, ...]
-    size_px: tuple[int, int]
-    spacing_mm: float | None
-    transfer_syntax: str
-    instance_size: int
-
-
-@dataclass(frozen=True)
 class SeriesRecord:
     """What the index tables say about one written DICOM series."""
 
@@ -109,11 +98,11 @@ class SeriesRecord:
     study_uid: str
     series_uid: str
     crdc_series_uuid: str
-    instances: tuple[InstanceRecord, ...] = field(default_factory=tuple)
+    instances: tuple[Level, ...] = field(default_factory=tuple)
 
     @property
     def size_bytes(self) -> int:
-        return sum(i.instance_size for i in self.instances)
+        return sum(i.size_bytes for i in self.instances)
 
 
 def _uid(*parts: object) -> str:
@@ -327,7 +316,7 @@ def _write_instance(
     spacing_mm: float | None,
     tiled: bool,
     transfer_syntax: str,
-) -> InstanceRecord:
+) -> Level:
     rows, cols = pixels.shape[:2]
     if tiled:
         frames = tile_frames(pixels, transfer_syntax)
@@ -352,14 +341,14 @@ def _write_instance(
     path = root / BUCKET / series.crdc_series_uuid / f"{crdc_uuid}.dcm"
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
-    return InstanceRecord(
+    return Level(
         sop_instance_uid=sop_uid,
         crdc_instance_uuid=crdc_uuid,
         image_type=image_type,
         size_px=(cols, rows),
-        spacing_mm=spacing_mm,
+        spacing_um=None if spacing_mm is None else spacing_mm * 1000.0,
         transfer_syntax=transfer_syntax,
-        instance_size=path.stat().st_size,
+        size_bytes=path.stat().st_size,
     )
 
 
@@ -409,9 +398,7 @@ def write_series(spec: SlideSpec, root: Path) -> SeriesRecord:
     )
 
 
-def _label_and_overview(
-    root: Path, spec: SlideSpec, series: SeriesRecord, base: pyvips.Image
-) -> list[InstanceRecord]:
+def _label_and_overview(root: Path, spec: SlideSpec, series: SeriesRecord, base: pyvips.Image) -> list[Level]:
     """A barcode-like LABEL without spacing, and an OVERVIEW at 15 µm/px.
 
     The overview's spacing equals the demo target, so a level rule that forgot
@@ -529,7 +516,7 @@ def sm_index_rows(records: Sequence[SeriesRecord]) -> list[dict[str, Any]]:
     rows = []
     for rec in records:
         base = rec.instances[0]
-        assert base.spacing_mm is not None
+        assert base.spacing_um is not None
         rows.append(
             {
                 "SeriesInstanceUID": rec.series_uid,
@@ -537,7 +524,7 @@ def sm_index_rows(records: Sequence[SeriesRecord]) -> list[dict[str, Any]]:
                 "embeddingMedium_CodeMeaning": ["Tissue freezing medium"],
                 "tissueFixative_CodeMeaning": ["Neutral Buffered Formalin"],
                 "staining_usingSubstance_CodeMeaning": ["hematoxylin stain", "water soluble eosin stain"],
-                "min_PixelSpacing_2sf": _round_sf(base.spacing_mm),
+                "min_PixelSpacing_2sf": _round_sf(base.spacing_um / 1000.0),
                 "max_TotalPixelMatrixColumns": base.size_px[0],
                 "max_TotalPixelMatrixRows": base.size_px[1],
                 "ObjectiveLensPower": 40,
@@ -562,10 +549,12 @@ def sm_instance_index_rows(records: Sequence[SeriesRecord]) -> list[dict[str, An
                         "hematoxylin stain",
                         "water soluble eosin stain",
                     ],
-                    "PixelSpacing_0": None if inst.spacing_mm is None else _round_sf(inst.spacing_mm),
+                    "PixelSpacing_0": None
+                    if inst.spacing_um is None
+                    else _round_sf(inst.spacing_um / 1000.0),
                     "ImageType": list(inst.image_type),
                     "TransferSyntaxUID": inst.transfer_syntax,
-                    "instance_size": inst.instance_size,
+                    "instance_size": inst.size_bytes,
                     "TotalPixelMatrixColumns": inst.size_px[0],
                     "TotalPixelMatrixRows": inst.size_px[1],
                     "crdc_instance_uuid": inst.crdc_instance_uuid,
