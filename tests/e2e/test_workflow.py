@@ -10,69 +10,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 from PIL import Image
 
 from slidestock import synthetic
 from slidestock.s3server import S3Server
+from tests.e2e.runs import Run, demo_tables, run_in, snakemake, write_config
 
-REPO = Path(__file__).resolve().parents[2]
 SPECS = {spec.container_id: spec for spec in synthetic.DEMO_SLIDES}
 TARGET_UM = 15.0
 
 pytestmark = pytest.mark.e2e
-
-
-@dataclass(frozen=True)
-class Run:
-    workdir: Path
-    scratch: Path
-    config: Path
-    proc: subprocess.CompletedProcess[str]
-
-
-def write_config(path: Path, tables: dict[str, Path], endpoint: str, **cohort: object) -> Path:
-    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
-    config["cohort"]["tables"] = {name: str(p) for name, p in tables.items()}
-    config["cohort"].update(cohort)
-    config["fetch"] = {"endpoint": endpoint, "attempts": 1}
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def snakemake(workdir: Path, config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    scratch = workdir / "scratch"
-    scratch.mkdir(parents=True, exist_ok=True)
-    argv = [
-        sys.executable, "-m", "snakemake",
-        "--snakefile", str(REPO / "Snakefile"),
-        "--directory", str(workdir),
-        "--configfile", str(config),
-        "--cores", "2",
-        *extra,
-    ]  # fmt: skip
-    env = {**os.environ, "TMPDIR": str(scratch)}
-    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600, check=False)
-
-
-def run_in(folder: Path, tables: dict[str, Path], s3: S3Server, **cohort: object) -> Run:
-    folder.mkdir(parents=True, exist_ok=True)
-    config = write_config(folder / "config.yaml", tables, s3.url, **cohort)
-    proc = snakemake(folder, config)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return Run(folder, folder / "scratch", config, proc)
-
-
-def demo_tables(demo_build: dict[str, Path]) -> dict[str, Path]:
-    return {name: demo_build[name] for name in ("index", "sm_index", "sm_instance_index")}
 
 
 @pytest.fixture(scope="module")

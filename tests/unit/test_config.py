@@ -45,7 +45,13 @@ def test_defaults_are_filled_in() -> None:
         "source": "idc",
         "idc_version": "current",
         "filter": {"Modality": ["SM"]},
+        "sql": None,
+        "sql_params": {},
+        "manifest": None,
         "seed": 42,
+        "stratify_by": None,
+        "one_per_patient": False,
+        "parquet": {"url": None, "mode": "in_place", "cache": "resources/idc_parquet"},
         "tables": None,
     }
     assert checked["fetch"] == {"endpoint": "aws", "attempts": 3}
@@ -66,6 +72,17 @@ def test_defaults_are_filled_in() -> None:
         ),
         ("cohort.filter", {"collection_id": []}, "config key cohort.filter.collection_id: got []"),
         ("target.format", "bmp", "config key target.format: got 'bmp'; expected png"),
+        ("cohort.source", "tcia", "config key cohort.source: got 'tcia'; expected one of idc, idc_parquet,"),
+        (
+            "cohort.one_per_patient",
+            "yes",
+            "config key cohort.one_per_patient: got 'yes'; expected true or false",
+        ),
+        (
+            "cohort.parquet",
+            {"mode": "stream"},
+            "config key cohort.parquet.mode: got 'stream'; expected in_place",
+        ),
         ("target.mpp", -1, "config key target.mpp: got -1; expected a number > 0"),
         ("fetch.endpoint", "ftp://x", "config key fetch.endpoint: got 'ftp://x'; expected aws, gcs or"),
         ("cohort.colection_id", ["x"], "config key cohort.colection_id: not a known key; expected one of:"),
@@ -90,3 +107,13 @@ def test_every_error_is_reported_at_once() -> None:
         validate_config(config, SCHEMA)
     assert "cohort.n" in str(info.value)
     assert "cohort.seed" in str(info.value)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "config" / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_configs_are_valid(path: Path) -> None:
+    config = yaml.safe_load(path.read_text())
+    checked = validate_config(config, SCHEMA)
+    assert checked["cohort"]["source"] == path.stem.split("_stratified")[0].split("_sql")[0]
+    for key in ("manifest", "sql"):
+        if checked["cohort"][key] and "colleague" not in checked["cohort"][key]:
+            assert (REPO / checked["cohort"][key]).is_file()

@@ -3,6 +3,8 @@
 
 
 checkpoint cohort:
+    input:
+        unpack(get_cohort_inputs),
     output:
         lock="results/cohort/cohort.tsv",
     log:
@@ -37,7 +39,7 @@ checkpoint plan:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=lambda wildcards, attempt: 20 * attempt,
     params:
-        tables=CONFIG["cohort"]["tables"],
+        cohort=CONFIG["cohort"],
         target=CONFIG["target"],
         slide_plans=SLIDE_PLANS,
     script:

@@ -29,7 +29,13 @@ wildcard_constraints:
 
 def get_slide_ids():
     """Slide ids of the cohort lock file (after the cohort checkpoint)."""
-    return read_lock(checkpoints.cohort.get().output.lock)["slide_id"].tolist()
+    return read_lock(Path(checkpoints.cohort.get().output.lock))["slide_id"].tolist()
+
+
+def get_cohort_inputs(wildcards):
+    """Files the cohort is read from: a changed manifest or query re-runs it."""
+    cohort = CONFIG["cohort"]
+    return {key: cohort[key] for key in ("manifest", "sql") if cohort.get(key)}
 
 
 def get_slide_records(wildcards):

@@ -7,40 +7,49 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
 
 from slidestock.cohort import (
-    connect,
-    idc_index_tables,
+    CohortSpec,
+    file_sha256,
     installed_idc_version,
     lock_frame,
     lock_text,
     resolve_idc_version,
     select_cohort,
 )
-from slidestock.config import tables_of
+from slidestock.config import cohort_connection
 from slidestock.provenance import SLIDESTOCK_VERSION, package_version
 
 smk = snakemake  # noqa: F821
 logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
-cohort = smk.params.cohort
-tables = tables_of({"cohort": cohort}, Path.cwd()) or idc_index_tables()
-version = resolve_idc_version(cohort["idc_version"])
-selected = select_cohort(connect(tables), cohort["filter"], cohort["n"], cohort["seed"])
+# The endpoint is read from the config, not a parameter: changing it re-runs nothing.
+config = {"cohort": smk.params.cohort, "fetch": smk.config["fetch"]}
+spec = CohortSpec.from_config(smk.params.cohort, Path.cwd())
+version = resolve_idc_version(spec.idc_version)
+selected = select_cohort(cohort_connection(config, version, Path.cwd()), spec, version)
 frame = lock_frame(selected, version)
 header = {
     "slidestock cohort lock": f"{len(frame)} slides",
-    "source": cohort["source"],
+    "source": spec.source,
     "idc_version": version,
     "idc_index_data_version": installed_idc_version(),
-    "filter": cohort["filter"],
-    "n": cohort["n"],
-    "seed": cohort["seed"],
+    "filter": dict(spec.filters),
+    "n": spec.n,
+    "seed": spec.seed,
+    "stratify_by": spec.stratify_by,
+    "one_per_patient": spec.one_per_patient,
     "candidates": selected.n_candidates,
-    "software": {
-        "slidestock": SLIDESTOCK_VERSION,
-        "duckdb": package_version("duckdb"),
-        "idc-index-data": package_version("idc-index-data"),
-    },
-    "query": selected.query,
 }
+if spec.manifest is not None:
+    header["manifest"] = f"{spec.manifest.name} sha256:{file_sha256(spec.manifest)}"
+if selected.strata:
+    header["strata"] = selected.strata
+if spec.source == "gdc_manifest":
+    header["gdc_unmatched"] = selected.unmatched
+header["software"] = {
+    "slidestock": SLIDESTOCK_VERSION,
+    "duckdb": package_version("duckdb"),
+    "idc-index-data": package_version("idc-index-data"),
+}
+header["query"] = selected.query
 Path(smk.output.lock).write_text(lock_text(frame, header))
 logging.info("wrote %s: %d of %d candidates", smk.output.lock, len(frame), selected.n_candidates)

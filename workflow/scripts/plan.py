@@ -6,16 +6,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
 
-from slidestock.cohort import connect, idc_index_tables, instance_levels, read_lock
-from slidestock.config import tables_of, target_of
+from slidestock.cohort import instance_levels, read_lock
+from slidestock.config import cohort_connection, target_of
 from slidestock.plan import plan_frame, write_slide_plans
 
 smk = snakemake  # noqa: F821
 logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
 lock = read_lock(Path(smk.input.lock))
-tables = tables_of({"cohort": {"tables": smk.params.tables}}, Path.cwd()) or idc_index_tables()
-levels = instance_levels(connect(tables), lock["SeriesInstanceUID"].tolist())
+idc = lock[lock["fetch_from"] == "idc"]
+version = int(lock["idc_version"].iloc[0]) if len(lock) else 0
+# The endpoint is read from the config, not a parameter: changing it re-runs nothing.
+config = {"cohort": smk.params.cohort, "fetch": smk.config["fetch"]}
+levels = instance_levels(cohort_connection(config, version, Path.cwd()), idc["SeriesInstanceUID"].tolist())
 plan = plan_frame(lock, levels, target_of({"target": smk.params.target}))
 plan.to_csv(smk.output.plan, sep="\t", index=False, lineterminator="\n")
 changed = write_slide_plans(plan, Path(smk.params.slide_plans))

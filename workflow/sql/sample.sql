@@ -1,10 +1,11 @@
--- Seeded random sample of the filtered candidates.
--- Each series is ranked by md5(seed || ':' || SeriesInstanceUID): the draw
--- depends only on the seed and the UIDs, never on row order or thread count.
--- $n NULL keeps every candidate.
-SELECT *
-FROM candidates
-QUALIFY $n IS NULL
-    OR row_number() OVER (
-        ORDER BY md5(CAST($seed AS VARCHAR) || ':' || SeriesInstanceUID), SeriesInstanceUID
-    ) <= $n
+-- The draw: within each stratum, the `quota` rows with the smallest keys.
+-- Without stratification there is one stratum holding every row.
+SELECT p.* EXCLUDE (sample_key, stratum_rank)
+FROM (
+    SELECT
+        *,
+        row_number() OVER (PARTITION BY stratum ORDER BY sample_key, sample_id) AS stratum_rank
+    FROM pool
+) AS p
+JOIN quotas AS q USING (stratum)
+WHERE p.stratum_rank <= q.quota

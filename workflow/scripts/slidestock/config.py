@@ -11,10 +11,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import jsonschema
 import yaml
 
-from slidestock.cohort import TablePaths
+from slidestock.cohort import (
+    EXPORT_URL,
+    ParquetSource,
+    TablePaths,
+    connect,
+    connect_parquet,
+    idc_index_tables,
+)
 from slidestock.errors import ConfigError
 from slidestock.levels import Target
 
@@ -84,4 +92,25 @@ def tables_of(config: Mapping[str, Any], base: Path) -> TablePaths | None:
     tables = config["cohort"].get("tables")
     if not tables:
         return None
-    return TablePaths(*(base / Path(tables[name]) for name in ("index", "sm_index", "sm_instance_index")))
+    prior = tables.get("prior_versions_index")
+    return TablePaths(
+        index=base / Path(tables["index"]),
+        sm_index=base / Path(tables["sm_index"]),
+        sm_instance_index=base / Path(tables["sm_instance_index"]),
+        prior_versions_index=None if prior is None else base / Path(prior),
+    )
+
+
+def cohort_connection(config: Mapping[str, Any], version: int, base: Path) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the idc-index views of the configured source."""
+    cohort = config["cohort"]
+    if cohort["source"] == "idc_parquet":
+        parquet = cohort.get("parquet") or {}
+        source = ParquetSource(
+            url=parquet.get("url") or EXPORT_URL.format(version=version),
+            mode=parquet.get("mode", "in_place"),
+            cache=base / Path(parquet.get("cache", "resources/idc_parquet")),
+            endpoint=config["fetch"]["endpoint"],
+        )
+        return connect_parquet(source)
+    return connect(tables_of(config, base) or idc_index_tables())

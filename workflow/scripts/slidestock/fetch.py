@@ -72,13 +72,17 @@ def source_url(url: str, endpoint: str) -> str:
     return f"s3://{_GCS_BUCKETS.get(bucket, bucket)}/{key}"
 
 
-def s5cmd_argv(url: str, dest: Path, endpoint: str, binary: str | None = None) -> list[str]:
-    """The argv of one anonymous s5cmd copy (a list: nothing passes through a shell)."""
+def _s5cmd_base(endpoint: str, binary: str | None) -> list[str]:
     argv = [binary or s5cmd_binary(), "--no-sign-request"]
     custom = endpoint_url(endpoint)
     if custom is not None:
         argv += ["--endpoint-url", custom]
-    return [*argv, "cp", source_url(url, endpoint), str(dest)]
+    return argv
+
+
+def s5cmd_argv(url: str, dest: Path, endpoint: str, binary: str | None = None) -> list[str]:
+    """The argv of one anonymous s5cmd copy (a list: nothing passes through a shell)."""
+    return [*_s5cmd_base(endpoint, binary), "cp", source_url(url, endpoint), str(dest)]
 
 
 def check_size(path: Path, expected_bytes: int, item: str) -> int:
@@ -124,3 +128,12 @@ def fetch_object(
         if attempt < attempts:
             time.sleep(backoff_s * 2 ** (attempt - 1))
     raise FetchError(f"{url}: {attempts} attempts failed; last: {last_error}")
+
+
+def sync_prefix(url: str, dest: Path, endpoint: str, timeout_s: float = 6 * 3600.0) -> None:
+    """Mirror ``url`` (an S3 folder) into ``dest`` with ``s5cmd sync``: only new or changed files move."""
+    dest.mkdir(parents=True, exist_ok=True)
+    argv = [*_s5cmd_base(endpoint, None), "sync", source_url(url.rstrip("/") + "/*", endpoint), f"{dest}/"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
+    if proc.returncode != 0:
+        raise FetchError(f"s5cmd sync {url} -> {dest} exited {proc.returncode}: {proc.stderr.strip()[-500:]}")

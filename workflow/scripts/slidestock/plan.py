@@ -37,6 +37,24 @@ def object_url(bucket: str, crdc_series_uuid: str, crdc_instance_uuid: str) -> s
     return f"s3://{bucket}/{crdc_series_uuid}/{crdc_instance_uuid}.dcm"
 
 
+def _unavailable_reason(slide: Mapping[Hashable, Any], levels: Sequence[Level]) -> str:
+    """Why a slide has no instances to choose from, or "" when it has some."""
+    if slide.get("fetch_from") == "gdc":
+        return (
+            f"{slide['slide_id']}: GDC file {slide['gdc_file_id']} ({slide['gdc_filename']}) matches no IDC "
+            "series; it is listed for the GDC fetch path, which this release does not have"
+        )
+    if levels:
+        return ""
+    if slide.get("in_current_index") == "false":
+        return (
+            f"{slide['slide_id']}: series {slide['SeriesInstanceUID']} of IDC v{slide['idc_version']} was "
+            "revised or removed since, so the installed sm_instance_index does not describe its instances; "
+            "use cohort.source idc_parquet with that release's export"
+        )
+    return f"{slide['slide_id']}: series {slide['SeriesInstanceUID']} has no instances in sm_instance_index"
+
+
 def plan_row(slide: Mapping[Hashable, Any], levels: Sequence[Level], target: Target) -> dict[str, object]:
     """The plan of one slide; a slide no level can serve gets status ``failed`` and the reason."""
     row: dict[str, object] = {c: "" for c in PLAN_COLUMNS}
@@ -44,6 +62,10 @@ def plan_row(slide: Mapping[Hashable, Any], levels: Sequence[Level], target: Tar
     row["SeriesInstanceUID"] = slide["SeriesInstanceUID"]
     row["series_size_bytes"] = sum(lv.size_bytes for lv in levels)
     row["n_levels"] = sum(lv.flavor == "VOLUME" for lv in levels)
+    unavailable = _unavailable_reason(slide, levels)
+    if unavailable:
+        row.update(status="failed", reason=unavailable)
+        return row
     try:
         choice = choose_level(levels, target, slide=str(slide["slide_id"]))
     except LevelError as err:

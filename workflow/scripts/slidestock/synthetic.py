@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,8 @@ JPEG_2000 = UID("1.2.840.10008.1.2.4.91")
 TRANSFER_SYNTAX_NAMES = {JPEG_BASELINE: "JPEG Baseline", JPEG_2000: "JPEG 2000"}
 BUCKET = "idc-open-data"
 TILE_PX = 256
+# Bump when the generator's output changes, so that cached builds are redone.
+BUILD_VERSION = 2
 BACKGROUND_RGB = (242, 241, 238)
 # UUIDs of fixture objects derive from this namespace, so they are stable.
 _UUID_NAMESPACE = uuid.UUID("7c0a4c52-3b5e-4f0f-9a59-5b1d2f6c9e11")
@@ -579,18 +581,76 @@ def write_tables(records: Sequence[SeriesRecord], out_dir: Path, idc_version: in
     return paths
 
 
+DICOM_ALL_PREFIX = "idc-open-metadata/bigquery_export/idc_v{version}/dicom_all"
+
+
+def write_dicom_all(tables: Mapping[str, Path], folder: Path) -> Path:
+    """An IDC Parquet export (``dicom_all``, one row per instance) of the fixture tables.
+
+    Only the columns slidestock reads, under their real dicom_all names and
+    nesting (PixelSpacing inside SharedFunctionalGroupsSequence), split in
+    two files, plus one CT instance that a Modality filter must drop.
+    """
+    index = pq.read_table(tables["index"]).to_pandas().set_index("SeriesInstanceUID")
+    sm = pq.read_table(tables["sm_index"]).to_pandas().set_index("SeriesInstanceUID")
+    rows = []
+    for inst in pq.read_table(tables["sm_instance_index"]).to_pylist():
+        series = index.loc[inst["SeriesInstanceUID"]]
+        spacing = inst["PixelSpacing_0"]
+        rows.append(
+            {
+                "collection_id": series["collection_id"],
+                "PatientID": series["PatientID"],
+                "StudyInstanceUID": series["StudyInstanceUID"],
+                "SeriesInstanceUID": inst["SeriesInstanceUID"],
+                "SOPInstanceUID": inst["SOPInstanceUID"],
+                "Modality": "SM",
+                "ContainerIdentifier": sm.loc[inst["SeriesInstanceUID"], "ContainerIdentifier"],
+                "source_DOI": series["source_DOI"],
+                "license_short_name": series["license_short_name"],
+                "aws_bucket": series["aws_bucket"],
+                "crdc_series_uuid": series["crdc_series_uuid"],
+                "crdc_instance_uuid": inst["crdc_instance_uuid"],
+                "series_aws_url": f"s3://{series['aws_bucket']}/{series['crdc_series_uuid']}/",
+                "instance_size": inst["instance_size"],
+                "ImageType": inst["ImageType"],
+                "TransferSyntaxUID": inst["TransferSyntaxUID"],
+                "TotalPixelMatrixColumns": inst["TotalPixelMatrixColumns"],
+                "TotalPixelMatrixRows": inst["TotalPixelMatrixRows"],
+                "SharedFunctionalGroupsSequence": [
+                    {
+                        "PixelMeasuresSequence": [
+                            {"PixelSpacing": None if spacing is None else [spacing, spacing]}
+                        ]
+                    }
+                ],
+            }
+        )
+    rows.append(dict(rows[0], Modality="CT", SeriesInstanceUID=_uid("ct"), SOPInstanceUID=_uid("ct", 1)))
+    folder.mkdir(parents=True, exist_ok=True)
+    half = len(rows) // 2
+    for number, part in enumerate((rows[:half], rows[half:])):
+        pq.write_table(pa.Table.from_pylist(part), folder / f"{number:012d}.parquet")
+    return folder
+
+
 def build(out_dir: Path, specs: Sequence[SlideSpec] = DEMO_SLIDES, idc_version: int = 25) -> dict[str, Path]:
     """Write objects under ``out_dir/s3`` and tables under ``out_dir/tables``.
 
     A ``manifest.json`` records what was built; a second call with the same
     specification reuses the files.
     """
+    out_dir = out_dir.resolve()
     stamp = out_dir / "manifest.json"
-    wanted = json.dumps([s.__dict__ for s in specs] + [idc_version], sort_keys=True, default=str)
+    wanted = json.dumps(
+        [s.__dict__ for s in specs] + [idc_version, BUILD_VERSION], sort_keys=True, default=str
+    )
     if stamp.exists() and json.loads(stamp.read_text())["spec"] == wanted:
-        return {k: Path(v) for k, v in json.loads(stamp.read_text())["paths"].items()}
+        return {k: out_dir / v for k, v in json.loads(stamp.read_text())["paths"].items()}
     records = [write_series(spec, out_dir / "s3") for spec in specs]
     paths = write_tables(records, out_dir / "tables", idc_version)
     paths["s3_root"] = out_dir / "s3"
-    stamp.write_text(json.dumps({"spec": wanted, "paths": {k: str(v) for k, v in paths.items()}}, indent=1))
+    paths["dicom_all"] = write_dicom_all(paths, out_dir / "s3" / DICOM_ALL_PREFIX.format(version=idc_version))
+    relative = {k: str(v.relative_to(out_dir)) for k, v in paths.items()}
+    stamp.write_text(json.dumps({"spec": wanted, "paths": relative}, indent=1))
     return paths

@@ -1,0 +1,9 @@
+-- GDC manifest rows whose slide barcode (read from the file name) is the
+-- ContainerIdentifier of an IDC series: those slides take the IDC path.
+SELECT
+    c.*,
+    'idc' AS fetch_from,
+    g.file_id AS gdc_file_id,
+    g.filename AS gdc_filename
+FROM gdc_matchable AS c
+JOIN gdc_files AS g ON c.ContainerIdentifier = g.barcode

@@ -1,0 +1,10 @@
+-- GDC manifest rows that match no IDC series: kept, marked for the GDC path.
+SELECT
+    'gdc' AS fetch_from,
+    g.file_id AS gdc_file_id,
+    g.filename AS gdc_filename,
+    g.barcode AS ContainerIdentifier
+FROM gdc_files AS g
+WHERE NOT EXISTS (
+    SELECT 1 FROM gdc_matchable AS c WHERE c.ContainerIdentifier = g.barcode
+)
