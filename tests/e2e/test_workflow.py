@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from slidestock import synthetic
@@ -186,3 +187,22 @@ def test_growing_n_runs_only_the_new_slides(
     assert len(after) == 4
     assert {name: after[name] for name in before} == before
     assert grown.proc.stderr.count("rule slide:") == 1
+
+
+def test_target_change_reruns_plan_and_slides_but_not_the_cohort(
+    first: Run, demo_build: dict[str, Path]
+) -> None:
+    config = yaml.safe_load(first.config.read_text())
+    config["target"]["mpp"] = 20.0
+    changed = first.workdir / "target20.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    dry = snakemake(first.workdir, changed, "-n")
+    out = dry.stdout + dry.stderr
+    assert dry.returncode == 0, out[-2000:]
+    assert "checkpoint plan:" in out
+    assert "checkpoint cohort:" not in out
+    config["target"]["mpp"] = 15.0
+    config["fetch"]["endpoint"] = "http://127.0.0.1:1"
+    moved = first.workdir / "endpoint.yaml"
+    moved.write_text(yaml.safe_dump(config))
+    assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(snakemake(first.workdir, moved, "-n"))

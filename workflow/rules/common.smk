@@ -54,5 +54,9 @@ def get_slide_plan(wildcards):
 
 def get_slide_disk_mb(wildcards, input, attempt):
     """Scratch space for the download: the chosen instance's size plus headroom."""
-    size = read_slide_plan(Path(input.plan))["instance_size"] or 0
+    plan = Path(input.plan)
+    if plan.parent != Path(SLIDE_PLANS):
+        # The plan checkpoint has yet to run: Snakemake stands its output in for the input.
+        return 1000 * attempt
+    size = read_slide_plan(plan)["instance_size"] or 0
     return (int(int(size) / 1e6 * 1.2) + 50) * attempt

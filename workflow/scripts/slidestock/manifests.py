@@ -19,8 +19,8 @@ _IDC_LINE = re.compile(
 )
 GDC_COLUMNS = ("id", "filename", "md5", "size", "state")
 # A TCGA slide barcode: project-TSS-participant-sample/vial-portion/analyte-slide, e.g.
-# TCGA-A1-A0SB-01Z-00-DX1; GDC file names start with it.
-_BARCODE = re.compile(r"^(?P<barcode>[A-Z0-9]+-[A-Z0-9]{2}-[A-Z0-9]{4}-\d{2}[A-Z]-\d{2}-[A-Z]{2}\d+)")
+# TCGA-A1-A0SB-01Z-00-DX1 (diagnostic) or TCGA-2F-A9KO-01A-01-TSA (frozen); GDC file names start with it.
+_BARCODE = re.compile(r"^(?P<barcode>[A-Z0-9]+-[A-Z0-9]{2}-[A-Z0-9]{4}-\d{2}[A-Z]-\d{2}-[A-Z]{2}[A-Z0-9]+)")
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
