@@ -53,9 +53,7 @@ def stand_in_tables(folder: Path) -> TablePaths:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--collection", default="tcga_brca")
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--seed", type=int, default=42)
@@ -63,9 +61,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         tables = idc_index_tables() if args.real_sm_tables else stand_in_tables(Path(folder))
-        spec = CohortSpec(
-            filters={"collection_id": [args.collection], "Modality": ["SM"]}, n=args.n, seed=args.seed
-        )
+        spec = CohortSpec(filters={"collection_id": [args.collection], "Modality": ["SM"]}, n=args.n, seed=args.seed)
         start = time.perf_counter()
         cohort = select_cohort(connect(tables), spec, 25)
         text = lock_text(lock_frame(cohort, 25), {"seed": args.seed})

@@ -27,10 +27,7 @@ def lock_body(run: Run) -> str:
 
 
 def image_hashes(run: Run) -> dict[str, str]:
-    return {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in (run.workdir / "results/slides").glob("*.png")
-    }
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (run.workdir / "results/slides").glob("*.png")}
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +57,7 @@ def test_idc_manifest(reference: Run, tmp_path: Path, demo_build: dict[str, Path
     manifest.write_text(
         "# IDC portal manifest\n\n"
         + "".join(
-            f"cp s3://{b}/{u}/* .\n"
-            for b, u in zip(chosen["aws_bucket"], chosen["crdc_series_uuid"], strict=True)
+            f"cp s3://{b}/{u}/* .\n" for b, u in zip(chosen["aws_bucket"], chosen["crdc_series_uuid"], strict=True)
         )
     )
     run = run_in(tmp_path / "run", demo_tables(demo_build), s3, source="idc_manifest", manifest=str(manifest))
@@ -101,8 +97,7 @@ def test_gdc_manifest_matched_take_idc_unmatched_are_listed(
         ("6e3b7a14-5d4c-4f8e-9a21-0c1d2e3f4a03", "TCGA-XX-0000-01Z-00-DX1.9C0D1E2F.svs"),
     ]
     manifest.write_text(
-        "id\tfilename\tmd5\tsize\tstate\n"
-        + "".join(f"{i}\t{f}\t{'0' * 32}\t123456\treleased\n" for i, f in rows)
+        "id\tfilename\tmd5\tsize\tstate\n" + "".join(f"{i}\t{f}\t{'0' * 32}\t123456\treleased\n" for i, f in rows)
     )
     run = run_in(tmp_path / "run", demo_tables(demo_build), s3, source="gdc_manifest", manifest=str(manifest))
     report = pd.read_csv(run.workdir / "results/report/slides.csv").set_index("slide_id")
@@ -123,9 +118,7 @@ def test_lock_from_another_run_is_reproduced_exactly(
 ) -> None:
     colleague = tmp_path / "colleague_cohort.tsv"
     colleague.write_bytes((reference.workdir / "results/cohort/cohort.tsv").read_bytes())
-    run = run_in(
-        tmp_path / "run", demo_tables(demo_build), s3, source="lock", manifest=str(colleague), n=1, seed=3
-    )
+    run = run_in(tmp_path / "run", demo_tables(demo_build), s3, source="lock", manifest=str(colleague), n=1, seed=3)
     assert lock_body(run) == lock_body(reference)
     assert (run.workdir / "results/cohort/instances.tsv").read_bytes() == (
         reference.workdir / "results/cohort/instances.tsv"

@@ -39,9 +39,7 @@ def sha256(path: Path) -> str:
 def expected_output_px(spec: synthetic.SlideSpec) -> tuple[int, int]:
     """From the specification: the 4x-step level just finer than 15 µm/px, then rounding half up."""
     width, height = spec.base_size_px
-    level = max(
-        k for k in range(spec.n_levels) if spec.base_spacing_um * width / (width // 4**k) <= TARGET_UM
-    )
+    level = max(k for k in range(spec.n_levels) if spec.base_spacing_um * width / (width // 4**k) <= TARGET_UM)
     level_w, level_h = width // 4**level, height // 4**level
     spacing = spec.base_spacing_um * width / level_w
     return (math.floor(level_w * spacing / TARGET_UM + 0.5), math.floor(level_h * spacing / TARGET_UM + 0.5))
@@ -102,7 +100,7 @@ def test_report_lists_every_slide_with_its_numbers(first: Run) -> None:
         assert row.bytes_fetched == recs[row.slide_id]["bytes_fetched"]
         assert row.output_spacing_um == pytest.approx(TARGET_UM, rel=0.01)
     page = (first.workdir / "results/report/index.html").read_text()
-    assert page.count('<img alt="TCGA-D') == 6
+    assert page.count('<img loading="lazy" alt="TCGA-D') == 6
     assert "6 of 6 slides done, 0 failed" in page
 
 
@@ -122,19 +120,24 @@ def test_fresh_run_gives_identical_lock_and_images(
     first: Run, tmp_path: Path, demo_build: dict[str, Path], s3: S3Server
 ) -> None:
     second = run_in(tmp_path / "second", demo_tables(demo_build), s3)
-    for name in ("results/cohort/cohort.tsv", "results/cohort/instances.tsv", "results/report/slides.csv"):
+    tables = (
+        "results/cohort/cohort.tsv",
+        "results/cohort/instances.tsv",
+        "results/report/slides.csv",
+        "results/report/slides.parquet",
+        "results/report/contact_sheet.png",
+        "results/report/plots/bytes.svg",
+        "results/report/plots/spacing.svg",
+    )
+    for name in tables:
         assert (second.workdir / name).read_bytes() == (first.workdir / name).read_bytes(), name
     images = sorted(p.name for p in (first.workdir / "results/slides").glob("*.png"))
     assert len(images) == 6
     for name in images:
-        assert sha256(second.workdir / "results/slides" / name) == sha256(
-            first.workdir / "results/slides" / name
-        )
+        assert sha256(second.workdir / "results/slides" / name) == sha256(first.workdir / "results/slides" / name)
 
 
-def test_bad_config_stops_before_anything_runs(
-    tmp_path: Path, demo_build: dict[str, Path], s3: S3Server
-) -> None:
+def test_bad_config_stops_before_anything_runs(tmp_path: Path, demo_build: dict[str, Path], s3: S3Server) -> None:
     config = write_config(tmp_path / "config.yaml", demo_tables(demo_build), s3.url, n=0, seed=1.5)
     proc = snakemake(tmp_path, config)
     assert proc.returncode != 0
@@ -176,9 +179,7 @@ def test_sample_of_two_follows_the_seed(tmp_path: Path, demo_build: dict[str, Pa
     assert len(list((run.workdir / "results/slides").glob("*.png"))) == 2
 
 
-def test_growing_n_runs_only_the_new_slides(
-    tmp_path: Path, demo_build: dict[str, Path], s3: S3Server
-) -> None:
+def test_growing_n_runs_only_the_new_slides(tmp_path: Path, demo_build: dict[str, Path], s3: S3Server) -> None:
     small = run_in(tmp_path, demo_tables(demo_build), s3, n=3, seed=11)
     before = {p.name: p.stat().st_mtime_ns for p in (small.workdir / "results/slides").glob("*.json")}
     assert len(before) == 3
@@ -189,9 +190,7 @@ def test_growing_n_runs_only_the_new_slides(
     assert grown.proc.stderr.count("rule slide:") == 1
 
 
-def test_target_change_reruns_plan_and_slides_but_not_the_cohort(
-    first: Run, demo_build: dict[str, Path]
-) -> None:
+def test_target_change_reruns_plan_and_slides_but_not_the_cohort(first: Run, demo_build: dict[str, Path]) -> None:
     config = yaml.safe_load(first.config.read_text())
     config["target"]["mpp"] = 20.0
     changed = first.workdir / "target20.yaml"

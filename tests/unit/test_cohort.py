@@ -202,9 +202,7 @@ def test_stratified_draw_on_real_index(real_tables: TablePaths, real_index: pd.D
 
 
 def test_one_slide_per_patient(real_tables: TablePaths) -> None:
-    index = pd.read_parquet(
-        REAL_INDEX, columns=["SeriesInstanceUID", "PatientID", "collection_id", "Modality"]
-    )
+    index = pd.read_parquet(REAL_INDEX, columns=["SeriesInstanceUID", "PatientID", "collection_id", "Modality"])
     brca = index[(index["collection_id"] == "tcga_brca") & (index["Modality"] == "SM")]
     cohort = draw(connect(real_tables), {"collection_id": ["tcga_brca"]}, None, 8, one_per_patient=True)
     assert len(cohort.slides) == brca["PatientID"].nunique() < len(brca)
@@ -239,18 +237,12 @@ def test_older_release_selects_the_series_it_held(real_tables: TablePaths) -> No
 
 def test_sql_file_with_named_parameters_replaces_filter(real_tables: TablePaths, tmp_path: Path) -> None:
     query = tmp_path / "query.sql"
-    query.write_text(
-        'SELECT SeriesInstanceUID FROM "index" WHERE collection_id = $collection AND PatientID < $below'
-    )
+    query.write_text('SELECT SeriesInstanceUID FROM "index" WHERE collection_id = $collection AND PatientID < $below')
     spec = CohortSpec(sql=query, sql_params={"collection": "tcga_brca", "below": "TCGA-B"}, n=None, seed=1)
     cohort = select_cohort(connect(real_tables), spec, 25)
-    index = pd.read_parquet(
-        REAL_INDEX, columns=["SeriesInstanceUID", "PatientID", "collection_id", "Modality"]
-    )
+    index = pd.read_parquet(REAL_INDEX, columns=["SeriesInstanceUID", "PatientID", "collection_id", "Modality"])
     want = index[
-        (index["collection_id"] == "tcga_brca")
-        & (index["PatientID"] < "TCGA-B")
-        & (index["Modality"] == "SM")
+        (index["collection_id"] == "tcga_brca") & (index["PatientID"] < "TCGA-B") & (index["Modality"] == "SM")
     ]
     assert set(cohort.slides["SeriesInstanceUID"]) == set(want["SeriesInstanceUID"])
     assert len(want) > 10
@@ -259,9 +251,7 @@ def test_sql_file_with_named_parameters_replaces_filter(real_tables: TablePaths,
 def test_sql_file_without_series_column_is_named(real_tables: TablePaths, tmp_path: Path) -> None:
     query = tmp_path / "bad.sql"
     query.write_text('SELECT PatientID FROM "index" LIMIT 3')
-    with pytest.raises(
-        CohortError, match=r"bad.sql: returns columns \['PatientID'\]; expected a SeriesInstanceUID"
-    ):
+    with pytest.raises(CohortError, match=r"bad.sql: returns columns \['PatientID'\]; expected a SeriesInstanceUID"):
         select_cohort(connect(real_tables), CohortSpec(sql=query), 25)
 
 
@@ -281,20 +271,14 @@ def test_idc_manifest_selects_its_series(demo_build: dict[str, Path], tmp_path: 
     assert sorted(cohort.slides["crdc_series_uuid"]) == chosen
 
 
-def test_idc_manifest_series_missing_from_index_is_an_error(
-    demo_build: dict[str, Path], tmp_path: Path
-) -> None:
+def test_idc_manifest_series_missing_from_index_is_an_error(demo_build: dict[str, Path], tmp_path: Path) -> None:
     manifest = tmp_path / "m.s5cmd"
     manifest.write_text("cp s3://idc-open-data/00000000-0000-0000-0000-000000000000/* .\n")
     with pytest.raises(CohortError, match=r"1 of 1 series are not SM series of this IDC release"):
-        select_cohort(
-            connect(demo_tables_of(demo_build)), CohortSpec(source="idc_manifest", manifest=manifest), 25
-        )
+        select_cohort(connect(demo_tables_of(demo_build)), CohortSpec(source="idc_manifest", manifest=manifest), 25)
 
 
-def test_gdc_manifest_matches_barcodes_and_keeps_the_rest(
-    demo_build: dict[str, Path], tmp_path: Path
-) -> None:
+def test_gdc_manifest_matches_barcodes_and_keeps_the_rest(demo_build: dict[str, Path], tmp_path: Path) -> None:
     manifest = tmp_path / "gdc.tsv"
     rows = [
         ("0b2e1f4c-1111-4b5b-9c1d-000000000001", "TCGA-D1-A001-01Z-00-DX1.AAAA.svs"),
@@ -302,8 +286,7 @@ def test_gdc_manifest_matches_barcodes_and_keeps_the_rest(
         ("0b2e1f4c-1111-4b5b-9c1d-000000000003", "TCGA-ZZ-Z999-01Z-00-DX1.CCCC.svs"),
     ]
     manifest.write_text(
-        "id\tfilename\tmd5\tsize\tstate\n"
-        + "".join(f"{i}\t{f}\t{'a' * 32}\t1000\treleased\n" for i, f in rows)
+        "id\tfilename\tmd5\tsize\tstate\n" + "".join(f"{i}\t{f}\t{'a' * 32}\t1000\treleased\n" for i, f in rows)
     )
     cohort = select_cohort(
         connect(demo_tables_of(demo_build)), CohortSpec(source="gdc_manifest", manifest=manifest), 25
@@ -324,9 +307,7 @@ def test_lock_source_reproduces_the_locked_rows(demo_build: dict[str, Path], tmp
     original = lock_frame(draw(connect(tables), {"Modality": ["SM"]}, 3, 77), 25)
     path = tmp_path / "cohort.tsv"
     path.write_text(lock_text(original, {"seed": 77}))
-    again = lock_frame(
-        select_cohort(connect(tables), CohortSpec(source="lock", manifest=path, n=1, seed=1), 25), 25
-    )
+    again = lock_frame(select_cohort(connect(tables), CohortSpec(source="lock", manifest=path, n=1, seed=1), 25), 25)
     assert lock_text(again, {}) == lock_text(original, {})
 
 
@@ -334,7 +315,5 @@ def test_lock_of_another_release_is_refused(demo_build: dict[str, Path], tmp_pat
     original = lock_frame(draw(connect(demo_tables_of(demo_build)), {"Modality": ["SM"]}, 2, 1), 24)
     path = tmp_path / "cohort.tsv"
     path.write_text(lock_text(original, {}))
-    with pytest.raises(
-        ConfigError, match=r"a lock file of IDC version 24; cohort.idc_version resolves to 25"
-    ):
+    with pytest.raises(ConfigError, match=r"a lock file of IDC version 24; cohort.idc_version resolves to 25"):
         select_cohort(connect(demo_tables_of(demo_build)), CohortSpec(source="lock", manifest=path), 25)

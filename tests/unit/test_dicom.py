@@ -84,8 +84,7 @@ def test_read_level_matches_openslide(
     demo_build: dict[str, Path], instance_table: pd.DataFrame, syntax: str, tmp_path: Path
 ) -> None:
     rows = instance_table[
-        (instance_table["TransferSyntaxUID"] == syntax)
-        & instance_table["ImageType"].map(lambda t: t[2] == "VOLUME")
+        (instance_table["TransferSyntaxUID"] == syntax) & instance_table["ImageType"].map(lambda t: t[2] == "VOLUME")
     ]
     row = rows.sort_values("TotalPixelMatrixColumns").iloc[1]  # the level before the smallest
     # Alone in its folder, as a download is: OpenSlide would otherwise find the series' other levels.

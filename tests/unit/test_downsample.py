@@ -17,9 +17,7 @@ def checkerboard(width: int, height: int) -> pyvips.Image:
     """One-pixel black and white checks: the worst case for aliasing."""
     yy, xx = np.mgrid[0:height, 0:width]
     grey = ((xx + yy) % 2 * 255).astype(np.uint8)
-    return pyvips.Image.new_from_array(np.ascontiguousarray(np.stack([grey] * 3, axis=-1))).copy(
-        interpretation="srgb"
-    )
+    return pyvips.Image.new_from_array(np.ascontiguousarray(np.stack([grey] * 3, axis=-1))).copy(interpretation="srgb")
 
 
 @pytest.mark.parametrize(

@@ -24,9 +24,7 @@ def one_instance(instance_table: pd.DataFrame, demo_build: dict[str, Path]) -> t
     return url, int(row["instance_size"]), local
 
 
-def test_fetch_copies_the_exact_bytes(
-    s3: S3Server, one_instance: tuple[str, int, Path], tmp_path: Path
-) -> None:
+def test_fetch_copies_the_exact_bytes(s3: S3Server, one_instance: tuple[str, int, Path], tmp_path: Path) -> None:
     url, size, original = one_instance
     result = fetch_object(url, tmp_path / "x.dcm", size, s3.url, attempts=1)
     assert result.bytes_fetched == size == original.stat().st_size
@@ -38,9 +36,7 @@ def test_wrong_index_size_fails_after_every_attempt_and_leaves_nothing(
     s3: S3Server, one_instance: tuple[str, int, Path], tmp_path: Path
 ) -> None:
     url, size, _ = one_instance
-    with pytest.raises(
-        FetchError, match=rf"2 attempts failed; last: .*downloaded {size} bytes; expected {size + 1}"
-    ):
+    with pytest.raises(FetchError, match=rf"2 attempts failed; last: .*downloaded {size} bytes; expected {size + 1}"):
         fetch_object(url, tmp_path / "x.dcm", size + 1, s3.url, attempts=2, backoff_s=0.01)
     assert list(tmp_path.iterdir()) == []
 

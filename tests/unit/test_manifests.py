@@ -21,9 +21,7 @@ def write(tmp_path: Path, text: str, name: str = "m.txt") -> Path:
 
 
 def test_idc_manifest_lines_comments_blanks_and_repeats(tmp_path: Path) -> None:
-    text = (
-        f"# portal\n\ncp s3://idc-open-data/{UUID_A}/* .\n  cp 's3://idc-open-data-two/{UUID_B}/*' /data/x \n"
-    )
+    text = f"# portal\n\ncp s3://idc-open-data/{UUID_A}/* .\n  cp 's3://idc-open-data-two/{UUID_B}/*' /data/x \n"
     text += f"cp s3://idc-open-data/{UUID_A}/* .\n"
     assert read_idc_manifest(write(tmp_path, text)) == [UUID_A, UUID_B.lower()]
 
@@ -49,9 +47,7 @@ def test_idc_manifest_without_series_is_an_error(tmp_path: Path) -> None:
 
 GDC_HEADER = "id\tfilename\tmd5\tsize\tstate\n"
 GDC_ROW = (
-    "4f1a2b3c-1d2e-4f5a-8b9c-0d1e2f3a4b5c\tTCGA-A1-A0SB-01Z-00-DX1.6ED4F5B9-3A44.svs\t"
-    + "c" * 32
-    + "\t123\treleased\n"
+    "4f1a2b3c-1d2e-4f5a-8b9c-0d1e2f3a4b5c\tTCGA-A1-A0SB-01Z-00-DX1.6ED4F5B9-3A44.svs\t" + "c" * 32 + "\t123\treleased\n"
 )
 
 

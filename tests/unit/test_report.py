@@ -1,14 +1,15 @@
-"""Report rows and the HTML page."""
+"""Report rows, tables, plots and the HTML page."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 
-from slidestock.report import render_html, report_frame, summary
+from slidestock import plots
+from slidestock.report import ReportInputs, lock_header, render_html, report_frame, summary, write_tables
 
 
 def record(slide: str, status: str, fetched: int, error: str | None = None) -> dict[str, Any]:
@@ -21,32 +22,35 @@ def record(slide: str, status: str, fetched: int, error: str | None = None) -> d
         "series_size_bytes": 1_000_000,
         "bytes_fetched": fetched,
         "level": {"size_px": [500, 400], "header_spacing_um": [4.0, 4.0], "reason": "why"},
-        "output": {"size_px": [133, 107], "spacing_um": [15.04, 14.95], "path": "", "sha256": "ab"}
+        "output": {"size_px": [133, 107], "spacing_um": [15.04, 14.95], "path": "x.png", "sha256": "ab", "bytes": 9}
         if done
         else None,
     }
 
 
-def write(tmp_path: Path, records: list[dict[str, Any]]) -> list[Path]:
-    paths = []
-    for rec in records:
-        path = tmp_path / f"{rec['slide_id']}.json"
-        path.write_text(json.dumps(rec))
-        paths.append(path)
-    return paths
+COHORT = pd.DataFrame(
+    {
+        "slide_id": ["a", "b"],
+        "collection_id": ["c1", "c2"],
+        "PatientID": ["p1", "p2"],
+        "source_DOI": ["10.1/x", "10.1/y"],
+        "license_short_name": ["CC BY 4.0", "CC BY 4.0"],
+        "fetch_from": ["idc", "idc"],
+    }
+)
 
 
-def test_rows_flatten_records_and_sort(tmp_path: Path) -> None:
-    paths = write(tmp_path, [record("b", "done", 3000), record("a", "failed", 0, "no level")])
-    cohort = pd.DataFrame({"slide_id": ["a", "b"], "collection_id": ["c1", "c2"], "PatientID": ["p1", "p2"]})
-    frame = report_frame(paths, cohort)
+def test_rows_flatten_records_and_sort() -> None:
+    frame = report_frame([record("b", "done", 3000), record("a", "failed", 0, "no level")], COHORT)
     assert frame["slide_id"].tolist() == ["a", "b"]
     done = frame.iloc[1]
     assert done["collection_id"] == "c2"
     assert done["scale"] == 0.266
     assert done["fraction_fetched"] == 0.003
     assert done["output_spacing_um"] == 15.04
+    assert done["log_path"] == "logs/slide/b.log"
     assert frame.iloc[0]["error"] == "no level"
+    assert pd.isna(frame.iloc[0]["output_columns"])
     assert summary(frame) == {
         "slides": 2,
         "done": 1,
@@ -57,11 +61,57 @@ def test_rows_flatten_records_and_sort(tmp_path: Path) -> None:
     }
 
 
-def test_html_escapes_every_metadata_string(tmp_path: Path) -> None:
+def test_parquet_has_typed_columns_and_tables_are_deterministic(tmp_path: Path) -> None:
+    frame = report_frame([record("b", "done", 3000), record("a", "failed", 0, "no level")], COHORT)
+    write_tables(frame, tmp_path / "1.csv", tmp_path / "1.parquet")
+    write_tables(frame, tmp_path / "2.csv", tmp_path / "2.parquet")
+    schema = pq.read_schema(tmp_path / "1.parquet")
+    assert str(schema.field("bytes_fetched").type) == "int64"
+    assert str(schema.field("output_spacing_um").type) == "double"
+    assert str(schema.field("slide_id").type) in ("string", "large_string")
+    assert (tmp_path / "1.parquet").read_bytes() == (tmp_path / "2.parquet").read_bytes()
+    back = pd.read_parquet(tmp_path / "1.parquet")
+    assert back["bytes_fetched"].tolist() == [0, 3000]
+
+
+def inputs(query: str = "SELECT 1") -> ReportInputs:
+    return ReportInputs("25", query, {"source": "idc", "n": "2", "seed": "1"}, {"libvips": "8.18.7"}, 12.5)
+
+
+def test_html_escapes_every_metadata_string() -> None:
     hostile = '<script>alert("x")</script>'
-    paths = write(tmp_path, [record("s1", "failed", 0, hostile)])
-    cohort = pd.DataFrame({"slide_id": ["s1"], "collection_id": [hostile], "PatientID": ["p"]})
-    page = render_html(report_frame(paths, cohort), {"cohort filter": hostile})
-    assert "<script>" not in page
-    assert page.count("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;") == 3
+    cohort = COHORT.assign(collection_id=[hostile, hostile], source_DOI=[hostile, hostile])
+    frame = report_frame([record("a", "failed", 0, hostile)], cohort)
+    page = render_html(frame, inputs(hostile), plots_of(frame))
+    assert "<script>alert" not in page
+    assert page.count("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;") >= 4
     assert "0 of 1 slides done, 1 failed" in page
+    assert "logs/slide/a.log" in page
+
+
+def plots_of(frame: pd.DataFrame) -> dict[str, str]:
+    return {"bars": plots.bars("Slides per collection", list(frame["collection_id"]), [1] * len(frame))}
+
+
+def test_page_has_every_section() -> None:
+    frame = report_frame([record("b", "done", 3000), record("a", "failed", 0, "no level")], COHORT)
+    page = render_html(frame, inputs(), plots_of(frame))
+    for anchor in ('id="summary"', 'id="sheet"', 'id="slides"', 'id="failures"', 'id="citations"', 'id="software"'):
+        assert anchor in page
+    assert "https://doi.org/10.1/y" in page
+    assert "12.5 s" in page
+    assert "https://doi.org/10.1148/rg.230180" in page
+
+
+def test_plots_are_deterministic_svg() -> None:
+    first = plots.scatter_log("t", "x", "y", [1e6, 2e7], [3e4, 5e5])
+    assert first == plots.scatter_log("t", "x", "y", [1e6, 2e7], [3e4, 5e5])
+    assert first.count("<circle") == 2
+    assert plots.histogram("h", "x", [1.0, 1.0, 2.0], bins=2).count("<rect") == 3  # background and two bars
+    assert "no data" in plots.histogram("h", "x", [])
+
+
+def test_lock_header_joins_continuation_lines(tmp_path: Path) -> None:
+    path = tmp_path / "cohort.tsv"
+    path.write_text("# seed: 4\n# query: SELECT *\n#   FROM x\nslide_id\tb\n1\t2\n")
+    assert lock_header(path) == {"seed": "4", "query": "SELECT *\nFROM x"}

@@ -6,7 +6,11 @@ checkpoint cohort:
     input:
         unpack(get_cohort_inputs),
     output:
-        lock="results/cohort/cohort.tsv",
+        lock=report(
+            "results/cohort/cohort.tsv",
+            caption="../report/cohort.rst",
+            category="Cohort",
+        ),
     log:
         "logs/cohort/cohort.log",
     benchmark:

@@ -1,8 +1,10 @@
-# The run report: one CSV row and one HTML table row per slide.
+# The run report: tables, plots and a contact sheet (also for `snakemake --report`),
+# the self-contained index.html, and `verify`, which re-hashes every image.
 
 
 localrules:
     report,
+    verify,
 
 
 rule report:
@@ -13,18 +15,53 @@ rule report:
         csv=report(
             "results/report/slides.csv",
             caption="../report/slides.rst",
-            category="Report",
+            category="Tables",
         ),
+        parquet="results/report/slides.parquet",
         html="results/report/index.html",
+        plot_bytes=report(
+            "results/report/plots/bytes.svg",
+            caption="../report/plot_bytes.rst",
+            category="Plots",
+        ),
+        plot_spacing=report(
+            "results/report/plots/spacing.svg",
+            caption="../report/plot_spacing.rst",
+            category="Plots",
+        ),
+        plot_size=report(
+            "results/report/plots/size.svg",
+            caption="../report/plot_size.rst",
+            category="Plots",
+        ),
+        plot_collections=report(
+            "results/report/plots/collections.svg",
+            caption="../report/plot_collections.rst",
+            category="Plots",
+        ),
+        sheet=report(
+            "results/report/contact_sheet.png",
+            caption="../report/contact_sheet.rst",
+            category="Images",
+        ),
     log:
         "logs/report/report.log",
     conda:
         ENV
     resources:
         mem_mb=2000,
-        runtime=10,
-    params:
-        cohort=CONFIG["cohort"],
-        target=CONFIG["target"],
+        runtime=30,
     script:
         "../scripts/report.py"
+
+
+# No output: `snakemake verify` runs it every time it is asked for.
+rule verify:
+    input:
+        records=get_slide_records,
+    log:
+        "logs/verify/verify.log",
+    conda:
+        ENV
+    script:
+        "../scripts/verify.py"

@@ -1,4 +1,4 @@
-"""Rule `report`: ``slides.csv`` and the self-contained ``index.html``."""
+"""Rule `report`: tables, plots, contact sheet and the self-contained ``index.html``."""
 
 import logging
 import sys
@@ -7,22 +7,41 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
 
 from slidestock.cohort import read_lock
-from slidestock.report import render_html, report_frame, summary, write_csv
+from slidestock.report import (
+    ReportInputs,
+    contact_sheet,
+    load_records,
+    lock_header,
+    plot_svgs,
+    render_html,
+    report_frame,
+    summary,
+    wall_time_s,
+    write_tables,
+)
 
 smk = snakemake  # noqa: F821
 logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
-lock = read_lock(Path(smk.input.lock))
-frame = report_frame([Path(p) for p in smk.input.records], lock)
-write_csv(frame, Path(smk.output.csv))
-cohort, target = smk.params.cohort, smk.params.target
-meta = {
-    "IDC version": lock["idc_version"].iloc[0] if len(lock) else "",
-    "cohort filter": cohort["filter"],
-    "n, seed": f"{cohort['n']}, {cohort['seed']}",
-    "target": f"{target['mpp']} µm/px" if target["mpp"] else f"long side {target['max_px']} px",
-}
-Path(smk.output.html).write_text(render_html(frame, meta))
+lock_path = Path(smk.input.lock)
+records = load_records(Path(p) for p in smk.input.records)
+frame = report_frame(records, read_lock(lock_path))
+write_tables(frame, Path(smk.output.csv), Path(smk.output.parquet))
+svgs = plot_svgs(frame)
+for name, svg in svgs.items():
+    Path(getattr(smk.output, f"plot_{name}")).write_text(svg)
+done = frame[frame["status"] == "done"]
+contact_sheet([Path(p) for p in done["output_path"]], Path(smk.output.sheet))
+header = lock_header(lock_path)
+software = next((rec["software"] for rec in records if rec.get("software")), {})
+inputs = ReportInputs(
+    idc_version=header.get("idc_version", ""),
+    query=header.get("query", ""),
+    cohort_header=header,
+    software=software,
+    wall_time_s=wall_time_s(records),
+)
+Path(smk.output.html).write_text(render_html(frame, inputs, svgs))
 stats = summary(frame)
 logging.info("report: %s", stats)
 print(

@@ -171,9 +171,7 @@ def idc_index_tables() -> TablePaths:
             raise CohortError(f"idc-index could not fetch the {name} table; check the network")
         paths[name] = Path(path)
     assert idc_index_data.IDC_INDEX_PARQUET_FILEPATH is not None
-    return TablePaths(
-        idc_index_data.IDC_INDEX_PARQUET_FILEPATH, paths["sm_index"], paths["sm_instance_index"]
-    )
+    return TablePaths(idc_index_data.IDC_INDEX_PARQUET_FILEPATH, paths["sm_index"], paths["sm_instance_index"])
 
 
 def connect(tables: TablePaths) -> duckdb.DuckDBPyConnection:
@@ -281,9 +279,7 @@ def _check_column(relation: duckdb.DuckDBPyRelation, column: str, key: str) -> s
     return types[column]
 
 
-def apply_filter(
-    relation: duckdb.DuckDBPyRelation, filters: Mapping[str, Sequence[Any]]
-) -> duckdb.DuckDBPyRelation:
+def apply_filter(relation: duckdb.DuckDBPyRelation, filters: Mapping[str, Sequence[Any]]) -> duckdb.DuckDBPyRelation:
     """Keep rows whose column value is one of the allowed values, for every filter column.
 
     A list-valued column (e.g. staining substances) matches when any element is allowed.
@@ -310,8 +306,7 @@ def _restrict_by_sql(
         raise CohortError(f"cohort.sql {spec.sql}: the query failed: {err}") from err
     if "SeriesInstanceUID" not in chosen.columns:
         raise CohortError(
-            f"cohort.sql {spec.sql}: returns columns {list(chosen.columns)}; "
-            "expected a SeriesInstanceUID column"
+            f"cohort.sql {spec.sql}: returns columns {list(chosen.columns)}; expected a SeriesInstanceUID column"
         )
     con.register("sql_selection", chosen[["SeriesInstanceUID"]].drop_duplicates())
     return relation.join(con.table("sql_selection"), "SeriesInstanceUID", how="semi")
@@ -344,9 +339,7 @@ def _restrict_by_gdc_manifest(
     unmatched = con.sql(read_sql("gdc_unmatched"))
     n_unmatched = int(unmatched.aggregate("count(*)").fetchone()[0])  # type: ignore[index]
     if n_unmatched:
-        log.warning(
-            "%s: %d of %d files match no IDC series; kept for the GDC path", manifest, n_unmatched, len(files)
-        )
+        log.warning("%s: %d of %d files match no IDC series; kept for the GDC path", manifest, n_unmatched, len(files))
     return _union_by_name(con, matched, unmatched), n_unmatched
 
 
@@ -437,9 +430,7 @@ def select_cohort(con: duckdb.DuckDBPyConnection, spec: CohortSpec, version: int
     relation = _missing_as_null(relation, ["fetch_from", "gdc_file_id", "gdc_filename"])
     relation = _with_columns(
         relation,
-        fetch_from=duckdb.CoalesceOperator(
-            duckdb.ColumnExpression("fetch_from"), duckdb.ConstantExpression("idc")
-        ),
+        fetch_from=duckdb.CoalesceOperator(duckdb.ColumnExpression("fetch_from"), duckdb.ConstantExpression("idc")),
         sample_id=duckdb.CoalesceOperator(
             duckdb.ColumnExpression("SeriesInstanceUID"),
             duckdb.FunctionExpression(
@@ -471,9 +462,7 @@ def _stratum_expression(relation: duckdb.DuckDBPyRelation, column: str | None) -
         return duckdb.ConstantExpression("all")
     dtype = _check_column(relation, column, "cohort.stratify_by")
     if dtype.endswith("[]"):
-        raise ConfigError(
-            f"cohort.stratify_by: column {column!r} holds lists; expected a single-valued column"
-        )
+        raise ConfigError(f"cohort.stratify_by: column {column!r} holds lists; expected a single-valued column")
     return duckdb.CoalesceOperator(
         duckdb.ColumnExpression(column).cast(_VARCHAR), duckdb.ConstantExpression(_NULL_STRATUM)
     )
@@ -538,15 +527,11 @@ def lock_frame(cohort: Cohort, idc_version: int) -> pd.DataFrame:
     ids = []
     for row in frame.to_dict("records"):
         unique = _none_if_missing(row["crdc_series_uuid"]) or _none_if_missing(row["gdc_file_id"]) or ""
-        ids.append(
-            slide_id(_none_if_missing(row["ContainerIdentifier"]), _none_if_missing(row["PatientID"]), unique)
-        )
+        ids.append(slide_id(_none_if_missing(row["ContainerIdentifier"]), _none_if_missing(row["PatientID"]), unique))
     frame["slide_id"] = ids
     duplicated = frame["slide_id"][frame["slide_id"].duplicated()]
     if not duplicated.empty:
-        raise CohortError(
-            f"cohort: slide ids {sorted(set(duplicated))} are not unique; expected one per series"
-        )
+        raise CohortError(f"cohort: slide ids {sorted(set(duplicated))} are not unique; expected one per series")
     frame["idc_version"] = idc_version
     frame["in_current_index"] = frame["in_current_index"].map(
         lambda v: "" if _none_if_missing(v) is None else str(bool(v)).lower()
@@ -585,9 +570,7 @@ def instance_levels(con: duckdb.DuckDBPyConnection, series_uids: Sequence[str]) 
     rows = con.execute(read_sql("instances"), {"series": list(series_uids)}).fetchall()
     levels: dict[str, list[Level]] = {uid: [] for uid in series_uids}
     for series, sop, crdc, image_type, spacing_mm, cols, rows_px, syntax, size in rows:
-        spacing = (
-            None if spacing_mm is None or math.isnan(spacing_mm) else round(float(spacing_mm) * 1000.0, 9)
-        )
+        spacing = None if spacing_mm is None or math.isnan(spacing_mm) else round(float(spacing_mm) * 1000.0, 9)
         levels[series].append(
             Level(
                 sop_instance_uid=sop,

@@ -52,8 +52,7 @@ def describe_error(error: jsonschema.ValidationError) -> str:
         return (
             f"config key {where}{extra[0]}: not a known key; expected one of: {', '.join(allowed)}"
             if len(extra) == 1
-            else f"config keys {', '.join(where + e for e in extra)}: not known; expected one of: "
-            f"{', '.join(allowed)}"
+            else f"config keys {', '.join(where + e for e in extra)}: not known; expected one of: {', '.join(allowed)}"
         )
     if error.validator == "required":
         return f"config key {key}: {error.message}"

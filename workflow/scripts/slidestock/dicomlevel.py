@@ -74,9 +74,7 @@ def read_level(path: Path, item: str | None = None) -> DicomLevel:
         raise DecodeError(f"{item}: not a readable DICOM file: {err}") from err
     syntax = str(ds.file_meta.TransferSyntaxUID)
     if syntax not in JPEG_SYNTAXES | JPEG2000_SYNTAXES:
-        raise DecodeError(
-            f"{item}: transfer syntax {syntax} is not supported; expected JPEG baseline or JPEG 2000"
-        )
+        raise DecodeError(f"{item}: transfer syntax {syntax} is not supported; expected JPEG baseline or JPEG 2000")
     organization = str(ds.get("DimensionOrganizationType", "TILED_FULL"))
     if organization != "TILED_FULL":
         raise DecodeError(f"{item}: DimensionOrganizationType {organization}; expected TILED_FULL")

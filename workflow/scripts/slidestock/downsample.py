@@ -22,9 +22,7 @@ def resize_exact(image: pyvips.Image, size_px: tuple[int, int]) -> pyvips.Image:
     if (width, height) == (image.width, image.height):
         return image
     if width > image.width or height > image.height:
-        raise ValueError(
-            f"resize to {width} x {height} px from {image.width} x {image.height} px would upsample"
-        )
+        raise ValueError(f"resize to {width} x {height} px from {image.width} x {image.height} px would upsample")
     resized: pyvips.Image = image.resize(width / image.width, vscale=height / image.height, kernel="lanczos3")
     if (resized.width, resized.height) != (width, height):
         # libvips rounds its output size; pin it to the planned one (at most a pixel).
@@ -32,9 +30,7 @@ def resize_exact(image: pyvips.Image, size_px: tuple[int, int]) -> pyvips.Image:
     return resized
 
 
-def write_image(
-    image: pyvips.Image, path: Path, spacing_xy_um: tuple[float, float], fmt: str = "png"
-) -> None:
+def write_image(image: pyvips.Image, path: Path, spacing_xy_um: tuple[float, float], fmt: str = "png") -> None:
     """Write ``image`` at ``path`` with its (column, row) spacing as resolution, atomically.
 
     The file appears under its final name only when complete, so no partial

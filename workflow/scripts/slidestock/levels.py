@@ -56,8 +56,7 @@ class Target:
     def __post_init__(self) -> None:
         if (self.mpp is None) == (self.max_px is None):
             raise ConfigError(
-                f"target: got mpp={self.mpp!r} and max_px={self.max_px!r}; "
-                "expected exactly one of them to be set"
+                f"target: got mpp={self.mpp!r} and max_px={self.max_px!r}; expected exactly one of them to be set"
             )
         if self.mpp is not None and not self.mpp > 0:
             raise ConfigError(f"target.mpp: got {self.mpp!r}; expected a number > 0 (µm per pixel)")
@@ -116,9 +115,7 @@ def spacings_um(volumes: Sequence[Level]) -> list[tuple[float, bool]]:
     return result
 
 
-def output_size_px(
-    size_px: tuple[int, int], spacing_xy_um: tuple[float, float], target: Target
-) -> tuple[int, int]:
+def output_size_px(size_px: tuple[int, int], spacing_xy_um: tuple[float, float], target: Target) -> tuple[int, int]:
     """Output (columns, rows) for a level of ``size_px`` at (column, row) spacing; never larger.
 
     Each axis is scaled by its own spacing, so a level with non-square pixels
@@ -162,9 +159,7 @@ def choose_level(levels: Iterable[Level], target: Target, slide: str = "slide") 
     return _choose_by_size(volumes, spacings, target)
 
 
-def _choose_by_spacing(
-    volumes: Sequence[Level], spacings: Sequence[tuple[float, bool]], target: Target
-) -> LevelChoice:
+def _choose_by_spacing(volumes: Sequence[Level], spacings: Sequence[tuple[float, bool]], target: Target) -> LevelChoice:
     assert target.mpp is not None
     limit = target.mpp * (1 + _SPACING_TOLERANCE)
     fine_enough = [i for i, (sp, _) in enumerate(spacings) if sp <= limit]
@@ -183,14 +178,10 @@ def _choose_by_spacing(
             "output at the level's own spacing (never upsample)"
         )
     level = volumes[i]
-    return LevelChoice(
-        level, spacing, derived, output_size_px(level.size_px, (spacing, spacing), target), reason
-    )
+    return LevelChoice(level, spacing, derived, output_size_px(level.size_px, (spacing, spacing), target), reason)
 
 
-def _choose_by_size(
-    volumes: Sequence[Level], spacings: Sequence[tuple[float, bool]], target: Target
-) -> LevelChoice:
+def _choose_by_size(volumes: Sequence[Level], spacings: Sequence[tuple[float, bool]], target: Target) -> LevelChoice:
     assert target.max_px is not None
     large_enough = [i for i, lv in enumerate(volumes) if lv.long_side_px >= target.max_px]
     if large_enough:
@@ -210,6 +201,4 @@ def _choose_by_size(
         spacing, derived = spacings[i]
     else:
         spacing, derived = math.nan, False
-    return LevelChoice(
-        level, spacing, derived, output_size_px(level.size_px, (spacing, spacing), target), reason
-    )
+    return LevelChoice(level, spacing, derived, output_size_px(level.size_px, (spacing, spacing), target), reason)

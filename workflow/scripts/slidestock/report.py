@@ -1,4 +1,10 @@
-"""The run report: ``slides.csv`` (one row a slide) and a self-contained ``index.html``."""
+"""The run report: ``slides.csv``, ``slides.parquet``, plots, a contact sheet and ``index.html``.
+
+The tables hold no timestamps or paths that depend on the machine, so two runs
+of the same config give byte-identical tables. The HTML page is one file
+(thumbnails as data URIs, plots as inline SVG, no network), and every string
+that comes from metadata is HTML-escaped.
+"""
 
 from __future__ import annotations
 
@@ -6,34 +12,61 @@ import base64
 import html
 import json
 from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyvips
 
-REPORT_COLUMNS = (
-    "slide_id",
-    "collection_id",
-    "PatientID",
-    "SeriesInstanceUID",
-    "status",
-    "error",
-    "level_columns",
-    "level_rows",
-    "level_spacing_um",
-    "level_reason",
-    "scale",
-    "bytes_fetched",
-    "series_size_bytes",
-    "fraction_fetched",
-    "output_columns",
-    "output_rows",
-    "output_spacing_um",
-    "output_path",
-    "sha256",
+from slidestock import plots
+
+REPORT_COLUMNS: dict[str, str] = {
+    # column: pandas dtype of slides.parquet
+    "slide_id": "string",
+    "collection_id": "string",
+    "PatientID": "string",
+    "SeriesInstanceUID": "string",
+    "fetch_from": "string",
+    "status": "string",
+    "error": "string",
+    "level_columns": "Int64",
+    "level_rows": "Int64",
+    "level_spacing_um": "Float64",
+    "level_reason": "string",
+    "scale": "Float64",
+    "bytes_fetched": "Int64",
+    "series_size_bytes": "Int64",
+    "fraction_fetched": "Float64",
+    "output_columns": "Int64",
+    "output_rows": "Int64",
+    "output_spacing_um": "Float64",
+    "tissue_fraction": "Float64",
+    "output_path": "string",
+    "sha256": "string",
+    "source_DOI": "string",
+    "license_short_name": "string",
+    "log_path": "string",
+}
+THUMBNAIL_PX = 160
+# The IDC paper the IDC team asks users to cite.
+IDC_CITATION = (
+    "Fedorov A, et al. National Cancer Institute Imaging Data Commons: Toward Transparency, "
+    "Reproducibility, and Scalability in Imaging Artificial Intelligence. RadioGraphics 2023. "
+    "https://doi.org/10.1148/rg.230180"
 )
-THUMBNAIL_PX = 192
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """What the page shows besides the slide rows."""
+
+    idc_version: str
+    query: str
+    cohort_header: Mapping[str, str]
+    software: Mapping[str, str]
+    wall_time_s: float | None
 
 
 def report_row(record: Mapping[str, Any], slide: Mapping[Hashable, Any]) -> dict[str, Any]:
@@ -47,51 +80,57 @@ def report_row(record: Mapping[str, Any], slide: Mapping[Hashable, Any]) -> dict
     spacing = (level.get("header_spacing_um") or [level.get("index_spacing_um")])[0]
     return {
         "slide_id": record["slide_id"],
-        "collection_id": slide.get("collection_id", ""),
-        "PatientID": slide.get("PatientID", ""),
-        "SeriesInstanceUID": record["source"]["SeriesInstanceUID"],
+        "collection_id": slide.get("collection_id") or None,
+        "PatientID": slide.get("PatientID") or None,
+        "SeriesInstanceUID": record["source"]["SeriesInstanceUID"] or None,
+        "fetch_from": slide.get("fetch_from") or "idc",
         "status": record["status"],
-        "error": record.get("error") or "",
+        "error": record.get("error") or None,
         "level_columns": size[0],
         "level_rows": size[1],
         "level_spacing_um": None if spacing is None else round(float(spacing), 6),
-        "level_reason": level.get("reason", ""),
-        "scale": None if not output else round(out_size[0] / size[0], 6),
+        "level_reason": level.get("reason") or None,
+        "scale": round(out_size[0] / size[0], 6) if output and size[0] else None,
         "bytes_fetched": fetched,
         "series_size_bytes": series_bytes,
         "fraction_fetched": round(fetched / series_bytes, 6) if series_bytes else None,
         "output_columns": out_size[0],
         "output_rows": out_size[1],
-        "output_spacing_um": None if not output else round(float(output["spacing_um"][0]), 6),
-        "output_path": output.get("path", ""),
-        "sha256": output.get("sha256", ""),
+        "output_spacing_um": round(float(output["spacing_um"][0]), 6) if output else None,
+        "tissue_fraction": output.get("tissue_fraction"),
+        "output_path": output.get("path"),
+        "sha256": output.get("sha256"),
+        "source_DOI": slide.get("source_DOI") or None,
+        "license_short_name": slide.get("license_short_name") or None,
+        "log_path": f"logs/slide/{record['slide_id']}.log",
     }
 
 
-def report_frame(json_paths: Iterable[Path], cohort: pd.DataFrame) -> pd.DataFrame:
-    """One row per provenance record, sorted by slide id."""
+def load_records(json_paths: Iterable[Path]) -> list[dict[str, Any]]:
+    return [json.loads(Path(p).read_text()) for p in json_paths]
+
+
+def report_frame(records: Iterable[Mapping[str, Any]], cohort: pd.DataFrame) -> pd.DataFrame:
+    """One typed row per provenance record, sorted by slide id."""
     slides = {row["slide_id"]: row for row in cohort.to_dict("records")}
-    rows = []
-    for path in json_paths:
-        record = json.loads(Path(path).read_text())
-        rows.append(report_row(record, slides.get(record["slide_id"], {})))
-    frame = pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
+    rows = [report_row(rec, slides.get(rec["slide_id"], {})) for rec in records]
+    frame = pd.DataFrame(rows, columns=list(REPORT_COLUMNS)).astype(REPORT_COLUMNS)
     return frame.sort_values("slide_id").reset_index(drop=True)
 
 
-def write_csv(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False, lineterminator="\n")
+def write_tables(frame: pd.DataFrame, csv_path: Path, parquet_path: Path) -> None:
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(csv_path, index=False, lineterminator="\n")
+    frame.to_parquet(parquet_path, index=False)
 
 
 def summary(frame: pd.DataFrame) -> dict[str, Any]:
     """Counts and byte totals for the report header and the end-of-run line."""
-    done = frame[frame["status"] == "done"]
     fetched = int(frame["bytes_fetched"].sum())
     whole = int(frame["series_size_bytes"].sum())
     return {
         "slides": len(frame),
-        "done": len(done),
+        "done": int((frame["status"] == "done").sum()),
         "failed": int((frame["status"] != "done").sum()),
         "bytes_fetched": fetched,
         "series_bytes": whole,
@@ -99,15 +138,84 @@ def summary(frame: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def thumbnail_data_uri(path: Path, size_px: int = THUMBNAIL_PX) -> str:
-    """A small PNG of ``path`` as a data URI, so the page needs no other file."""
-    thumb = pyvips.Image.thumbnail(str(path), size_px, height=size_px)
-    data = thumb.pngsave_buffer(compression=6, keep="none")
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+def wall_time_s(records: Iterable[Mapping[str, Any]]) -> float | None:
+    """From the first slide job's start to the last one's end."""
+    starts, ends = [], []
+    for rec in records:
+        times = rec.get("timings_s") or {}
+        if "started_at" in rec and "total" in times:
+            start = datetime.fromisoformat(rec["started_at"]).timestamp()
+            starts.append(start)
+            ends.append(start + float(times["total"]))
+    return max(ends) - min(starts) if starts else None
+
+
+def lock_header(path: Path) -> dict[str, str]:
+    """The ``# key: value`` header of a lock file, continuation lines joined."""
+    header: dict[str, str] = {}
+    key = ""
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        if line.startswith("#   ") and key:
+            header[key] += "\n" + line[4:]
+        else:
+            key, _, value = line[2:].partition(": ")
+            header[key] = value
+    return header
+
+
+def plot_svgs(frame: pd.DataFrame) -> dict[str, str]:
+    """The report's plots by file stem."""
+    done = frame[frame["status"] == "done"]
+    per_collection = frame["collection_id"].fillna("(none)").value_counts().sort_index()
+    return {
+        "bytes": plots.scatter_log(
+            "Bytes fetched per slide against its whole series",
+            "whole series (bytes)",
+            "fetched (bytes)",
+            [float(v) for v in done["series_size_bytes"]],
+            [float(v) for v in done["bytes_fetched"]],
+        ),
+        "spacing": plots.histogram(
+            "Output spacing", "µm per pixel", [float(v) for v in done["output_spacing_um"].dropna()]
+        ),
+        "size": plots.histogram(
+            "Output size",
+            "long side (pixels)",
+            [float(max(c, r)) for c, r in zip(done["output_columns"], done["output_rows"], strict=True)],
+        ),
+        "collections": plots.bars(
+            "Slides per collection", [str(k) for k in per_collection.index], [int(v) for v in per_collection]
+        ),
+    }
+
+
+def thumbnail(path: Path, size_px: int = THUMBNAIL_PX) -> pyvips.Image:
+    thumb: pyvips.Image = pyvips.Image.thumbnail(str(path), size_px, height=size_px)
+    return thumb.flatten(background=[255, 255, 255]) if thumb.hasalpha() else thumb
+
+
+def thumbnail_data_uri(path: Path) -> str:
+    """A small JPEG of ``path`` as a data URI, so the page needs no other file."""
+    data = thumbnail(path).jpegsave_buffer(Q=80, keep="none")
+    return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+
+
+def contact_sheet(paths: Sequence[Path], out: Path, across: int = 8, cell_px: int = 128) -> None:
+    """All finished images in one PNG grid (for Snakemake's own report)."""
+    cells = [
+        thumbnail(p, cell_px).gravity("centre", cell_px + 8, cell_px + 8, extend="white", background=[255] * 3)
+        for p in paths
+    ]
+    if not cells:
+        cells = [pyvips.Image.black(cell_px, cell_px, bands=3).invert()]
+    sheet = pyvips.Image.arrayjoin(cells, across=min(across, len(cells)), background=[255, 255, 255])
+    sheet.pngsave(str(out), compression=6, keep="none")
 
 
 def _cell(value: Any) -> str:
-    if value is None or (isinstance(value, float) and value != value):
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
         return ""
     return html.escape(str(value))
 
@@ -116,40 +224,163 @@ def _mb(n_bytes: float) -> str:
     return f"{n_bytes / 1e6:,.2f} MB"
 
 
-def render_html(frame: pd.DataFrame, meta: Mapping[str, Any], columns: Sequence[str] = REPORT_COLUMNS) -> str:
-    """The report page: summary, then a table with a thumbnail per finished slide."""
+_SCRIPT = """
+const table = document.getElementById('slides');
+const body = table.tBodies[0];
+document.getElementById('filter').addEventListener('input', (event) => {
+  const needle = event.target.value.toLowerCase();
+  let shown = 0;
+  for (const row of body.rows) {
+    const match = row.textContent.toLowerCase().includes(needle);
+    row.hidden = !match;
+    if (match) shown += 1;
+  }
+  document.getElementById('shown').textContent = shown;
+});
+table.tHead.querySelectorAll('th').forEach((th, column) => {
+  th.addEventListener('click', () => {
+    const ascending = th.dataset.order !== 'asc';
+    table.tHead.querySelectorAll('th').forEach((other) => delete other.dataset.order);
+    th.dataset.order = ascending ? 'asc' : 'desc';
+    const key = (row) => row.cells[column].dataset.value ?? row.cells[column].textContent;
+    const rows = Array.from(body.rows);
+    rows.sort((a, b) => {
+      const x = key(a), y = key(b);
+      const nx = parseFloat(x), ny = parseFloat(y);
+      const order = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
+      return ascending ? order : -order;
+    });
+    rows.forEach((row) => body.appendChild(row));
+  });
+});
+"""
+
+_STYLE = """
+body { font-family: sans-serif; margin: 1.5em; color: #222; }
+h2 { margin-top: 1.6em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; font-size: 0.8em; }
+td, th { border: 1px solid #ccc; padding: 0.25em 0.4em; vertical-align: top; }
+th { cursor: pointer; background: #f3f0f5; position: sticky; top: 0; }
+th[data-order=asc]::after { content: ' \\25B2'; } th[data-order=desc]::after { content: ' \\25BC'; }
+tr.failed { background: #fde4e4; }
+.sheet { display: flex; flex-wrap: wrap; gap: 8px; }
+.sheet figure { margin: 0; width: 170px; font-size: 0.7em; text-align: center; }
+.sheet img { max-width: 160px; max-height: 160px; border: 1px solid #ddd; }
+.plots svg { margin: 0 1em 1em 0; border: 1px solid #eee; }
+dl.facts { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; }
+dl.facts dt { font-weight: bold; } dl.facts dd { margin: 0; }
+pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 0.8em; }
+"""
+
+_SHOWN = (
+    "slide_id", "collection_id", "PatientID", "status", "level_columns", "level_rows", "level_spacing_um",
+    "scale", "output_columns", "output_rows", "output_spacing_um", "bytes_fetched", "series_size_bytes",
+    "fraction_fetched", "tissue_fraction", "error",
+)  # fmt: skip
+
+
+def render_html(frame: pd.DataFrame, inputs: ReportInputs, svgs: Mapping[str, str]) -> str:
+    """The report page."""
     stats = summary(frame)
+    wall = "unknown" if inputs.wall_time_s is None else f"{inputs.wall_time_s:,.1f} s"
+    facts = {
+        "slides requested": stats["slides"],
+        "done": stats["done"],
+        "failed": stats["failed"],
+        "bytes fetched": f"{_mb(stats['bytes_fetched'])} ({100 * stats['fraction_fetched']:.2f} % of whole series)",
+        "whole-slide downloads would move": _mb(stats["series_bytes"]),
+        "slide jobs wall time": wall,
+        "IDC version": f"v{inputs.idc_version}",
+        "cohort source": inputs.cohort_header.get("source", ""),
+        "filter": inputs.cohort_header.get("filter", ""),
+        "n, seed": f"{inputs.cohort_header.get('n', '')}, {inputs.cohort_header.get('seed', '')}",
+        "candidates before sampling": inputs.cohort_header.get("candidates", ""),
+    }
+    return "\n".join(
+        [
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>slidestock report</title>\n<style>{_STYLE}</style></head><body>",
+            "<h1>slidestock report</h1>",
+            f'<p id="summary">{stats["done"]} of {stats["slides"]} slides done, {stats["failed"]} failed. '
+            f"Fetched {_mb(stats['bytes_fetched'])} of the {_mb(stats['series_bytes'])} that whole-slide "
+            f"downloads would have moved ({100 * stats['fraction_fetched']:.2f} %).</p>",
+            '<dl class="facts">',
+            *(f"<dt>{html.escape(k)}</dt><dd>{_cell(v)}</dd>" for k, v in facts.items()),
+            "</dl>",
+            '<h2 id="plots-title">Plots</h2><div class="plots">',
+            *svgs.values(),
+            "</div>",
+            _contact_sheet_html(frame),
+            _table_html(frame),
+            _failures_html(frame),
+            _citations_html(frame, inputs.idc_version),
+            _software_html(inputs.software),
+            '<h2>Cohort query</h2><pre id="query">' + html.escape(inputs.query) + "</pre>",
+            f"<script>{_SCRIPT}</script>",
+            "</body></html>\n",
+        ]
+    )
+
+
+def _contact_sheet_html(frame: pd.DataFrame) -> str:
+    figures = []
+    for record in frame[frame["status"] == "done"].to_dict("records"):
+        image = Path(str(record["output_path"]))
+        if not image.exists():
+            continue
+        figures.append(
+            f'<figure><img loading="lazy" alt="{_cell(record["slide_id"])}" src="{thumbnail_data_uri(image)}">'
+            f"<figcaption>{_cell(record['slide_id'])}<br>{_cell(record['output_columns'])} x "
+            f"{_cell(record['output_rows'])} px</figcaption></figure>"
+        )
+    return f'<h2>Contact sheet</h2><div class="sheet" id="sheet">{"".join(figures)}</div>'
+
+
+def _table_html(frame: pd.DataFrame) -> str:
+    header = "".join(f"<th>{html.escape(c)}</th>" for c in _SHOWN)
     rows = []
     for record in frame.to_dict("records"):
-        image = record["output_path"]
-        thumb = (
-            f'<img alt="{_cell(record["slide_id"])}" src="{thumbnail_data_uri(Path(image))}">'
-            if record["status"] == "done" and image and Path(image).exists()
-            else ""
-        )
-        cells = "".join(f"<td>{_cell(record[c])}</td>" for c in columns if c != "output_path")
-        rows.append(f'<tr class="{_cell(record["status"])}"><td>{thumb}</td>{cells}</tr>')
-    header = "".join(f"<th>{html.escape(c)}</th>" for c in columns if c != "output_path")
-    facts = "".join(f"<dt>{html.escape(str(k))}</dt><dd>{_cell(v)}</dd>" for k, v in meta.items())
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<title>slidestock report</title>
-<style>
-body {{ font-family: sans-serif; margin: 1.5em; }}
-table {{ border-collapse: collapse; font-size: 0.85em; }}
-td, th {{ border: 1px solid #ccc; padding: 0.3em; vertical-align: top; }}
-tr.failed {{ background: #fdd; }}
-dt {{ font-weight: bold; }} dd {{ margin: 0 0 0.4em 1em; white-space: pre-wrap; font-family: monospace; }}
-</style></head>
-<body>
-<h1>slidestock report</h1>
-<p id="summary">{stats["done"]} of {stats["slides"]} slides done, {stats["failed"]} failed.
-Fetched {_mb(stats["bytes_fetched"])} of {_mb(stats["series_bytes"])} in the slides' series
-({100 * stats["fraction_fetched"]:.2f} %).</p>
-<dl>{facts}</dl>
-<table id="slides"><thead><tr><th>image</th>{header}</tr></thead>
-<tbody>
-{chr(10).join(rows)}
-</tbody></table>
-</body></html>
-"""
+        cells = "".join(f"<td>{_cell(record[c])}</td>" for c in _SHOWN)
+        rows.append(f'<tr class="{_cell(record["status"])}">{cells}</tr>')
+    return (
+        "<h2>Slides</h2>"
+        '<p><label>Filter: <input id="filter" type="search" placeholder="slide, collection, status..."></label> '
+        f'<span id="shown">{len(frame)}</span> shown; click a column to sort.</p>'
+        f'<table id="slides"><thead><tr>{header}</tr></thead><tbody>\n' + "\n".join(rows) + "\n</tbody></table>"
+    )
+
+
+def _failures_html(frame: pd.DataFrame) -> str:
+    failed = frame[frame["status"] != "done"]
+    if failed.empty:
+        return '<h2>Failures</h2><p id="failures">None.</p>'
+    items = "".join(
+        f"<li><b>{_cell(r['slide_id'])}</b>: {_cell(r['error'])} (log: <code>{_cell(r['log_path'])}</code>)</li>"
+        for r in failed.to_dict("records")
+    )
+    return f'<h2>Failures</h2><ul id="failures">{items}</ul>'
+
+
+def _citations_html(frame: pd.DataFrame, idc_version: str) -> str:
+    sources = (
+        frame.dropna(subset=["source_DOI"])
+        .groupby(["collection_id", "source_DOI", "license_short_name"], dropna=False)
+        .size()
+        .reset_index(name="slides")
+    )
+    items = "".join(
+        f'<li>{_cell(r["collection_id"])}: <a href="https://doi.org/{_cell(r["source_DOI"])}">'
+        f"doi:{_cell(r['source_DOI'])}</a>, licence {_cell(r['license_short_name'])} ({r['slides']} slides)</li>"
+        for r in sources.to_dict("records")
+    )
+    return (
+        '<h2>How to cite</h2><ul id="citations">'
+        f"<li>Images from the NCI Imaging Data Commons, release v{html.escape(idc_version)}: "
+        f"{html.escape(IDC_CITATION)}</li>{items}</ul>"
+    )
+
+
+def _software_html(software: Mapping[str, str]) -> str:
+    rows = "".join(f"<tr><td>{_cell(k)}</td><td>{_cell(v)}</td></tr>" for k, v in sorted(software.items()))
+    return f'<h2>Software</h2><table id="software"><tbody>{rows}</tbody></table>'

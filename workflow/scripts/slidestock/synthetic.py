@@ -279,9 +279,7 @@ def _dataset(
     ds.LossyImageCompressionRatio = 10
     optical_path = Dataset()
     optical_path.OpticalPathIdentifier = "1"
-    optical_path.IlluminationTypeCodeSequence = DicomSequence(
-        [_code("111744", "DCM", "Brightfield illumination")]
-    )
+    optical_path.IlluminationTypeCodeSequence = DicomSequence([_code("111744", "DCM", "Brightfield illumination")])
     optical_path.IlluminationColorCodeSequence = DicomSequence([_code("11744", "DCM", "Full Spectrum")])
     ds.OpticalPathSequence = DicomSequence([optical_path])
 
@@ -530,9 +528,7 @@ def sm_index_rows(records: Sequence[SeriesRecord]) -> list[dict[str, Any]]:
                 "max_TotalPixelMatrixColumns": base.size_px[0],
                 "max_TotalPixelMatrixRows": base.size_px[1],
                 "ObjectiveLensPower": 40,
-                "primaryAnatomicStructure_CodeMeaning": "Breast"
-                if "brca" in rec.spec.collection_id
-                else "Lung",
+                "primaryAnatomicStructure_CodeMeaning": "Breast" if "brca" in rec.spec.collection_id else "Lung",
                 "illuminationType_CodeMeaning": "Brightfield illumination",
             }
         )
@@ -551,9 +547,7 @@ def sm_instance_index_rows(records: Sequence[SeriesRecord]) -> list[dict[str, An
                         "hematoxylin stain",
                         "water soluble eosin stain",
                     ],
-                    "PixelSpacing_0": None
-                    if inst.spacing_um is None
-                    else _round_sf(inst.spacing_um / 1000.0),
+                    "PixelSpacing_0": None if inst.spacing_um is None else _round_sf(inst.spacing_um / 1000.0),
                     "ImageType": list(inst.image_type),
                     "TransferSyntaxUID": inst.transfer_syntax,
                     "instance_size": inst.size_bytes,
@@ -618,11 +612,7 @@ def write_dicom_all(tables: Mapping[str, Path], folder: Path) -> Path:
                 "TotalPixelMatrixColumns": inst["TotalPixelMatrixColumns"],
                 "TotalPixelMatrixRows": inst["TotalPixelMatrixRows"],
                 "SharedFunctionalGroupsSequence": [
-                    {
-                        "PixelMeasuresSequence": [
-                            {"PixelSpacing": None if spacing is None else [spacing, spacing]}
-                        ]
-                    }
+                    {"PixelMeasuresSequence": [{"PixelSpacing": None if spacing is None else [spacing, spacing]}]}
                 ],
             }
         )
@@ -642,9 +632,7 @@ def build(out_dir: Path, specs: Sequence[SlideSpec] = DEMO_SLIDES, idc_version: 
     """
     out_dir = out_dir.resolve()
     stamp = out_dir / "manifest.json"
-    wanted = json.dumps(
-        [s.__dict__ for s in specs] + [idc_version, BUILD_VERSION], sort_keys=True, default=str
-    )
+    wanted = json.dumps([s.__dict__ for s in specs] + [idc_version, BUILD_VERSION], sort_keys=True, default=str)
     if stamp.exists() and json.loads(stamp.read_text())["spec"] == wanted:
         return {k: out_dir / v for k, v in json.loads(stamp.read_text())["paths"].items()}
     records = [write_series(spec, out_dir / "s3") for spec in specs]

@@ -1,0 +1,134 @@
+"""The report in a real headless browser (Debian chromium), and Snakemake's own report.
+
+The page must load offline, show every slide in its table, filter and sort it
+with its own script, and display every thumbnail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from slidestock.s3server import S3Server
+from tests.e2e.runs import Run, demo_tables, run_in, snakemake
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, demo_build: dict[str, Path], s3: S3Server) -> Run:
+    return run_in(tmp_path_factory.mktemp("report"), demo_tables(demo_build), s3)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        pytest.skip("chromium and chromium-driver are not installed (resources/install-browser.sh installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not look for drivers online
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
+        "--window-size=1400,3000", f"--user-data-dir={tmp_path / 'profile'}",
+    ):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_report_works_in_a_real_browser(run: Run, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver = browser
+    page = run.workdir / "results/report/index.html"
+    driver.get(page.as_uri())
+    report = pd.read_csv(run.workdir / "results/report/slides.csv")
+
+    rows = driver.find_elements(By.CSS_SELECTOR, "#slides tbody tr")
+    assert sorted(r.find_elements(By.TAG_NAME, "td")[0].text for r in rows) == sorted(report["slide_id"])
+    assert driver.find_element(By.ID, "summary").text.startswith("6 of 6 slides done, 0 failed")
+
+    images = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#sheet img')).map(i => [i.complete, i.naturalWidth]);"
+    )
+    assert len(images) == 6
+    assert all(complete and width > 0 for complete, width in images)
+    assert len(driver.find_elements(By.CSS_SELECTOR, ".plots svg")) == 4
+
+    box = driver.find_element(By.ID, "filter")
+    box.send_keys("A005")
+    shown = [r for r in driver.find_elements(By.CSS_SELECTOR, "#slides tbody tr") if r.is_displayed()]
+    assert [r.find_elements(By.TAG_NAME, "td")[0].text for r in shown] == [s for s in report["slide_id"] if "A005" in s]
+    assert driver.find_element(By.ID, "shown").text == "1"
+    box.send_keys(Keys.BACKSPACE * len("A005"))
+    assert driver.find_element(By.ID, "shown").text == "6"
+
+    headers = driver.find_elements(By.CSS_SELECTOR, "#slides th")
+    column = [h.text for h in headers].index("output_columns")
+    header = headers[column]
+    header.click()
+    values = [
+        int(r.find_elements(By.TAG_NAME, "td")[column].text)
+        for r in driver.find_elements(By.CSS_SELECTOR, "#slides tbody tr")
+    ]
+    assert values == sorted(report["output_columns"])
+    header.click()
+    values = [
+        int(r.find_elements(By.TAG_NAME, "td")[column].text)
+        for r in driver.find_elements(By.CSS_SELECTOR, "#slides tbody tr")
+    ]
+    assert values == sorted(report["output_columns"], reverse=True)
+
+    shot = run.workdir / "results/report/screenshot.png"
+    assert driver.save_screenshot(str(shot))
+    assert shot.stat().st_size > 20_000
+
+
+def test_snakemake_report_zip_has_captions_plots_and_sheet(run: Run) -> None:
+    proc = snakemake(run.workdir, run.config, "--report", "report.zip")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with zipfile.ZipFile(run.workdir / "report.zip") as archive:
+        names = archive.namelist()
+    for part in (
+        "slides.csv",
+        "cohort.tsv",
+        "bytes.svg",
+        "spacing.svg",
+        "size.svg",
+        "collections.svg",
+        "contact_sheet.png",
+    ):
+        assert any(name.endswith(part) for name in names), part
+
+
+def test_verify_passes_then_catches_a_changed_image(run: Run) -> None:
+    proc = snakemake(run.workdir, run.config, "verify")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "verify: 6 images match their provenance, 0 do not" in proc.stderr
+    image = sorted((run.workdir / "results/slides").glob("*.png"))[0]
+    original = image.read_bytes()
+    try:
+        image.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        proc = snakemake(run.workdir, run.config, "verify")
+        assert proc.returncode != 0
+        assert f"{image.stem}: results/slides/{image.name}: sha256" in proc.stderr
+    finally:
+        image.write_bytes(original)
