@@ -31,3 +31,8 @@ def s3(demo_build: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
     log = tmp_path_factory.mktemp("rclone") / "rclone.log"
     with s3server.serving(demo_build["s3_root"], log_path=log) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def gdc_build() -> dict[str, Path]:
+    return synthetic.build_gdc(FIXTURES / "gdc")

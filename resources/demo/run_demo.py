@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 
-from slidestock import s3server, synthetic  # noqa: E402
+from slidestock import gdcserver, s3server, synthetic  # noqa: E402
 
 BUILD = REPO / "resources" / "demo" / "build"
 
@@ -23,18 +24,25 @@ BUILD = REPO / "resources" / "demo" / "build"
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cores", default="2")
+    parser.add_argument("--gdc", action="store_true", help="the GDC demo (config/examples/gdc.yaml)")
     args, extra = parser.parse_known_args()
     start = time.monotonic()
     print(f"demo: building fixtures in {BUILD.relative_to(REPO)} (reused when present) ...", flush=True)
     synthetic.build(BUILD)
-    with s3server.serving(BUILD / "s3", log_path=BUILD / "rclone.log") as server:
-        print(f"demo: S3 server {server.url} (pid {server.pid})", flush=True)
+    gdc = synthetic.build_gdc(BUILD / "gdc")
+    names = json.loads(gdc["names"].read_text())
+    config = "config/examples/gdc.yaml" if args.gdc else "config/demo.yaml"
+    with (
+        s3server.serving(BUILD / "s3", log_path=BUILD / "rclone.log") as server,
+        gdcserver.serving(gdc["files"], names=names, log_path=BUILD / "gdcserver.log") as gdc_url,
+    ):
+        print(f"demo: S3 server {server.url} (pid {server.pid}), GDC server {gdc_url}", flush=True)
         overlay = BUILD / "endpoint.yaml"
-        overlay.write_text(f"fetch:\n  endpoint: {server.url}\n")
+        overlay.write_text(f"fetch:\n  endpoint: {server.url}\ngdc:\n  api: {gdc_url}\n")
         argv = [
             sys.executable, "-m", "snakemake",
             "--cores", args.cores,
-            "--configfile", "config/demo.yaml", str(overlay),
+            "--configfile", config, str(overlay),
             *extra,
         ]  # fmt: skip
         code = subprocess.run(argv, cwd=REPO, check=False).returncode

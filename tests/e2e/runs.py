@@ -7,6 +7,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -23,11 +24,15 @@ class Run:
     proc: subprocess.CompletedProcess[str]
 
 
-def write_config(path: Path, tables: dict[str, Path], endpoint: str, **cohort: object) -> Path:
+def write_config(
+    path: Path, tables: dict[str, Path], endpoint: str, top: dict[str, Any] | None = None, **cohort: object
+) -> Path:
+    """demo.yaml with these tables, endpoint and cohort keys; ``top`` replaces whole sections."""
     config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     config["cohort"]["tables"] = {name: str(p) for name, p in tables.items()}
     config["cohort"].update(cohort)
     config["fetch"] = {"endpoint": endpoint, "attempts": 1}
+    config.update(top or {})
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -47,9 +52,11 @@ def snakemake(workdir: Path, config: Path, *extra: str) -> subprocess.CompletedP
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600, check=False)
 
 
-def run_in(folder: Path, tables: dict[str, Path], s3: S3Server, **cohort: object) -> Run:
+def run_in(
+    folder: Path, tables: dict[str, Path], s3: S3Server, top: dict[str, Any] | None = None, **cohort: object
+) -> Run:
     folder.mkdir(parents=True, exist_ok=True)
-    config = write_config(folder / "config.yaml", tables, s3.url, **cohort)
+    config = write_config(folder / "config.yaml", tables, s3.url, top, **cohort)
     proc = snakemake(folder, config)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return Run(folder, folder / "scratch", config, proc)

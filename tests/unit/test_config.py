@@ -54,7 +54,8 @@ def test_defaults_are_filled_in() -> None:
         "parquet": {"url": None, "mode": "in_place", "cache": "resources/idc_parquet"},
         "tables": None,
     }
-    assert checked["fetch"] == {"endpoint": "aws", "attempts": 3}
+    assert checked["fetch"] == {"endpoint": "aws", "attempts": 3, "prefer": "idc"}
+    assert checked["gdc"] == {"api": "https://api.gdc.cancer.gov", "token_file": None, "mode": "range", "parallel": 4}
     assert checked["target"] == {"mpp": 10, "max_px": None, "format": "png"}
 
 
@@ -86,7 +87,7 @@ def test_defaults_are_filled_in() -> None:
         ("target.mpp", -1, "config key target.mpp: got -1; expected a number > 0"),
         ("fetch.endpoint", "ftp://x", "config key fetch.endpoint: got 'ftp://x'; expected aws, gcs or"),
         ("cohort.colection_id", ["x"], "config key cohort.colection_id: not a known key; expected one of:"),
-        ("extra", 1, "config key extra: not a known key; expected one of: cohort, fetch, target"),
+        ("extra", 1, "config key extra: not a known key; expected one of: cohort, fetch, gdc, target"),
     ],
 )
 def test_bad_values_name_key_value_and_expectation(path: str, value: Any, message: str) -> None:
@@ -113,7 +114,10 @@ def test_every_error_is_reported_at_once() -> None:
 def test_example_configs_are_valid(path: Path) -> None:
     config = yaml.safe_load(path.read_text())
     checked = validate_config(config, SCHEMA)
-    assert checked["cohort"]["source"] == path.stem.split("_stratified")[0].split("_sql")[0]
+    sources = {"gdc": "gdc_manifest", "idc_stratified": "idc", "idc_sql": "idc"}
+    assert checked["cohort"]["source"] == sources.get(path.stem, path.stem)
     for key in ("manifest", "sql"):
-        if checked["cohort"][key] and "colleague" not in checked["cohort"][key]:
+        if checked["cohort"][key] and not checked["cohort"][key].startswith(
+            ("config/examples/colleague", "resources/")
+        ):
             assert (REPO / checked["cohort"][key]).is_file()

@@ -45,6 +45,7 @@ checkpoint plan:
     params:
         cohort=CONFIG["cohort"],
         target=CONFIG["target"],
+        prefer=CONFIG["fetch"]["prefer"],
         slide_plans=SLIDE_PLANS,
     script:
         "../scripts/plan.py"

@@ -19,7 +19,7 @@ version = int(lock["idc_version"].iloc[0]) if len(lock) else 0
 # The endpoint is read from the config, not a parameter: changing it re-runs nothing.
 config = {"cohort": smk.params.cohort, "fetch": smk.config["fetch"]}
 levels = instance_levels(cohort_connection(config, version, Path.cwd()), idc["SeriesInstanceUID"].tolist())
-plan = plan_frame(lock, levels, target_of({"target": smk.params.target}))
+plan = plan_frame(lock, levels, target_of({"target": smk.params.target}), smk.params.prefer)
 plan.to_csv(smk.output.plan, sep="\t", index=False, lineterminator="\n")
 changed = write_slide_plans(plan, Path(smk.params.slide_plans))
 logging.info("%d of %d slide plans written (the others are unchanged)", changed, len(plan))

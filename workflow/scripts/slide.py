@@ -7,12 +7,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
 
 from slidestock.config import target_of
-from slidestock.pipeline import SlideJob, run_slide
+from slidestock.pipeline import GdcSettings, SlideJob, read_token, run_slide
 from slidestock.plan import read_slide_plan
 
 smk = snakemake  # noqa: F821
 logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
+# Where bytes come from (endpoint, GDC API, token) is read from the config, not
+# passed as parameters: changing it must not re-run finished slides.
+gdc = smk.config["gdc"]
+token_file = Path(gdc["token_file"]) if gdc.get("token_file") else None
 job = SlideJob(
     plan=read_slide_plan(Path(smk.input.plan)),
     target=target_of({"target": smk.params.target}),
@@ -22,6 +26,7 @@ job = SlideJob(
     image_path=Path(smk.params.image),
     json_path=Path(smk.output.record),
     tmpdir=Path(smk.resources.tmpdir),
+    gdc=GdcSettings(api=gdc["api"], token=read_token(token_file), mode=gdc["mode"], parallel=gdc["parallel"]),
 )
 record = run_slide(job)
 logging.info("%s: %s", record["slide_id"], record["status"])

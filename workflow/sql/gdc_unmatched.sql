@@ -3,6 +3,8 @@ SELECT
     'gdc' AS fetch_from,
     g.file_id AS gdc_file_id,
     g.filename AS gdc_filename,
+    g.md5 AS gdc_md5,
+    g.size_bytes AS gdc_size,
     g.barcode AS ContainerIdentifier
 FROM gdc_files AS g
 WHERE NOT EXISTS (

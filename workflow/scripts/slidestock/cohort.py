@@ -50,6 +50,8 @@ LOCK_COLUMNS = (
     "in_current_index",
     "gdc_file_id",
     "gdc_filename",
+    "gdc_md5",
+    "gdc_size",
     "stratum",
 )
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -427,7 +429,7 @@ def select_cohort(con: duckdb.DuckDBPyConnection, spec: CohortSpec, version: int
     elif spec.source == "lock":
         assert spec.manifest is not None
         relation = _restrict_by_lock(con, relation, spec.manifest, version)
-    relation = _missing_as_null(relation, ["fetch_from", "gdc_file_id", "gdc_filename"])
+    relation = _missing_as_null(relation, ["fetch_from", "gdc_file_id", "gdc_filename", "gdc_md5", "gdc_size"])
     relation = _with_columns(
         relation,
         fetch_from=duckdb.CoalesceOperator(duckdb.ColumnExpression("fetch_from"), duckdb.ConstantExpression("idc")),
@@ -527,12 +529,14 @@ def lock_frame(cohort: Cohort, idc_version: int) -> pd.DataFrame:
     ids = []
     for row in frame.to_dict("records"):
         unique = _none_if_missing(row["crdc_series_uuid"]) or _none_if_missing(row["gdc_file_id"]) or ""
-        ids.append(slide_id(_none_if_missing(row["ContainerIdentifier"]), _none_if_missing(row["PatientID"]), unique))
+        stem = _none_if_missing(row["ContainerIdentifier"]) or _none_if_missing(row["gdc_filename"])
+        ids.append(slide_id(stem, _none_if_missing(row["PatientID"]), unique))
     frame["slide_id"] = ids
     duplicated = frame["slide_id"][frame["slide_id"].duplicated()]
     if not duplicated.empty:
         raise CohortError(f"cohort: slide ids {sorted(set(duplicated))} are not unique; expected one per series")
     frame["idc_version"] = idc_version
+    frame["gdc_size"] = frame["gdc_size"].map(lambda v: "" if _none_if_missing(v) is None else str(int(v)))
     frame["in_current_index"] = frame["in_current_index"].map(
         lambda v: "" if _none_if_missing(v) is None else str(bool(v)).lower()
     )

@@ -11,20 +11,49 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyvips
+
 from slidestock.dicomlevel import read_level
 from slidestock.downsample import resize_exact, write_image
-from slidestock.errors import SlidestockError
+from slidestock.errors import FetchError, SlidestockError
 from slidestock.fetch import fetch_object, s5cmd_binary
-from slidestock.levels import Target, output_size_px
+from slidestock.gdc import BlockCache, GdcClient, RangeNotSupportedError, fetch_ranges
+from slidestock.levels import Target, choose_level, output_size_px
 from slidestock.provenance import sha256_file, software_versions, write_json
+from slidestock.svs import decode_page, page_levels
+from slidestock.tiff import ReadRange, read_pages, tile_locations
 
 log = logging.getLogger(__name__)
+TileGetter = Callable[[list[tuple[int, int]]], list[bytes]]
+
+
+@dataclass(frozen=True)
+class GdcSettings:
+    """How to reach the GDC API (``gdc`` in the config); the token is never logged or recorded."""
+
+    api: str
+    token: str | None = field(default=None, repr=False)
+    mode: str = "range"
+    parallel: int = 4
+
+
+def read_token(path: Path | None) -> str | None:
+    """The GDC token in ``path`` (surrounding whitespace removed), or None."""
+    if path is None:
+        return None
+    try:
+        token = path.read_text().strip()
+    except OSError as err:
+        raise SlidestockError(f"gdc.token_file: cannot read {str(path)!r}: {err.strerror}") from None
+    if not token:
+        raise SlidestockError(f"gdc.token_file: {str(path)!r} is empty; expected a GDC token")
+    return token
 
 
 @dataclass(frozen=True)
@@ -39,6 +68,7 @@ class SlideJob:
     image_path: Path
     json_path: Path
     tmpdir: Path
+    gdc: GdcSettings | None = None
 
 
 def _base_record(job: SlideJob) -> dict[str, Any]:
@@ -85,7 +115,10 @@ def run_slide(job: SlideJob) -> dict[str, Any]:
     try:
         if job.plan["status"] != "planned":
             raise SlidestockError(job.plan["reason"])
-        _fetch_and_downsample(job, record)
+        if job.plan["url"].startswith("gdc:"):
+            _gdc_fetch_and_downsample(job, record)
+        else:
+            _fetch_and_downsample(job, record)
         record["status"] = "done"
     except SlidestockError as err:
         log.error("%s failed: %s", job.plan["slide_id"], err)
@@ -116,15 +149,20 @@ def _fetch_and_downsample(job: SlideJob, record: dict[str, Any]) -> None:
                 f"{plan['slide_id']}: the level has no pixel spacing in header or index; "
                 "expected one to size the output and write its resolution"
             )
-        size = output_size_px(level.size_px, spacing, job.target)
-        output = resize_exact(level.image, size)
-        out_spacing = (spacing[0] * level.size_px[0] / size[0], spacing[1] * level.size_px[1] / size[1])
-        write_image(output, job.image_path, out_spacing, job.fmt)
+        _write_output(job, record, level.image, spacing)
         record["timings_s"] = {
             "fetch": round(fetched.seconds, 3),
             "downsample": round(time.monotonic() - t0, 3),
         }
-    record["scale"] = [size[0] / level.size_px[0], size[1] / level.size_px[1]]
+
+
+def _write_output(job: SlideJob, record: dict[str, Any], image: pyvips.Image, spacing: tuple[float, float]) -> None:
+    """Resize ``image`` (a level at ``spacing`` µm/px) to the target, write it, and record what was written."""
+    level_size = (image.width, image.height)
+    size = output_size_px(level_size, spacing, job.target)
+    out_spacing = (spacing[0] * level_size[0] / size[0], spacing[1] * level_size[1] / size[1])
+    write_image(resize_exact(image, size), job.image_path, out_spacing, job.fmt)
+    record["scale"] = [size[0] / level_size[0], size[1] / level_size[1]]
     record["output"] = {
         "path": str(job.image_path),
         "format": job.fmt,
@@ -133,3 +171,86 @@ def _fetch_and_downsample(job: SlideJob, record: dict[str, Any]) -> None:
         "bytes": job.image_path.stat().st_size,
         "sha256": sha256_file(job.image_path),
     }
+
+
+def _gdc_fetch_and_downsample(job: SlideJob, record: dict[str, Any]) -> None:
+    """Read the SVS directory with Range requests, fetch only the chosen page's tiles, downsample.
+
+    With ``mode: whole``, or when the server ignores Range, the whole file is
+    downloaded (resumable, checked against the manifest md5) and deleted after.
+    """
+    plan = job.plan
+    if job.gdc is None:
+        raise SlidestockError(f"{plan['slide_id']}: a GDC slide, but no gdc settings were given")
+    file_id = plan["url"].removeprefix("gdc:")
+    size = int(plan["instance_size"])
+    client = GdcClient(job.gdc.api, job.gdc.token, attempts=job.attempts)
+    meta = client.metadata(file_id)
+    if int(meta["file_size"]) != size:
+        raise FetchError(f"{file_id}: the GDC API says {meta['file_size']} bytes; the manifest says {size}")
+    item = f"{plan['slide_id']} (GDC {file_id})"
+    t0 = time.monotonic()
+    record["source"]["url"] = f"{job.gdc.api.rstrip('/')}/data/{file_id}"
+    record["source"]["gdc_file_id"] = file_id
+    record["gdc"] = {"mode": job.gdc.mode, "file_size_bytes": size}
+    with tempfile.TemporaryDirectory(prefix="slidestock-", dir=job.tmpdir) as scratch:
+        if job.gdc.mode == "range":
+            try:
+                cache = BlockCache(client, file_id, size)
+                parallel = job.gdc.parallel
+                image = _svs_level(cache.read, job, record, item, lambda r: fetch_ranges(client, file_id, r, parallel))
+            except RangeNotSupportedError:
+                log.warning("%s: the server ignores Range; downloading the whole file", item)
+                record["gdc"]["mode"] = "whole (server ignored Range)"
+                image = _svs_whole(client, file_id, size, plan["md5"], Path(scratch), job, record, item)
+        else:
+            image = _svs_whole(client, file_id, size, plan["md5"], Path(scratch), job, record, item)
+        record["bytes_fetched"] = client.bytes_fetched
+        record["gdc"]["requests"] = client.requests
+        spacing = record["level"]["spacing_um"]
+        _write_output(job, record, image, (spacing, spacing))
+    record["timings_s"] = {"fetch_and_downsample": round(time.monotonic() - t0, 3)}
+
+
+def _svs_whole(
+    client: GdcClient,
+    file_id: str,
+    size: int,
+    md5: str,
+    scratch: Path,
+    job: SlideJob,
+    record: dict[str, Any],
+    item: str,
+) -> pyvips.Image:
+    local = scratch / f"{file_id}.svs"
+    client.download(file_id, local, size, md5)
+    record["gdc"]["md5_verified"] = True
+    with local.open("rb") as handle:
+
+        def read(offset: int, length: int) -> bytes:
+            handle.seek(offset)
+            return handle.read(length)
+
+        return _svs_level(read, job, record, item, lambda ranges: [read(o, n) for o, n in ranges])
+
+
+def _svs_level(
+    read: ReadRange, job: SlideJob, record: dict[str, Any], item: str, get_tiles: TileGetter
+) -> pyvips.Image:
+    """Choose the page by the level rule, record why, and decode its tiles from ``get_tiles``."""
+    pages = read_pages(read, item)
+    levels = page_levels(pages)
+    choice = choose_level(levels, job.target, slide=item)
+    page = pages[int(choice.level.sop_instance_uid.removeprefix("page"))]
+    record["level"].update(
+        reason=choice.reason,
+        page=page.index,
+        n_levels=len(levels),
+        size_px=list(page.size_px),
+        spacing_um=choice.spacing_um,
+        spacing_derived=choice.spacing_derived,
+        transfer_syntax=f"tiff-compression-{page.compression}",
+        skipped_pages=[f"{p.index}:{p.kind}" for p in pages if p.kind != "level"],
+    )
+    tiles = get_tiles(tile_locations(read, page, item))
+    return decode_page(page, tiles, item)

@@ -29,6 +29,7 @@ PLAN_COLUMNS = (
     "output_columns",
     "output_rows",
     "transfer_syntax",
+    "md5",
 )
 
 
@@ -39,11 +40,6 @@ def object_url(bucket: str, crdc_series_uuid: str, crdc_instance_uuid: str) -> s
 
 def _unavailable_reason(slide: Mapping[Hashable, Any], levels: Sequence[Level]) -> str:
     """Why a slide has no instances to choose from, or "" when it has some."""
-    if slide.get("fetch_from") == "gdc":
-        return (
-            f"{slide['slide_id']}: GDC file {slide['gdc_file_id']} ({slide['gdc_filename']}) matches no IDC "
-            "series; it is listed for the GDC fetch path, which this release does not have"
-        )
     if levels:
         return ""
     if slide.get("in_current_index") == "false":
@@ -53,6 +49,28 @@ def _unavailable_reason(slide: Mapping[Hashable, Any], levels: Sequence[Level]) 
             "use cohort.source idc_parquet with that release's export"
         )
     return f"{slide['slide_id']}: series {slide['SeriesInstanceUID']} has no instances in sm_instance_index"
+
+
+def uses_gdc(slide: Mapping[Hashable, Any], prefer: str) -> bool:
+    """GDC files no IDC series matches take the GDC path, and matched ones too with ``prefer: gdc``."""
+    return slide.get("fetch_from") == "gdc" or (prefer == "gdc" and bool(slide.get("gdc_file_id")))
+
+
+def gdc_plan_row(slide: Mapping[Hashable, Any]) -> dict[str, object]:
+    """A GDC slide's plan: its page is chosen from the SVS directory when it is fetched."""
+    row: dict[str, object] = {c: "" for c in PLAN_COLUMNS}
+    row.update(
+        slide_id=slide["slide_id"],
+        status="planned",
+        reason=f"GDC file {slide['gdc_filename']}: pyramid page chosen from its SVS directory when fetched",
+        SeriesInstanceUID=slide.get("SeriesInstanceUID") or "",
+        url=f"gdc:{slide['gdc_file_id']}",
+        instance_size=slide["gdc_size"],
+        series_size_bytes=slide["gdc_size"],
+        transfer_syntax="svs",
+        md5=slide["gdc_md5"],
+    )
+    return row
 
 
 def plan_row(slide: Mapping[Hashable, Any], levels: Sequence[Level], target: Target) -> dict[str, object]:
@@ -89,9 +107,16 @@ def plan_row(slide: Mapping[Hashable, Any], levels: Sequence[Level], target: Tar
     return row
 
 
-def plan_frame(cohort: pd.DataFrame, levels: Mapping[str, Sequence[Level]], target: Target) -> pd.DataFrame:
+def plan_frame(
+    cohort: pd.DataFrame, levels: Mapping[str, Sequence[Level]], target: Target, prefer: str = "idc"
+) -> pd.DataFrame:
     """``instances.tsv``: one row per cohort slide, in cohort order."""
-    rows = [plan_row(slide, levels.get(slide["SeriesInstanceUID"], ()), target) for slide in cohort.to_dict("records")]
+    rows = [
+        gdc_plan_row(slide)
+        if uses_gdc(slide, prefer)
+        else plan_row(slide, levels.get(slide["SeriesInstanceUID"], ()), target)
+        for slide in cohort.to_dict("records")
+    ]
     return pd.DataFrame(rows, columns=list(PLAN_COLUMNS))
 
 

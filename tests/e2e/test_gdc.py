@@ -1,0 +1,162 @@
+"""The GDC path end to end: a GDC manifest, the local GDC-like server, snakemake.
+
+None of the fixture SVS files matches an IDC series, so every slide takes the
+GDC path. Range mode must move only a few percent of each file and give the
+same images as downloading whole files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from slidestock import gdcserver, synthetic
+from slidestock.s3server import S3Server
+from tests.e2e.runs import Run, demo_tables, run_in
+
+pytestmark = pytest.mark.e2e
+SPECS = {spec.barcode: spec for spec in synthetic.GDC_SLIDES}
+
+
+@pytest.fixture(scope="module")
+def gdc_url(gdc_build: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    names = json.loads(gdc_build["names"].read_text())
+    log = tmp_path_factory.mktemp("gdc") / "server.log"
+    with gdcserver.serving(gdc_build["files"], names=names, log_path=log) as url:
+        yield url
+
+
+def gdc_run(folder: Path, demo_build: dict[str, Path], s3: S3Server, api: str, manifest: Path, mode: str) -> Run:
+    top: dict[str, Any] = {"gdc": {"api": api, "mode": mode, "parallel": 3}}
+    return run_in(folder, demo_tables(demo_build), s3, top, source="gdc_manifest", manifest=str(manifest), filter={})
+
+
+def records(run: Run) -> dict[str, dict[str, Any]]:
+    return {
+        json.loads(p.read_text())["slide_id"]: json.loads(p.read_text())
+        for p in (run.workdir / "results/slides").glob("*.json")
+    }
+
+
+@pytest.fixture(scope="module")
+def ranged(
+    tmp_path_factory: pytest.TempPathFactory,
+    demo_build: dict[str, Path],
+    s3: S3Server,
+    gdc_url: str,
+    gdc_build: dict[str, Path],
+) -> Run:
+    return gdc_run(tmp_path_factory.mktemp("range"), demo_build, s3, gdc_url, gdc_build["manifest"], "range")
+
+
+def test_range_mode_reads_only_the_needed_page(ranged: Run, gdc_build: dict[str, Path]) -> None:
+    recs = records(ranged)
+    assert len(recs) == 3
+    for rec in recs.values():
+        assert rec["status"] == "done", rec["error"]
+        spec = SPECS[rec["slide_id"].rsplit("_", 1)[0]]
+        size = (gdc_build["files"] / spec.file_id).stat().st_size
+        assert rec["series_size_bytes"] == size
+        assert rec["bytes_fetched"] < 0.05 * size
+        assert rec["level"]["skipped_pages"][-2:] == [
+            f"{4 if spec.n_levels == 3 else 3}:label",
+            f"{5 if spec.n_levels == 3 else 4}:macro",
+        ]
+        # A page's spacing is the base MPP times the size ratio, so the output
+        # width is the base width scaled from MPP to 15 µm/px.
+        expected_width = math.floor(spec.base_size_px[0] * spec.mpp / 15.0 + 0.5)
+        with Image.open(ranged.workdir / rec["output"]["path"]) as png:
+            assert png.size[0] == expected_width
+            assert 25400 / png.info["dpi"][0] == pytest.approx(15.0, rel=0.01)
+        assert "X-Auth-Token" not in json.dumps(rec)
+    report = pd.read_csv(ranged.workdir / "results/report/slides.csv")
+    assert report["fetch_from"].tolist() == ["gdc"] * 3
+    assert list((ranged.workdir / "scratch").iterdir()) == []
+
+
+def test_whole_mode_gives_the_same_images(
+    ranged: Run, tmp_path: Path, demo_build: dict[str, Path], s3: S3Server, gdc_url: str, gdc_build: dict[str, Path]
+) -> None:
+    whole = gdc_run(tmp_path, demo_build, s3, gdc_url, gdc_build["manifest"], "whole")
+    for slide, rec in records(whole).items():
+        assert rec["status"] == "done"
+        assert rec["gdc"]["md5_verified"] is True
+        # The whole file, plus the /files metadata answer.
+        assert rec["series_size_bytes"] < rec["bytes_fetched"] < rec["series_size_bytes"] + 1000
+        assert rec["output"]["sha256"] == records(ranged)[slide]["output"]["sha256"]
+    assert list((whole.workdir / "scratch").iterdir()) == []
+
+
+def test_server_ignoring_range_falls_back_to_whole_file(
+    tmp_path: Path, demo_build: dict[str, Path], s3: S3Server, gdc_build: dict[str, Path], ranged: Run
+) -> None:
+    names = json.loads(gdc_build["names"].read_text())
+    victim = synthetic.GDC_SLIDES[1]
+    with gdcserver.serving(gdc_build["files"], faults={victim.file_id: {"ignore_range": True}}, names=names) as url:
+        run = gdc_run(tmp_path, demo_build, s3, url, gdc_build["manifest"], "range")
+    recs = records(run)
+    fell_back = next(r for r in recs.values() if r["slide_id"].startswith(victim.barcode))
+    assert fell_back["status"] == "done"
+    assert fell_back["gdc"]["mode"] == "whole (server ignored Range)"
+    assert fell_back["output"]["sha256"] == records(ranged)[fell_back["slide_id"]]["output"]["sha256"]
+
+
+def test_wrong_md5_fails_that_slide_with_the_reason(
+    tmp_path: Path, demo_build: dict[str, Path], s3: S3Server, gdc_url: str, gdc_build: dict[str, Path]
+) -> None:
+    lines = gdc_build["manifest"].read_text().splitlines()
+    victim = synthetic.GDC_SLIDES[2]
+    broken = [line if victim.file_id not in line else line.replace(line.split("\t")[2], "f" * 32) for line in lines]
+    manifest = tmp_path / "manifest.tsv"
+    manifest.write_text("\n".join(broken) + "\n")
+    run = gdc_run(tmp_path / "run", demo_build, s3, gdc_url, manifest, "whole")
+    report = pd.read_csv(run.workdir / "results/report/slides.csv").set_index("slide_id")
+    failed = report[report["status"] == "failed"]
+    assert len(failed) == 1
+    assert failed.index[0].startswith(victim.barcode)
+    assert f"expected {'f' * 32} (manifest md5)" in failed["error"].iloc[0]
+    assert not (run.workdir / f"results/slides/{failed.index[0]}.png").exists()
+    assert (report["status"] == "done").sum() == 2
+
+
+HOSTILE = [
+    "../../escape",
+    "/etc/passwd",
+    "$(touch PWNED); rm -rf ~",
+    "a;b|c&d`e`",
+    "bl\u00e5b\u00e6r \u2603.svs",
+    "<b>x</b>",
+]
+
+
+def test_hostile_file_names_stay_inside_results(
+    tmp_path: Path, demo_build: dict[str, Path], s3: S3Server, gdc_url: str, gdc_build: dict[str, Path]
+) -> None:
+    lines = gdc_build["manifest"].read_text().splitlines()
+    rows = [line.split("\t") for line in lines[1:]]
+    hostile = [lines[0]] + ["\t".join([r[0], name, *r[2:]]) for r, name in zip(rows, HOSTILE, strict=False)]
+    manifest = tmp_path / "manifest.tsv"
+    manifest.write_text("\n".join(hostile) + "\n")
+    workdir = tmp_path / "work"
+    before = set(tmp_path.rglob("*"))
+    run = gdc_run(workdir, demo_build, s3, gdc_url, manifest, "range")
+    created = set(tmp_path.rglob("*")) - before
+    outside = [p for p in created if workdir not in p.parents and p != workdir]
+    assert outside == []
+    top = {p.relative_to(workdir).parts[0] for p in created if p != workdir}
+    assert top <= {"results", "logs", "benchmarks", ".snakemake", "scratch", "config.yaml"}
+    assert not list(tmp_path.rglob("PWNED"))
+    ids = sorted(records(run))
+    assert all(all(c.isalnum() or c in "._-" for c in slide) for slide in ids)
+    assert all(r["status"] == "done" for r in records(run).values())
+    page = (run.workdir / "results/report/index.html").read_text()
+    assert "<b>x</b>" not in page
+    assert hashlib.sha256(page.encode()).hexdigest()

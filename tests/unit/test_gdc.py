@@ -1,0 +1,133 @@
+"""The GDC path's parts: SVS directories through byte ranges, tile decoding, the HTTP client.
+
+The HTTP tests run against the project's GDC-like server in its own process
+on loopback, with faults injected on demand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openslide
+import pytest
+
+from slidestock import gdcserver, synthetic
+from slidestock.errors import FetchError
+from slidestock.gdc import BlockCache, GdcClient, RangeNotSupportedError, coalesce, fetch_ranges
+from slidestock.svs import decode_page, page_levels
+from slidestock.tiff import read_pages, tile_locations
+
+SPEC = synthetic.GDC_SLIDES[0]
+
+
+def file_reader(path: Path) -> Any:
+    data = path.read_bytes()
+    return lambda offset, length: data[offset : offset + length]
+
+
+def test_svs_pages_are_classified_and_spaced(gdc_build: dict[str, Path]) -> None:
+    pages = read_pages(file_reader(gdc_build["files"] / SPEC.file_id))
+    assert [p.kind for p in pages] == ["level", "thumbnail", "level", "level", "label", "macro"]
+    assert pages[0].spacing_um == 0.25
+    assert [p.size_px for p in pages if p.kind == "level"] == [(8000, 6000), (2000, 1500), (500, 375)]
+    assert [lv.spacing_um for lv in page_levels(pages)] == [0.25, None, None]
+
+
+def test_decoded_page_matches_openslide(gdc_build: dict[str, Path]) -> None:
+    path = gdc_build["files"] / SPEC.file_id
+    read = file_reader(path)
+    page = read_pages(read)[3]
+    tiles = [read(o, n) for o, n in tile_locations(read, page)]
+    ours = decode_page(page, tiles, "svs").numpy().astype(int)
+    slide = openslide.OpenSlide(str(path))
+    reference = np.asarray(slide.read_region((0, 0), 2, page.size_px).convert("RGB")).astype(int)
+    assert ours.shape == reference.shape == (375, 500, 3)
+    assert np.abs(ours - reference).mean() < 0.5
+
+
+def test_coalesce_merges_near_ranges() -> None:
+    assert coalesce([(100, 10), (0, 50), (60, 10), (10_000_000, 5)], gap_bytes=20) == [
+        (0, 70),
+        (100, 10),
+        (10_000_000, 5),
+    ]
+    assert coalesce([(0, 10), (5, 10)], gap_bytes=0) == [(0, 15)]
+
+
+@pytest.fixture
+def server(gdc_build: dict[str, Path], request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    options = getattr(request, "param", {})
+    with gdcserver.serving(gdc_build["files"], log_path=tmp_path / "server.log", **options) as url:
+        yield url
+
+
+def test_range_reads_move_only_the_bytes_asked_for(server: str, gdc_build: dict[str, Path]) -> None:
+    path = gdc_build["files"] / SPEC.file_id
+    client = GdcClient(server, backoff_s=0.01)
+    assert client.metadata(SPEC.file_id)["file_size"] == path.stat().st_size
+    cache = BlockCache(client, SPEC.file_id, path.stat().st_size)
+    page = read_pages(cache.read)[3]
+    ranges = tile_locations(cache.read, page)
+    tiles = fetch_ranges(client, SPEC.file_id, ranges, parallel=3)
+    data = path.read_bytes()
+    assert tiles == [data[o : o + n] for o, n in ranges]
+    assert client.bytes_fetched < 0.05 * len(data)
+
+
+@pytest.mark.parametrize("server", [{"faults": {SPEC.file_id: {"statuses": [503, 500]}}}], indirect=True)
+def test_transient_errors_are_retried(server: str) -> None:
+    client = GdcClient(server, backoff_s=0.01)
+    assert client.read_range(SPEC.file_id, 0, 4) in (b"II*\x00", b"MM\x00*")
+    assert client.requests == 1
+
+
+@pytest.mark.parametrize("server", [{"faults": {SPEC.file_id: {"statuses": [503] * 5}}}], indirect=True)
+def test_persistent_503_fails_after_the_attempts(server: str) -> None:
+    with pytest.raises(FetchError, match=r"3 attempts failed; last: HTTP 503"):
+        GdcClient(server, attempts=3, backoff_s=0.01).read_range(SPEC.file_id, 0, 4)
+
+
+@pytest.mark.parametrize("server", [{"faults": {SPEC.file_id: {"ignore_range": True}}}], indirect=True)
+def test_a_server_ignoring_range_is_detected(server: str) -> None:
+    with pytest.raises(RangeNotSupportedError, match="answered a Range request with 200"):
+        GdcClient(server, backoff_s=0.01).read_range(SPEC.file_id, 0, 4)
+
+
+@pytest.mark.parametrize("server", [{"faults": {SPEC.file_id: {"drop_after": 3_000_000}}}], indirect=True)
+def test_dropped_download_resumes_from_the_partial_length(
+    server: str, gdc_build: dict[str, Path], tmp_path: Path
+) -> None:
+    path = gdc_build["files"] / SPEC.file_id
+    data = path.read_bytes()
+    client = GdcClient(server, backoff_s=0.01)
+    dest = tmp_path / "whole.svs"
+    assert client.download(SPEC.file_id, dest, len(data), hashlib.md5(data).hexdigest()) == len(data)
+    assert dest.read_bytes() == data
+    assert client.requests > 1
+    # Resumed, not restarted: the bytes moved are the file's once, give or take the cut.
+    assert client.bytes_fetched == len(data)
+
+
+def test_wrong_md5_fails_and_leaves_no_file(server: str, gdc_build: dict[str, Path], tmp_path: Path) -> None:
+    size = (gdc_build["files"] / SPEC.file_id).stat().st_size
+    dest = tmp_path / "whole.svs"
+    with pytest.raises(FetchError, match=rf"md5 [0-9a-f]{{32}}; expected {'0' * 32} \(manifest md5\)"):
+        GdcClient(server, backoff_s=0.01).download(SPEC.file_id, dest, size, "0" * 32)
+    assert not dest.exists()
+
+
+@pytest.mark.parametrize("server", [{"token": "s3cret-token-value"}], indirect=True)
+def test_token_is_sent_and_never_shown(server: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(FetchError, match="HTTP 403") as info:
+        GdcClient(server, backoff_s=0.01).metadata(SPEC.file_id)
+    assert "s3cret" not in str(info.value)
+    client = GdcClient(server, token="s3cret-token-value", backoff_s=0.01)
+    assert client.metadata(SPEC.file_id)["file_id"] == SPEC.file_id
+    assert "s3cret" not in repr(client)
+    assert all("s3cret" not in r.getMessage() for r in caplog.records)
+    assert json.dumps(client.metadata(SPEC.file_id)).count("s3cret") == 0
