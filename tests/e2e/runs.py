@@ -32,6 +32,8 @@ def write_config(
     config["cohort"]["tables"] = {name: str(p) for name, p in tables.items()}
     config["cohort"].update(cohort)
     config["fetch"] = {"endpoint": endpoint, "attempts": 1}
+    # Nothing may reach the real GDC: a closed loopback port unless a test serves one.
+    config["gdc"] = {"api": "http://127.0.0.1:9"}
     config.update(top or {})
     path.write_text(yaml.safe_dump(config))
     return path

@@ -102,9 +102,12 @@ def test_gdc_manifest_matched_take_idc_unmatched_are_listed(
     run = run_in(tmp_path / "run", demo_tables(demo_build), s3, source="gdc_manifest", manifest=str(manifest))
     report = pd.read_csv(run.workdir / "results/report/slides.csv").set_index("slide_id")
     assert report["status"].value_counts().to_dict() == {"done": 2, "failed": 1}
+    # Unmatched, so it took the GDC path, which no server answers here.
     listed = report.loc["TCGA-XX-0000-01Z-00-DX1_6e3b7a14"]
-    assert "GDC file 6e3b7a14-5d4c-4f8e-9a21-0c1d2e3f4a03" in listed["error"]
-    assert "matches no IDC series" in listed["error"]
+    assert listed["fetch_from"] == "gdc"
+    assert "metadata of 6e3b7a14-5d4c-4f8e-9a21-0c1d2e3f4a03: 1 attempts failed" in listed["error"]
+    plan = pd.read_csv(run.workdir / "results/cohort/instances.tsv", sep="\t").set_index("slide_id")
+    assert plan.loc["TCGA-XX-0000-01Z-00-DX1_6e3b7a14", "url"] == "gdc:6e3b7a14-5d4c-4f8e-9a21-0c1d2e3f4a03"
     lock = pd.read_csv(run.workdir / "results/cohort/cohort.tsv", sep="\t", comment="#", dtype=str)
     assert sorted(lock["fetch_from"]) == ["gdc", "idc", "idc"]
     assert "# gdc_unmatched: 1" in (run.workdir / "results/cohort/cohort.tsv").read_text()

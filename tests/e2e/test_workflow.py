@@ -205,3 +205,27 @@ def test_target_change_reruns_plan_and_slides_but_not_the_cohort(first: Run, dem
     moved = first.workdir / "endpoint.yaml"
     moved.write_text(yaml.safe_dump(config))
     assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(snakemake(first.workdir, moved, "-n"))
+
+
+def test_new_target_is_applied_to_every_slide(tmp_path: Path, demo_build: dict[str, Path], s3: S3Server) -> None:
+    run = run_in(tmp_path, demo_tables(demo_build), s3, n=2, seed=5)
+    config = yaml.safe_load(run.config.read_text())
+    config["target"]["mpp"] = 30.0
+    run.config.write_text(yaml.safe_dump(config))
+    proc = snakemake(run.workdir, run.config)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "checkpoint cohort:" not in proc.stdout + proc.stderr
+    for record in (run.workdir / "results/slides").glob("*.json"):
+        output = json.loads(record.read_text())["output"]
+        assert output["spacing_um"][0] == pytest.approx(30.0, rel=0.01)
+        with Image.open(run.workdir / output["path"]) as png:
+            assert 25400 / png.info["dpi"][0] == pytest.approx(30.0, rel=0.01)
+    assert (run.workdir / "results/report/slides.csv").read_text().count(",done,") == 2
+
+
+def test_forcerun_of_the_slide_rule_redoes_the_slides(first: Run) -> None:
+    proc = snakemake(first.workdir, first.config, "--forcerun", "slide", "-n")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    assert out.count("rule slide:") == 6
+    assert "<TBD>" not in out

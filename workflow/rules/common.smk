@@ -46,10 +46,15 @@ def get_slide_plan(wildcards):
     """The slide's own plan file, written by the plan checkpoint.
 
     The checkpoint rewrites only plans that changed, so re-planning re-runs
-    only those slides.
+    only those slides. The files are not declared outputs (Snakemake would
+    delete them all before re-planning): slide jobs wait for the plan through
+    instances.tsv, marked ancient so that a new plan alone re-runs nothing,
+    and ask for the checkpoint itself only while their plan file is missing.
     """
-    checkpoints.plan.get()
-    return f"{SLIDE_PLANS}/{wildcards.slide}.tsv"
+    plan = f"{SLIDE_PLANS}/{wildcards.slide}.tsv"
+    if not Path(plan).exists():
+        checkpoints.plan.get()
+    return {"plan": plan, "planned": ancient("results/cohort/instances.tsv")}
 
 
 def get_slide_disk_mb(wildcards, input, attempt):

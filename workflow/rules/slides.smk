@@ -7,7 +7,7 @@
 
 rule slide:
     input:
-        plan=get_slide_plan,
+        unpack(get_slide_plan),
     output:
         record="results/slides/{slide}.json",
     log:
