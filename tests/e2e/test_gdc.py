@@ -160,3 +160,45 @@ def test_hostile_file_names_stay_inside_results(
     page = (run.workdir / "results/report/index.html").read_text()
     assert "<b>x</b>" not in page
     assert hashlib.sha256(page.encode()).hexdigest()
+
+
+def test_a_file_our_reader_cannot_decode_falls_back_to_whole_and_openslide(
+    tmp_path: Path, demo_build: dict[str, Path], s3: S3Server
+) -> None:
+    import tifffile
+
+    # Tiled, but LZW-compressed: the directory reads, the tiles do not decode here.
+    pixels = synthetic.tissue_image((3000, 2000), 5).numpy()
+    folder = tmp_path / "files"
+    folder.mkdir()
+    file_id = "0d5c2b8e-7a41-4c8e-9f1a-2b3c4d5e6f70"
+    path = folder / file_id
+    tifffile.imwrite(path, pixels, tile=(256, 256), compression="lzw", photometric="rgb",
+                     resolution=(40000, 40000), resolutionunit="CENTIMETER", metadata=None)  # fmt: skip
+    md5 = hashlib.md5(path.read_bytes()).hexdigest()
+    manifest = tmp_path / "manifest.tsv"
+    name = "TCGA-L1-Z001-01Z-00-DX1.LZW.svs"
+    manifest.write_text(f"id\tfilename\tmd5\tsize\tstate\n{file_id}\t{name}\t{md5}\t{path.stat().st_size}\treleased\n")
+    with gdcserver.serving(folder) as url:
+        run = gdc_run(tmp_path / "run", demo_build, s3, url, manifest, "range")
+    (rec,) = records(run).values()
+    assert rec["status"] == "done", rec["error"]
+    assert rec["gdc"]["mode"].startswith("whole (range read failed:")
+    assert "TIFF compression 5" in rec["gdc"]["mode"]
+    assert rec["level"]["transfer_syntax"] == "openslide"
+    assert rec["output"]["size_px"] == [50, 33]  # 3000 x 2000 px at 0.25 µm/px -> 15 µm/px
+    assert list((run.workdir / "scratch").iterdir()) == []
+
+
+def test_wrong_size_in_the_manifest_fails_that_slide(
+    tmp_path: Path, demo_build: dict[str, Path], s3: S3Server, gdc_url: str, gdc_build: dict[str, Path]
+) -> None:
+    header, first, *_ = gdc_build["manifest"].read_text().splitlines()
+    fields = first.split("\t")
+    fields[3] = str(int(fields[3]) + 7)
+    manifest = tmp_path / "manifest.tsv"
+    manifest.write_text(f"{header}\n" + "\t".join(fields) + "\n")
+    run = gdc_run(tmp_path / "run", demo_build, s3, gdc_url, manifest, "range")
+    (rec,) = records(run).values()
+    assert rec["status"] == "failed"
+    assert rec["error"] == (f"{fields[0]}: the GDC API says {int(fields[3]) - 7} bytes; the manifest says {fields[3]}")

@@ -21,10 +21,10 @@ import pyvips
 
 from slidestock.dicomlevel import read_level
 from slidestock.downsample import resize_exact, write_image
-from slidestock.errors import FetchError, SlidestockError
+from slidestock.errors import DecodeError, FetchError, SlidestockError
 from slidestock.fetch import fetch_object, s5cmd_binary
 from slidestock.gdc import BlockCache, GdcClient, RangeNotSupportedError, fetch_ranges
-from slidestock.levels import Target, choose_level, output_size_px
+from slidestock.levels import Level, Target, choose_level, output_size_px
 from slidestock.provenance import sha256_file, software_versions, write_json
 from slidestock.svs import decode_page, page_levels
 from slidestock.tiff import ReadRange, read_pages, tile_locations
@@ -203,6 +203,10 @@ def _gdc_fetch_and_downsample(job: SlideJob, record: dict[str, Any]) -> None:
                 log.warning("%s: the server ignores Range; downloading the whole file", item)
                 record["gdc"]["mode"] = "whole (server ignored Range)"
                 image = _svs_whole(client, file_id, size, plan["md5"], Path(scratch), job, record, item)
+            except DecodeError as err:
+                log.warning("%s: %s; downloading the whole file", item, err)
+                record["gdc"]["mode"] = f"whole (range read failed: {err})"
+                image = _svs_whole(client, file_id, size, plan["md5"], Path(scratch), job, record, item)
         else:
             image = _svs_whole(client, file_id, size, plan["md5"], Path(scratch), job, record, item)
         record["bytes_fetched"] = client.bytes_fetched
@@ -222,6 +226,7 @@ def _svs_whole(
     record: dict[str, Any],
     item: str,
 ) -> pyvips.Image:
+    """Download the whole file (md5-checked), then read its level with our TIFF reader or, failing that, OpenSlide."""
     local = scratch / f"{file_id}.svs"
     client.download(file_id, local, size, md5)
     record["gdc"]["md5_verified"] = True
@@ -231,7 +236,45 @@ def _svs_whole(
             handle.seek(offset)
             return handle.read(length)
 
-        return _svs_level(read, job, record, item, lambda ranges: [read(o, n) for o, n in ranges])
+        try:
+            return _svs_level(read, job, record, item, lambda ranges: [read(o, n) for o, n in ranges])
+        except DecodeError as ours:
+            log.warning("%s: %s; trying OpenSlide", item, ours)
+            return _openslide_level(local, job, record, item, ours)
+
+
+def _openslide_level(path: Path, job: SlideJob, record: dict[str, Any], item: str, why: DecodeError) -> pyvips.Image:
+    """The level rule over what OpenSlide sees in a local file (formats our reader does not cover)."""
+    import numpy as np
+    import openslide
+
+    try:
+        slide = openslide.OpenSlide(str(path))
+    except openslide.OpenSlideError as err:
+        raise DecodeError(f"{why}; OpenSlide cannot read it either: {err}") from err
+    with slide:
+        mpp = slide.properties.get(openslide.PROPERTY_NAME_MPP_X)
+        base_um = float(mpp) if mpp else None
+        levels = [
+            Level(f"page{i}", f"page{i}", ("ORIGINAL", "PRIMARY", "VOLUME", "NONE"), dims,
+                  None if base_um is None else base_um * slide.level_downsamples[i], "openslide", 0)
+            for i, dims in enumerate(slide.level_dimensions)
+        ]  # fmt: skip
+        choice = choose_level(levels, job.target, slide=item)
+        index = int(choice.level.sop_instance_uid.removeprefix("page"))
+        rgba = np.asarray(slide.read_region((0, 0), index, choice.level.size_px))
+    record["level"].update(
+        reason=f"{choice.reason} (read with OpenSlide: {why})",
+        page=index,
+        n_levels=len(levels),
+        size_px=list(choice.level.size_px),
+        spacing_um=choice.spacing_um,
+        spacing_derived=choice.spacing_derived,
+        transfer_syntax="openslide",
+    )
+    image = pyvips.Image.new_from_array(np.ascontiguousarray(rgba)).copy(interpretation="srgb")
+    flat: pyvips.Image = image.flatten(background=[255, 255, 255]).cast("uchar")
+    return flat
 
 
 def _svs_level(
