@@ -1,0 +1,75 @@
+"""The plan: one row per slide, per-slide plan files rewritten only when they change."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from slidestock.levels import Level, Target
+from slidestock.plan import plan_frame, read_slide_plan, write_slide_plans
+
+LEVELS = [
+    Level(
+        "l0", "u0", ("ORIGINAL", "PRIMARY", "VOLUME", "NONE"), (8000, 6000), 0.25, "1.2.840.10008.1.2.4.50", 9_000_000
+    ),
+    Level("l2", "u2", ("DERIVED", "PRIMARY", "VOLUME", "NONE"), (500, 375), 4.0, "1.2.840.10008.1.2.4.50", 30_000),
+]
+COHORT = pd.DataFrame(
+    {
+        "slide_id": ["idc_only", "both", "gdc_only"],
+        "fetch_from": ["idc", "idc", "gdc"],
+        "SeriesInstanceUID": ["1.1", "1.2", ""],
+        "crdc_series_uuid": ["s-1", "s-2", ""],
+        "aws_bucket": ["idc-open-data", "idc-open-data-two", ""],
+        "in_current_index": ["true", "true", ""],
+        "idc_version": ["25", "25", "25"],
+        "gdc_file_id": ["", "f-2", "f-3"],
+        "gdc_filename": ["", "B.svs", "C.svs"],
+        "gdc_md5": ["", "a" * 32, "b" * 32],
+        "gdc_size": ["", "100", "200"],
+    }
+)
+
+
+def test_plan_rows_by_path() -> None:
+    levels = {"1.1": LEVELS, "1.2": LEVELS}
+    plan = plan_frame(COHORT, levels, Target(mpp=15.0)).set_index("slide_id")
+    assert plan.loc["idc_only", "url"] == "s3://idc-open-data/s-1/u2.dcm"
+    assert plan.loc["both", "url"] == "s3://idc-open-data-two/s-2/u2.dcm"
+    assert plan.loc["gdc_only", "url"] == "gdc:f-3"
+    assert plan.loc["gdc_only", "md5"] == "b" * 32
+    assert plan.loc["idc_only", "series_size_bytes"] == 9_030_000
+    assert (plan.loc["idc_only", "output_columns"], plan.loc["idc_only", "output_rows"]) == (133, 100)
+
+
+def test_prefer_gdc_sends_every_slide_with_a_file_id_to_the_gdc() -> None:
+    levels = {"1.1": LEVELS, "1.2": LEVELS}
+    plan = plan_frame(COHORT, levels, Target(mpp=15.0), prefer="gdc").set_index("slide_id")
+    assert plan["url"].to_dict() == {
+        "idc_only": "s3://idc-open-data/s-1/u2.dcm",
+        "both": "gdc:f-2",
+        "gdc_only": "gdc:f-3",
+    }
+    assert plan.loc["both", "instance_size"] == "100"
+
+
+def test_series_without_instances_is_failed_with_the_reason() -> None:
+    plan = plan_frame(COHORT.iloc[:1], {}, Target(mpp=15.0))
+    assert plan.loc[0, "status"] == "failed"
+    assert plan.loc[0, "reason"] == "idc_only: series 1.1 has no instances in sm_instance_index"
+
+
+def test_slide_plans_are_rewritten_only_when_they_change(tmp_path: Path) -> None:
+    levels = {"1.1": LEVELS, "1.2": LEVELS}
+    plan = plan_frame(COHORT, levels, Target(mpp=15.0))
+    assert write_slide_plans(plan, tmp_path) == 3
+    stamps = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    for p in tmp_path.iterdir():
+        os.utime(p, ns=(1, 1))
+    assert write_slide_plans(plan, tmp_path) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == dict.fromkeys(stamps, 1)
+    coarser = plan_frame(COHORT, levels, Target(mpp=30.0))
+    assert write_slide_plans(coarser, tmp_path) == 2  # the GDC slide's plan does not depend on the target
+    assert read_slide_plan(tmp_path / "both.tsv")["output_columns"] == "67"
