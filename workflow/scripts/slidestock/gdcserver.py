@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -166,12 +164,10 @@ def serving(
             raise RuntimeError(f"gdcserver did not start (printed {url!r})")
         yield url
     finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+        # Imported here: run as a script, this module has no slidestock package beside it.
+        from slidestock.s3server import stop
+
+        stop(proc)
 
 
 if __name__ == "__main__":

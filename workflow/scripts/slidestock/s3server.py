@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from slidestock.errors import SlidestockError
 
@@ -83,8 +84,8 @@ def start(
     return S3Server(url=url, pid=proc.pid), proc
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop the server by its PID: SIGTERM, then SIGKILL after 10 s."""
+def stop(proc: subprocess.Popen[Any]) -> None:
+    """Stop a server process by its PID (never by name): SIGTERM, then SIGKILL after 10 s."""
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGTERM)
         try:
