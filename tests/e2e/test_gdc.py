@@ -202,3 +202,12 @@ def test_wrong_size_in_the_manifest_fails_that_slide(
     (rec,) = records(run).values()
     assert rec["status"] == "failed"
     assert rec["error"] == (f"{fields[0]}: the GDC API says {int(fields[3]) - 7} bytes; the manifest says {fields[3]}")
+
+
+def test_report_shows_page_spacing_and_bytes_against_file_size(ranged: Run, gdc_build: dict[str, Path]) -> None:
+    report = pd.read_csv(ranged.workdir / "results/report/slides.csv").set_index("slide_id")
+    for slide, row in report.iterrows():
+        spec = SPECS[str(slide).rsplit("_", 1)[0]]
+        assert row["series_size_bytes"] == (gdc_build["files"] / spec.file_id).stat().st_size
+        assert row["fraction_fetched"] == pytest.approx(row["bytes_fetched"] / row["series_size_bytes"], abs=1e-6)
+        assert row["level_spacing_um"] == pytest.approx(spec.mpp * spec.base_size_px[0] / row["level_columns"])

@@ -110,8 +110,8 @@ def run_slide(job: SlideJob) -> dict[str, Any]:
     start = time.monotonic()
     record = _base_record(job)
     record["started_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    s5cmd = s5cmd_binary()
-    record["software"] = software_versions(s5cmd)
+    record["software"] = software_versions(s5cmd_binary())
+    job.tmpdir.mkdir(parents=True, exist_ok=True)
     try:
         if job.plan["status"] != "planned":
             raise SlidestockError(job.plan["reason"])
@@ -132,7 +132,6 @@ def run_slide(job: SlideJob) -> dict[str, Any]:
 
 def _fetch_and_downsample(job: SlideJob, record: dict[str, Any]) -> None:
     plan = job.plan
-    job.tmpdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="slidestock-", dir=job.tmpdir) as scratch:
         local = Path(scratch) / f"{plan['slide_id']}.dcm"
         fetched = fetch_object(plan["url"], local, int(plan["instance_size"]), job.endpoint, attempts=job.attempts)

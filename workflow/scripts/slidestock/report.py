@@ -77,7 +77,8 @@ def report_row(record: Mapping[str, Any], slide: Mapping[Hashable, Any]) -> dict
     out_size = output.get("size_px") or [None, None]
     series_bytes = int(record.get("series_size_bytes") or 0)
     fetched = int(record.get("bytes_fetched") or 0)
-    spacing = (level.get("header_spacing_um") or [level.get("index_spacing_um")])[0]
+    # IDC: the header's (column) spacing, else the index's; GDC: the chosen page's.
+    spacing = (level.get("header_spacing_um") or [level.get("index_spacing_um") or level.get("spacing_um")])[0]
     return {
         "slide_id": record["slide_id"],
         "collection_id": slide.get("collection_id") or None,
