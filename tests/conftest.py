@@ -36,3 +36,9 @@ def s3(demo_build: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="session")
 def gdc_build() -> dict[str, Path]:
     return synthetic.build_gdc(FIXTURES / "gdc")
+
+
+@pytest.fixture(scope="session")
+def edge_build() -> dict[str, Path]:
+    """Awkward slides (TILED_SPARSE, uncompressed, spacing on the base only) in their own tables."""
+    return synthetic.build(FIXTURES / "edge", synthetic.EDGE_SLIDES)

@@ -122,3 +122,48 @@ def test_missing_frames_are_a_decode_error(
     ds.save_as(broken)
     with pytest.raises(DecodeError, match=r"frames; expected \d+ x \d+ = \d+ tiles"):
         read_level(broken)
+
+
+def edge_files(edge_build: dict[str, Path], container: str) -> list[Path]:
+    index = pd.read_parquet(edge_build["index"]).set_index("SeriesInstanceUID")
+    sm = pd.read_parquet(edge_build["sm_index"]).set_index("ContainerIdentifier")
+    uuid = index.loc[sm.loc[container, "SeriesInstanceUID"], "crdc_series_uuid"]
+    return sorted((edge_build["s3_root"] / synthetic.BUCKET / uuid).glob("*.dcm"), key=lambda p: -p.stat().st_size)
+
+
+def alone(path: Path, folder: Path) -> Path:
+    folder.mkdir()
+    copy = folder / "level.dcm"
+    shutil.copyfile(path, copy)
+    return copy
+
+
+def test_uncompressed_frames_match_openslide(edge_build: dict[str, Path], tmp_path: Path) -> None:
+    for i, path in enumerate(edge_files(edge_build, "EDGE-RAW-01")):
+        level = read_level(alone(path, tmp_path / str(i)))
+        assert level.transfer_syntax == synthetic.EXPLICIT_VR_LE
+        reference = openslide.OpenSlide(str(tmp_path / str(i) / "level.dcm"))
+        expected = np.asarray(reference.read_region((0, 0), 0, level.size_px).convert("RGB"))
+        assert np.array_equal(level.image.numpy(), expected)
+
+
+def test_sparse_level_fills_missing_tiles_with_background(edge_build: dict[str, Path], tmp_path: Path) -> None:
+    base = alone(edge_files(edge_build, "EDGE-SPARSE-01")[0], tmp_path / "base")
+    ds = pydicom.dcmread(base, stop_before_pixels=True)
+    assert ds.DimensionOrganizationType == "TILED_SPARSE"
+    level = read_level(base)
+    assert level.organization == "TILED_SPARSE"
+    assert level.missing_tiles == 11 * 8 - int(ds.NumberOfFrames) > 0
+    ours = level.image.numpy().astype(int)
+    # OpenSlide leaves missing tiles transparent; where it has pixels, ours are the same.
+    rgba = np.asarray(openslide.OpenSlide(str(base)).read_region((0, 0), 0, level.size_px)).astype(int)
+    present = rgba[..., 3] == 255
+    assert 0 < present.mean() < 1
+    assert np.abs(ours[present] - rgba[..., :3][present]).mean() < 0.5
+    assert (ours[~present] == 255).all()
+
+
+def test_levels_without_spacing_have_none_in_header(edge_build: dict[str, Path], tmp_path: Path) -> None:
+    files = edge_files(edge_build, "EDGE-NOSPACING-01")
+    spacings = [read_level(alone(p, tmp_path / str(i))).spacing_xy_um for i, p in enumerate(files)]
+    assert spacings == [(0.25, 0.25), None, None]

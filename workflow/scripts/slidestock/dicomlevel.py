@@ -21,6 +21,9 @@ from slidestock.errors import DecodeError
 
 JPEG_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"})
 JPEG2000_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})
+NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+# Brightfield background, for the tiles a TILED_SPARSE level leaves out.
+BACKGROUND = (255, 255, 255)
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class DicomLevel:
     transfer_syntax: str
     photometric: str
     sop_instance_uid: str
+    organization: str = "TILED_FULL"
+    missing_tiles: int = 0
 
 
 def header_spacing_um(ds: pydicom.Dataset) -> tuple[float, float] | None:
@@ -54,41 +59,89 @@ def header_spacing_um(ds: pydicom.Dataset) -> tuple[float, float] | None:
     return (col_mm * 1000.0, row_mm * 1000.0)
 
 
-def _decode_frame(frame: bytes, syntax: str, item: str, index: int) -> pyvips.Image:
+def _decode_frame(frame: bytes, syntax: str, item: str, index: int, tile_px: tuple[int, int]) -> pyvips.Image:
     try:
         if syntax in JPEG_SYNTAXES:
             return pyvips.Image.jpegload_buffer(frame, fail_on="error")
-        array = np.ascontiguousarray(imagecodecs.jpeg2k_decode(frame))
+        if syntax in NATIVE_SYNTAXES:
+            array = np.frombuffer(frame, dtype=np.uint8).reshape(tile_px[1], tile_px[0], 3)
+        else:
+            array = np.ascontiguousarray(imagecodecs.jpeg2k_decode(frame))
         image: pyvips.Image = pyvips.Image.new_from_array(array)
         return image.copy(interpretation="srgb")
-    except (pyvips.Error, imagecodecs.Jpeg2kError) as err:
+    except (pyvips.Error, imagecodecs.Jpeg2kError, ValueError) as err:
         raise DecodeError(f"{item}: frame {index + 1} cannot be decoded ({syntax}): {err}") from err
 
 
+def _frames(ds: pydicom.Dataset, syntax: str, n_frames: int, tile_px: tuple[int, int], item: str) -> list[bytes]:
+    if syntax not in NATIVE_SYNTAXES:
+        return list(generate_frames(ds.PixelData, number_of_frames=n_frames))
+    if int(ds.get("PlanarConfiguration", 0)) != 0 or str(ds.get("PhotometricInterpretation")) != "RGB":
+        raise DecodeError(f"{item}: uncompressed frames must be RGB, interleaved; found {ds.PhotometricInterpretation}")
+    size = tile_px[0] * tile_px[1] * 3
+    data = ds.PixelData
+    if len(data) < size * n_frames:
+        raise DecodeError(f"{item}: {len(data)} bytes of pixel data; expected {size * n_frames} for {n_frames} frames")
+    return [data[i * size : (i + 1) * size] for i in range(n_frames)]
+
+
+def _sparse_positions(ds: pydicom.Dataset, n_frames: int, tile_px: tuple[int, int], item: str) -> list[tuple[int, int]]:
+    """(tile column, tile row) of each frame of a TILED_SPARSE level, from its plane positions."""
+    try:
+        items = ds.PerFrameFunctionalGroupsSequence
+        positions = [
+            (
+                (int(f.PlanePositionSlideSequence[0].ColumnPositionInTotalImagePixelMatrix) - 1) // tile_px[0],
+                (int(f.PlanePositionSlideSequence[0].RowPositionInTotalImagePixelMatrix) - 1) // tile_px[1],
+            )
+            for f in items
+        ]
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as err:
+        raise DecodeError(f"{item}: TILED_SPARSE without readable plane positions: {err}") from err
+    if len(positions) != n_frames:
+        raise DecodeError(f"{item}: {len(positions)} plane positions for {n_frames} frames; expected one per frame")
+    return positions
+
+
 def read_level(path: Path, item: str | None = None) -> DicomLevel:
-    """Read a single-instance DICOM WSI level (TILED_FULL, one focal plane, one optical path)."""
+    """Read a single-instance DICOM WSI level (one focal plane, one optical path).
+
+    TILED_FULL and TILED_SPARSE organisations; JPEG baseline, JPEG 2000 and
+    uncompressed RGB frames. Tiles a sparse level leaves out are background.
+    """
     item = item or str(path)
     try:
         ds = pydicom.dcmread(path)
     except (pydicom.errors.InvalidDicomError, OSError, EOFError) as err:
         raise DecodeError(f"{item}: not a readable DICOM file: {err}") from err
     syntax = str(ds.file_meta.TransferSyntaxUID)
-    if syntax not in JPEG_SYNTAXES | JPEG2000_SYNTAXES:
-        raise DecodeError(f"{item}: transfer syntax {syntax} is not supported; expected JPEG baseline or JPEG 2000")
+    if syntax not in JPEG_SYNTAXES | JPEG2000_SYNTAXES | NATIVE_SYNTAXES:
+        raise DecodeError(
+            f"{item}: transfer syntax {syntax} is not supported; expected JPEG baseline, JPEG 2000 or uncompressed"
+        )
     organization = str(ds.get("DimensionOrganizationType", "TILED_FULL"))
-    if organization != "TILED_FULL":
-        raise DecodeError(f"{item}: DimensionOrganizationType {organization}; expected TILED_FULL")
+    if organization not in ("TILED_FULL", "TILED_SPARSE"):
+        raise DecodeError(f"{item}: DimensionOrganizationType {organization}; expected TILED_FULL or TILED_SPARSE")
     width, height = int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows)
-    tile_w, tile_h = int(ds.Columns), int(ds.Rows)
-    across, down = math.ceil(width / tile_w), math.ceil(height / tile_h)
+    tile_px = (int(ds.Columns), int(ds.Rows))
+    across, down = math.ceil(width / tile_px[0]), math.ceil(height / tile_px[1])
     n_frames = int(ds.get("NumberOfFrames", 1))
-    if n_frames != across * down:
+    if organization == "TILED_FULL" and n_frames != across * down:
         raise DecodeError(
             f"{item}: {n_frames} frames; expected {across} x {down} = {across * down} tiles "
-            f"for {width} x {height} px in {tile_w} x {tile_h} px tiles"
+            f"for {width} x {height} px in {tile_px[0]} x {tile_px[1]} px tiles"
         )
-    frames = generate_frames(ds.PixelData, number_of_frames=n_frames)
-    tiles = [_decode_frame(f, syntax, item, i) for i, f in enumerate(frames)]
+    frames = _frames(ds, syntax, n_frames, tile_px, item)
+    if organization == "TILED_FULL":
+        grid: list[pyvips.Image | None] = [_decode_frame(f, syntax, item, i, tile_px) for i, f in enumerate(frames)]
+    else:
+        grid = [None] * (across * down)
+        for i, (col, row) in enumerate(_sparse_positions(ds, n_frames, tile_px, item)):
+            if 0 <= col < across and 0 <= row < down and grid[row * across + col] is None:
+                grid[row * across + col] = _decode_frame(frames[i], syntax, item, i, tile_px)
+    missing = sum(tile is None for tile in grid)
+    blank = pyvips.Image.black(*tile_px, bands=3).new_from_image(list(BACKGROUND)).cast("uchar")
+    tiles = [blank.copy(interpretation="srgb") if tile is None else tile for tile in grid]
     joined = pyvips.Image.arrayjoin(tiles, across=across) if len(tiles) > 1 else tiles[0]
     image = joined.crop(0, 0, width, height)
     if image.bands != 3:
@@ -100,4 +153,6 @@ def read_level(path: Path, item: str | None = None) -> DicomLevel:
         transfer_syntax=syntax,
         photometric=str(ds.get("PhotometricInterpretation", "")),
         sop_instance_uid=str(ds.SOPInstanceUID),
+        organization=organization,
+        missing_tiles=missing,
     )

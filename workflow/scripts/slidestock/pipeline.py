@@ -143,6 +143,8 @@ def _fetch_and_downsample(job: SlideJob, record: dict[str, Any]) -> None:
         spacing = level.spacing_xy_um or _plan_spacing(plan)
         record["level"]["header_spacing_um"] = level.spacing_xy_um and list(level.spacing_xy_um)
         record["level"]["photometric"] = level.photometric
+        record["level"]["organization"] = level.organization
+        record["level"]["missing_tiles"] = level.missing_tiles
         if spacing is None:
             raise SlidestockError(
                 f"{plan['slide_id']}: the level has no pixel spacing in header or index; "

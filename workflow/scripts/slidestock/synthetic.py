@@ -35,7 +35,13 @@ from slidestock.levels import Level
 WSI_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.1.77.1.6")
 JPEG_BASELINE = UID("1.2.840.10008.1.2.4.50")
 JPEG_2000 = UID("1.2.840.10008.1.2.4.91")
-TRANSFER_SYNTAX_NAMES = {JPEG_BASELINE: "JPEG Baseline", JPEG_2000: "JPEG 2000"}
+EXPLICIT_VR_LE = UID("1.2.840.10008.1.2.1")
+TRANSFER_SYNTAX_NAMES = {
+    JPEG_BASELINE: "JPEG Baseline",
+    JPEG_2000: "JPEG 2000",
+    EXPLICIT_VR_LE: "Explicit VR Little Endian",
+}
+PHOTOMETRIC = {JPEG_BASELINE: "YBR_FULL_422", JPEG_2000: "YBR_ICT", EXPLICIT_VR_LE: "RGB"}
 BUCKET = "idc-open-data"
 TILE_PX = 256
 # Bump when the generator's output changes, so that cached builds are redone.
@@ -63,6 +69,10 @@ class SlideSpec:
     transfer_syntax: str = JPEG_BASELINE
     label_and_overview: bool = False
     seed: int = 0
+    # TILED_SPARSE levels that leave out tiles holding only background.
+    sparse: bool = False
+    # Only the base level carries PixelSpacing (header and index), as some IDC series.
+    spacing_on_base_only: bool = False
 
     @property
     def key(self) -> str:
@@ -172,21 +182,31 @@ def encode_frame(tile: np.ndarray, transfer_syntax: str) -> bytes:
         return data
     if transfer_syntax == JPEG_2000:
         return bytes(imagecodecs.jpeg2k_encode(tile, level=45, codecformat="J2K", reversible=False, mct=True))
+    if transfer_syntax == EXPLICIT_VR_LE:
+        return np.ascontiguousarray(tile, dtype=np.uint8).tobytes()
     raise ValueError(f"transfer syntax {transfer_syntax!r} is not one the fixtures can encode")
 
 
-def tile_frames(level: np.ndarray, transfer_syntax: str, tile_px: int = TILE_PX) -> list[bytes]:
-    """Cut a level into TILED_FULL frames (row-major, edge tiles padded)."""
+def tile_frames(
+    level: np.ndarray, transfer_syntax: str, tile_px: int = TILE_PX, sparse: bool = False
+) -> tuple[list[bytes], list[tuple[int, int]]]:
+    """Cut a level into frames (row-major, edge tiles padded) and their 1-based (column, row) positions.
+
+    With ``sparse``, tiles holding only background are left out (TILED_SPARSE).
+    """
     rows, cols = level.shape[:2]
-    frames = []
+    frames, positions = [], []
     for y in range(0, rows, tile_px):
         for x in range(0, cols, tile_px):
+            part = level[y : y + tile_px, x : x + tile_px]
+            if sparse and np.abs(part.astype(int) - np.asarray(BACKGROUND_RGB)).max() <= 2:
+                continue
             tile = np.empty((tile_px, tile_px, 3), dtype=np.uint8)
             tile[...] = BACKGROUND_RGB
-            part = level[y : y + tile_px, x : x + tile_px]
             tile[: part.shape[0], : part.shape[1]] = part
             frames.append(encode_frame(tile, transfer_syntax))
-    return frames
+            positions.append((x + 1, y + 1))
+    return frames, positions
 
 
 def _code(value: str, scheme: str, meaning: str) -> Dataset:
@@ -209,6 +229,7 @@ def _dataset(
     spacing_mm: float | None,
     transfer_syntax: str,
     frames: list[bytes],
+    positions: list[tuple[int, int]] | None = None,
 ) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = WSI_SOP_CLASS
@@ -222,7 +243,7 @@ def _dataset(
     ds.StudyInstanceUID = series.study_uid
     ds.SeriesInstanceUID = series.series_uid
     ds.FrameOfReferenceUID = _uid(spec.key, "frame-of-reference")
-    ds.DimensionOrganizationType = "TILED_FULL"
+    ds.DimensionOrganizationType = "TILED_FULL" if positions is None else "TILED_SPARSE"
     ds.Modality = "SM"
     ds.PatientID = spec.patient_id
     ds.PatientName = spec.patient_id
@@ -253,7 +274,7 @@ def _dataset(
     ds.SpecimenDescriptionSequence = DicomSequence([specimen])
     ds.ImageType = list(image_type)
     ds.SamplesPerPixel = 3
-    ds.PhotometricInterpretation = "YBR_FULL_422" if transfer_syntax == JPEG_BASELINE else "YBR_ICT"
+    ds.PhotometricInterpretation = PHOTOMETRIC[UID(transfer_syntax)]
     ds.PlanarConfiguration = 0
     ds.Rows, ds.Columns = tile_px[1], tile_px[0]
     ds.BitsAllocated = 8
@@ -275,9 +296,12 @@ def _dataset(
     ds.FocusMethod = "AUTO"
     ds.ExtendedDepthOfField = "NO"
     ds.VolumetricProperties = "VOLUME"
-    ds.LossyImageCompression = "01"
-    ds.LossyImageCompressionMethod = "ISO_10918_1" if transfer_syntax == JPEG_BASELINE else "ISO_15444_1"
-    ds.LossyImageCompressionRatio = 10
+    if transfer_syntax == EXPLICIT_VR_LE:
+        ds.LossyImageCompression = "00"
+    else:
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionMethod = "ISO_10918_1" if transfer_syntax == JPEG_BASELINE else "ISO_15444_1"
+        ds.LossyImageCompressionRatio = 10
     optical_path = Dataset()
     optical_path.OpticalPathIdentifier = "1"
     optical_path.IlluminationTypeCodeSequence = DicomSequence([_code("111744", "DCM", "Brightfield illumination")])
@@ -300,9 +324,25 @@ def _dataset(
         ds.ImagedVolumeHeight = size_px[1] * spacing_mm
         ds.ImagedVolumeDepth = 0.004
     ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
-    ds.PixelData = encapsulate(frames, has_bot=True)
+    if positions is not None:
+        ds.PerFrameFunctionalGroupsSequence = DicomSequence([_plane_position(c, r, spacing_mm) for c, r in positions])
+    ds.PixelData = b"".join(frames) if transfer_syntax == EXPLICIT_VR_LE else encapsulate(frames, has_bot=True)
     ds["PixelData"].VR = "OB"
     return ds
+
+
+def _plane_position(column: int, row: int, spacing_mm: float | None) -> Dataset:
+    """A per-frame item placing one TILED_SPARSE frame (1-based pixel position of its top-left)."""
+    position = Dataset()
+    position.ColumnPositionInTotalImagePixelMatrix = column
+    position.RowPositionInTotalImagePixelMatrix = row
+    step = spacing_mm or 0.00025
+    position.XOffsetInSlideCoordinateSystem = round(20.0 + (row - 1) * step, 6)
+    position.YOffsetInSlideCoordinateSystem = round(40.0 + (column - 1) * step, 6)
+    position.ZOffsetInSlideCoordinateSystem = 0.0
+    item = Dataset()
+    item.PlanePositionSlideSequence = DicomSequence([position])
+    return item
 
 
 def _write_instance(
@@ -319,9 +359,11 @@ def _write_instance(
     transfer_syntax: str,
 ) -> Level:
     rows, cols = pixels.shape[:2]
+    positions: list[tuple[int, int]] | None = None
     if tiled:
-        frames = tile_frames(pixels, transfer_syntax)
+        frames, positions = tile_frames(pixels, transfer_syntax, sparse=spec.sparse)
         tile = (TILE_PX, TILE_PX)
+        positions = positions if spec.sparse else None
     else:
         frames = [encode_frame(np.ascontiguousarray(pixels), transfer_syntax)]
         tile = (cols, rows)
@@ -338,6 +380,7 @@ def _write_instance(
         spacing_mm=spacing_mm,
         transfer_syntax=transfer_syntax,
         frames=frames,
+        positions=positions,
     )
     path = root / BUCKET / series.crdc_series_uuid / f"{crdc_uuid}.dcm"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -383,7 +426,7 @@ def write_series(spec: SlideSpec, root: Path) -> SeriesRecord:
                 number=k + 1,
                 image_type=("ORIGINAL" if k == 0 else "DERIVED", "PRIMARY", "VOLUME", "NONE"),
                 pixels=_to_array(level),
-                spacing_mm=spacing_mm,
+                spacing_mm=None if k and spec.spacing_on_base_only else spacing_mm,
                 tiled=True,
                 transfer_syntax=spec.transfer_syntax,
             )
@@ -495,7 +538,7 @@ def index_rows(records: Sequence[SeriesRecord], idc_version: int) -> list[dict[s
                 "sop_class_name": "VL Whole Slide Microscopy Image Storage",
                 "TransferSyntaxUID": ",".join(syntaxes),
                 "transfer_syntax_name": ",".join(TRANSFER_SYNTAX_NAMES[UID(s)] for s in syntaxes),
-                "PhotometricInterpretation": "YBR_FULL_422",
+                "PhotometricInterpretation": ",".join(sorted({PHOTOMETRIC[UID(s)] for s in syntaxes})),
                 "PixelRepresentation": "0",
                 "Manufacturer": "slidestock synthetic",
                 "SeriesDescription": "synthetic whole slide image",
@@ -575,6 +618,18 @@ def write_tables(records: Sequence[SeriesRecord], out_dir: Path, idc_version: in
         paths[name] = path
     return paths
 
+
+# Real-world awkwardness, one slide each (small, for the tests): TILED_SPARSE levels with
+# background tiles left out, uncompressed frames, spacing on the base level only.
+EDGE_SLIDES: tuple[SlideSpec, ...] = (
+    SlideSpec("edge_cases", "EDGE-01", "EDGE-SPARSE-01", (2600, 2000), n_levels=3, sparse=True, seed=31),
+    SlideSpec(
+        "edge_cases", "EDGE-02", "EDGE-RAW-01", (2600, 2000), n_levels=3, transfer_syntax=EXPLICIT_VR_LE, seed=32
+    ),
+    SlideSpec(
+        "edge_cases", "EDGE-03", "EDGE-NOSPACING-01", (2600, 2000), n_levels=3, spacing_on_base_only=True, seed=33
+    ),
+)
 
 DICOM_ALL_PREFIX = "idc-open-metadata/bigquery_export/idc_v{version}/dicom_all"
 
