@@ -26,9 +26,11 @@ def edge_s3(edge_build: dict[str, Path]) -> Any:
         yield server
 
 
-def edge_run(folder: Path, edge_build: dict[str, Path], server: S3Server, mpp: float) -> dict[str, dict[str, Any]]:
+def edge_run(
+    folder: Path, edge_build: dict[str, Path], server: S3Server, mpp: float, fmt: str = "png"
+) -> dict[str, dict[str, Any]]:
     tables = {name: edge_build[name] for name in ("index", "sm_index", "sm_instance_index")}
-    target = {"target": {"mpp": mpp, "max_px": None, "format": "png"}}
+    target = {"target": {"mpp": mpp, "max_px": None, "format": fmt}}
     run = run_in(folder, tables, server, target, filter={"collection_id": ["edge_cases"]})
     records = [json.loads(p.read_text()) for p in (run.workdir / "results/slides").glob("*.json")]
     for rec in records:
@@ -77,10 +79,15 @@ def test_base_level_of_sparse_and_uncompressed_slides(
     white = {k: int((np.asarray(Image.open(r["image"])) == 255).all(axis=2).sum()) for k, r in recs.items()}
     assert white["EDGE-SPARSE-01"] >= 0.8 * missing_area_px(edge_build, "EDGE-SPARSE-01") / 4  # at half the resolution
     assert white["EDGE-RAW-01"] == white["EDGE-NOSPACING-01"] == 0
+    # The ICC profile of the DICOM's optical path is carried into the image; none is invented.
+    with Image.open(recs["EDGE-RAW-01"]["image"]) as png:
+        assert png.info["icc_profile"] == synthetic.srgb_profile()
+    with Image.open(recs["EDGE-SPARSE-01"]["image"]) as png:
+        assert "icc_profile" not in png.info
 
 
 def test_spacing_derived_from_the_base_level(tmp_path: Path, edge_build: dict[str, Path], edge_s3: S3Server) -> None:
-    rec = edge_run(tmp_path, edge_build, edge_s3, mpp=15.0)["EDGE-NOSPACING-01"]
+    rec = edge_run(tmp_path, edge_build, edge_s3, mpp=15.0, fmt="jpeg")["EDGE-NOSPACING-01"]
     assert rec["status"] == "done", rec["error"]
     level = rec["level"]
     assert level["spacing_derived"] is True
@@ -92,3 +99,7 @@ def test_spacing_derived_from_the_base_level(tmp_path: Path, edge_build: dict[st
         math.floor(2600 * 0.25 / 15 + 0.5),
         math.floor(125 * 0.25 * 2600 / 162 / 15 + 0.5),
     ]
+    assert rec["image"].suffix == ".jpg"
+    with Image.open(rec["image"]) as jpeg:
+        assert jpeg.format == "JPEG"
+        assert 25400 / jpeg.info["dpi"][0] == pytest.approx(15.0, rel=0.02)

@@ -56,7 +56,7 @@ def test_defaults_are_filled_in() -> None:
     }
     assert checked["fetch"] == {"endpoint": "aws", "attempts": 3, "prefer": "idc"}
     assert checked["gdc"] == {"api": "https://api.gdc.cancer.gov", "token_file": None, "mode": "range", "parallel": 4}
-    assert checked["target"] == {"mpp": 10, "max_px": None, "format": "png"}
+    assert checked["target"] == {"mpp": 10, "max_px": None, "format": "png", "quality": 90, "pyramid": False}
 
 
 @pytest.mark.parametrize(
@@ -72,7 +72,8 @@ def test_defaults_are_filled_in() -> None:
             "config key cohort.idc_version: got 'latest'; expected 'current' or",
         ),
         ("cohort.filter", {"collection_id": []}, "config key cohort.filter.collection_id: got []"),
-        ("target.format", "bmp", "config key target.format: got 'bmp'; expected png"),
+        ("target.format", "bmp", "config key target.format: got 'bmp'; expected png, jpeg, tiff or webp"),
+        ("target.quality", 0, "config key target.quality: got 0; expected an integer from 1 to 100"),
         ("cohort.source", "tcia", "config key cohort.source: got 'tcia'; expected one of idc, idc_parquet,"),
         (
             "cohort.one_per_patient",

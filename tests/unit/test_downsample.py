@@ -58,6 +58,41 @@ def test_png_carries_its_spacing(tmp_path: Path) -> None:
 
 
 def test_unknown_format_is_refused_before_writing(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"target.format: got 'bmp'; expected one of png"):
+    with pytest.raises(ConfigError, match=r"target.format: got .bmp.; expected one of png, jpeg, tiff, webp"):
         write_image(checkerboard(4, 4), tmp_path / "x.bmp", (1.0, 1.0), "bmp")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("fmt", "suffix"), [("png", "png"), ("jpeg", "jpg"), ("tiff", "tiff"), ("webp", "webp")])
+def test_every_format_that_can_carries_the_resolution(tmp_path: Path, fmt: str, suffix: str) -> None:
+    from slidestock.downsample import FORMATS
+
+    assert FORMATS[fmt] == suffix
+    path = tmp_path / f"slide.{suffix}"
+    write_image(checkerboard(40, 30), path, (15.0, 15.0), fmt, quality=80)
+    back = pyvips.Image.new_from_file(str(path))
+    assert (back.width, back.height) == (40, 30)
+    with Image.open(path) as image:
+        exif = image.getexif()
+        dpi_x, dpi_y = image.info["dpi"] if fmt != "webp" else (float(exif[282]), float(exif[283]))
+    assert 25400 / dpi_x == pytest.approx(15.0, rel=1e-3)
+    assert 25400 / dpi_y == pytest.approx(15.0, rel=1e-3)
+
+
+def test_pyramidal_tiff_has_levels(tmp_path: Path) -> None:
+    path = tmp_path / "slide.tiff"
+    write_image(checkerboard(1200, 900), path, (2.0, 2.0), "tiff", pyramid=True)
+    assert pyvips.Image.new_from_file(str(path)).get("n-pages") >= 3
+
+
+def test_icc_profile_is_carried_into_the_png(tmp_path: Path) -> None:
+    from slidestock.synthetic import srgb_profile
+
+    image = checkerboard(8, 8).copy()
+    image.set_type(pyvips.GValue.blob_type, "icc-profile-data", srgb_profile())
+    write_image(image, tmp_path / "with.png", (15.0, 15.0))
+    write_image(checkerboard(8, 8), tmp_path / "without.png", (15.0, 15.0))
+    with Image.open(tmp_path / "with.png") as png:
+        assert png.info["icc_profile"] == srgb_profile()
+    with Image.open(tmp_path / "without.png") as png:
+        assert "icc_profile" not in png.info

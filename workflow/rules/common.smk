@@ -7,6 +7,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 from slidestock.cohort import read_lock
 from slidestock.config import validate_config
 from slidestock.errors import ConfigError
+from slidestock.downsample import FORMATS
 from slidestock.plan import read_slide_plan
 
 try:
@@ -18,7 +19,7 @@ except ConfigError as err:
 # Scripts read the validated config, defaults included.
 config.update(CONFIG)
 
-IMAGE_FORMAT = CONFIG["target"]["format"]
+IMAGE_SUFFIX = FORMATS[CONFIG["target"]["format"]]
 ENV = "../../envs/slidestock.yaml"
 SLIDE_PLANS = "results/cohort/plan"
 

@@ -23,7 +23,7 @@ rule slide:
         runtime=lambda wildcards, attempt: 30 * attempt,
         disk_mb=get_slide_disk_mb,
     params:
-        image=lambda wildcards: f"results/slides/{wildcards.slide}.{IMAGE_FORMAT}",
+        image=lambda wildcards: f"results/slides/{wildcards.slide}.{IMAGE_SUFFIX}",
         target=CONFIG["target"],
         attempts=CONFIG["fetch"]["attempts"],
     script:

@@ -42,6 +42,7 @@ class DicomLevel:
     sop_instance_uid: str
     organization: str = "TILED_FULL"
     missing_tiles: int = 0
+    icc_profile: bytes | None = None
 
 
 def header_spacing_um(ds: pydicom.Dataset) -> tuple[float, float] | None:
@@ -155,4 +156,14 @@ def read_level(path: Path, item: str | None = None) -> DicomLevel:
         sop_instance_uid=str(ds.SOPInstanceUID),
         organization=organization,
         missing_tiles=missing,
+        icc_profile=_icc_profile(ds),
     )
+
+
+def _icc_profile(ds: pydicom.Dataset) -> bytes | None:
+    """The ICC profile of the (first) optical path, which the output image carries on."""
+    try:
+        profile = ds.OpticalPathSequence[0].ICCProfile
+    except (AttributeError, IndexError):
+        return None
+    return bytes(profile) if profile else None

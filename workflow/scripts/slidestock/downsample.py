@@ -9,7 +9,9 @@ import pyvips
 
 from slidestock.errors import ConfigError
 
-FORMATS = ("png",)
+# Output format -> file extension. PNG (pHYs), TIFF (resolution tags), JPEG and WebP (EXIF)
+# all carry the resolution.
+FORMATS = {"png": "png", "jpeg": "jpg", "tiff": "tiff", "webp": "webp"}
 
 
 def resize_exact(image: pyvips.Image, size_px: tuple[int, int]) -> pyvips.Image:
@@ -30,11 +32,19 @@ def resize_exact(image: pyvips.Image, size_px: tuple[int, int]) -> pyvips.Image:
     return resized
 
 
-def write_image(image: pyvips.Image, path: Path, spacing_xy_um: tuple[float, float], fmt: str = "png") -> None:
+def write_image(
+    image: pyvips.Image,
+    path: Path,
+    spacing_xy_um: tuple[float, float],
+    fmt: str = "png",
+    quality: int = 90,
+    pyramid: bool = False,
+) -> None:
     """Write ``image`` at ``path`` with its (column, row) spacing as resolution, atomically.
 
-    The file appears under its final name only when complete, so no partial
-    image is ever left where a finished one belongs.
+    ``quality`` applies to JPEG and WebP; ``pyramid`` writes a tiled, pyramidal
+    TIFF. The file appears under its final name only when complete, so no
+    partial image is ever left where a finished one belongs.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"target.format: got {fmt!r}; expected one of {', '.join(FORMATS)}")
@@ -42,8 +52,19 @@ def write_image(image: pyvips.Image, path: Path, spacing_xy_um: tuple[float, flo
     tagged = image.copy(xres=1000.0 / spacing_xy_um[0], yres=1000.0 / spacing_xy_um[1])
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
+    icc = ["icc"] if image.get_typeof("icc-profile-data") else []
+    # libvips writes the resolution into the EXIF it keeps; nothing else of the input is kept.
+    with_exif = ",".join(["exif", *icc])
+    keep = ",".join(icc) or "none"
     try:
-        tagged.pngsave(str(partial), compression=6, keep="none")
+        if fmt == "png":
+            tagged.pngsave(str(partial), compression=6, keep=keep)
+        elif fmt == "jpeg":
+            tagged.jpegsave(str(partial), Q=quality, keep=with_exif)
+        elif fmt == "webp":
+            tagged.webpsave(str(partial), Q=quality, keep=with_exif)
+        else:
+            tagged.tiffsave(str(partial), compression="deflate", resunit="cm", tile=pyramid, pyramid=pyramid, keep=keep)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)

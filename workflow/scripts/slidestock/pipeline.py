@@ -69,6 +69,8 @@ class SlideJob:
     json_path: Path
     tmpdir: Path
     gdc: GdcSettings | None = None
+    quality: int = 90
+    pyramid: bool = False
 
 
 def _base_record(job: SlideJob) -> dict[str, Any]:
@@ -150,7 +152,12 @@ def _fetch_and_downsample(job: SlideJob, record: dict[str, Any]) -> None:
                 f"{plan['slide_id']}: the level has no pixel spacing in header or index; "
                 "expected one to size the output and write its resolution"
             )
-        _write_output(job, record, level.image, spacing)
+        record["level"]["icc_profile_bytes"] = len(level.icc_profile or b"")
+        image = level.image
+        if level.icc_profile:
+            image = image.copy()
+            image.set_type(pyvips.GValue.blob_type, "icc-profile-data", level.icc_profile)
+        _write_output(job, record, image, spacing)
         record["timings_s"] = {
             "fetch": round(fetched.seconds, 3),
             "downsample": round(time.monotonic() - t0, 3),
@@ -162,7 +169,7 @@ def _write_output(job: SlideJob, record: dict[str, Any], image: pyvips.Image, sp
     level_size = (image.width, image.height)
     size = output_size_px(level_size, spacing, job.target)
     out_spacing = (spacing[0] * level_size[0] / size[0], spacing[1] * level_size[1] / size[1])
-    write_image(resize_exact(image, size), job.image_path, out_spacing, job.fmt)
+    write_image(resize_exact(image, size), job.image_path, out_spacing, job.fmt, job.quality, job.pyramid)
     record["scale"] = [size[0] / level_size[0], size[1] / level_size[1]]
     record["output"] = {
         "path": str(job.image_path),

@@ -73,6 +73,8 @@ class SlideSpec:
     sparse: bool = False
     # Only the base level carries PixelSpacing (header and index), as some IDC series.
     spacing_on_base_only: bool = False
+    # An sRGB ICC profile in the optical path, which outputs must carry.
+    icc_profile: bool = False
 
     @property
     def key(self) -> str:
@@ -209,6 +211,13 @@ def tile_frames(
     return frames, positions
 
 
+def srgb_profile() -> bytes:
+    """libvips's built-in sRGB ICC profile."""
+    image = pyvips.Image.black(1, 1, bands=3).copy(interpretation="srgb")
+    profile: bytes = image.icc_transform("srgb", input_profile="srgb").get("icc-profile-data")
+    return profile
+
+
 def _code(value: str, scheme: str, meaning: str) -> Dataset:
     item = Dataset()
     item.CodeValue = value
@@ -306,6 +315,8 @@ def _dataset(
     optical_path.OpticalPathIdentifier = "1"
     optical_path.IlluminationTypeCodeSequence = DicomSequence([_code("111744", "DCM", "Brightfield illumination")])
     optical_path.IlluminationColorCodeSequence = DicomSequence([_code("11744", "DCM", "Full Spectrum")])
+    if spec.icc_profile:
+        optical_path.ICCProfile = srgb_profile()
     ds.OpticalPathSequence = DicomSequence([optical_path])
 
     shared = Dataset()
@@ -624,7 +635,14 @@ def write_tables(records: Sequence[SeriesRecord], out_dir: Path, idc_version: in
 EDGE_SLIDES: tuple[SlideSpec, ...] = (
     SlideSpec("edge_cases", "EDGE-01", "EDGE-SPARSE-01", (2600, 2000), n_levels=3, sparse=True, seed=31),
     SlideSpec(
-        "edge_cases", "EDGE-02", "EDGE-RAW-01", (2600, 2000), n_levels=3, transfer_syntax=EXPLICIT_VR_LE, seed=32
+        "edge_cases",
+        "EDGE-02",
+        "EDGE-RAW-01",
+        (2600, 2000),
+        n_levels=3,
+        transfer_syntax=EXPLICIT_VR_LE,
+        seed=32,
+        icc_profile=True,
     ),
     SlideSpec(
         "edge_cases", "EDGE-03", "EDGE-NOSPACING-01", (2600, 2000), n_levels=3, spacing_on_base_only=True, seed=33
