@@ -64,7 +64,7 @@ def test_base_level_of_sparse_and_uncompressed_slides(
     tmp_path: Path, edge_build: dict[str, Path], edge_s3: S3Server
 ) -> None:
     recs = edge_run(tmp_path, edge_build, edge_s3, mpp=0.5)
-    assert sorted(recs) == ["EDGE-NOSPACING-01", "EDGE-RAW-01", "EDGE-SPARSE-01"]
+    assert sorted(recs) == ["EDGE-MIXED-01", "EDGE-NOSPACING-01", "EDGE-RAW-01", "EDGE-SPARSE-01"]
     for rec in recs.values():
         assert rec["status"] == "done", rec["error"]
         assert rec["output"]["size_px"] == [1300, 1000]
@@ -78,7 +78,7 @@ def test_base_level_of_sparse_and_uncompressed_slides(
     # Missing tiles are filled with white; the scanner's own background is (242, 241, 238).
     white = {k: int((np.asarray(Image.open(r["image"])) == 255).all(axis=2).sum()) for k, r in recs.items()}
     assert white["EDGE-SPARSE-01"] >= 0.8 * missing_area_px(edge_build, "EDGE-SPARSE-01") / 4  # at half the resolution
-    assert white["EDGE-RAW-01"] == white["EDGE-NOSPACING-01"] == 0
+    assert white["EDGE-RAW-01"] == white["EDGE-NOSPACING-01"] == white["EDGE-MIXED-01"] == 0
     # The ICC profile of the DICOM's optical path is carried into the image; none is invented.
     with Image.open(recs["EDGE-RAW-01"]["image"]) as png:
         assert png.info["icc_profile"] == synthetic.srgb_profile()
@@ -103,3 +103,18 @@ def test_spacing_derived_from_the_base_level(tmp_path: Path, edge_build: dict[st
     with Image.open(rec["image"]) as jpeg:
         assert jpeg.format == "JPEG"
         assert 25400 / jpeg.info["dpi"][0] == pytest.approx(15.0, rel=0.02)
+
+
+def test_two_volumes_of_one_size_are_chosen_deterministically(
+    tmp_path: Path, edge_build: dict[str, Path], edge_s3: S3Server
+) -> None:
+    rec = edge_run(tmp_path, edge_build, edge_s3, mpp=15.0)["EDGE-MIXED-01"]
+    instances = pd.read_parquet(edge_build["sm_instance_index"])
+    same_series = instances[
+        (instances["SeriesInstanceUID"] == rec["source"]["SeriesInstanceUID"])
+        & (instances["TotalPixelMatrixColumns"] == 162)
+    ]
+    assert len(same_series) == 2
+    assert rec["status"] == "done", rec["error"]
+    assert rec["source"]["SOPInstanceUID"] == min(same_series["SOPInstanceUID"])
+    assert rec["level"]["reason"].endswith("2 VOLUME instances of this size, took the first by SOPInstanceUID")

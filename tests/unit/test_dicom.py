@@ -167,3 +167,21 @@ def test_levels_without_spacing_have_none_in_header(edge_build: dict[str, Path],
     files = edge_files(edge_build, "EDGE-NOSPACING-01")
     spacings = [read_level(alone(p, tmp_path / str(i))).spacing_xy_um for i, p in enumerate(files)]
     assert spacings == [(0.25, 0.25), None, None]
+
+
+def test_lossless_jpeg2000_rct_level_is_exact(edge_build: dict[str, Path], tmp_path: Path) -> None:
+    files = edge_files(edge_build, "EDGE-MIXED-01")
+    syntaxes = sorted(str(pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID) for p in files)
+    assert syntaxes == sorted(
+        [synthetic.JPEG_BASELINE, synthetic.JPEG_2000_LOSSLESS, synthetic.JPEG_2000, synthetic.JPEG_BASELINE]
+    )
+    lossless = next(
+        p
+        for p in files
+        if pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID == synthetic.JPEG_2000_LOSSLESS
+    )
+    path = alone(lossless, tmp_path / "rct")
+    level = read_level(path)
+    assert level.photometric == "YBR_RCT"
+    reference = openslide.OpenSlide(str(path)).read_region((0, 0), 0, level.size_px).convert("RGB")
+    assert np.array_equal(level.image.numpy(), np.asarray(reference))

@@ -114,3 +114,10 @@ def test_output_size_rounds_half_up_and_scales_axes_independently() -> None:
 def test_target_rejects_bad_combinations(mpp: float | None, max_px: int | None, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Target(mpp=mpp, max_px=max_px)
+
+
+def test_tie_is_recorded_in_the_reason() -> None:
+    twins = [level("b-twin", (2500, 1875), 4.0), level("a-twin", (2500, 1875), 4.0), PYRAMID[0]]
+    choice = choose_level(twins, Target(mpp=15.0))
+    assert choice.reason.endswith("; 2 VOLUME instances of this size, took the first by SOPInstanceUID")
+    assert "VOLUME instances of this size" not in choose_level(PYRAMID, Target(mpp=15.0)).reason

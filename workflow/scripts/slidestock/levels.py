@@ -178,6 +178,7 @@ def _choose_by_spacing(volumes: Sequence[Level], spacings: Sequence[tuple[float,
             "output at the level's own spacing (never upsample)"
         )
     level = volumes[i]
+    reason += _tie_note(volumes, level)
     return LevelChoice(level, spacing, derived, output_size_px(level.size_px, (spacing, spacing), target), reason)
 
 
@@ -201,4 +202,13 @@ def _choose_by_size(volumes: Sequence[Level], spacings: Sequence[tuple[float, bo
         spacing, derived = spacings[i]
     else:
         spacing, derived = math.nan, False
+    reason += _tie_note(volumes, level)
     return LevelChoice(level, spacing, derived, output_size_px(level.size_px, (spacing, spacing), target), reason)
+
+
+def _tie_note(volumes: Sequence[Level], chosen: Level) -> str:
+    """Say so when several volumes (ORIGINAL and RESAMPLED, say) share the chosen size."""
+    twins = sorted(lv.sop_instance_uid for lv in volumes if lv.size_px == chosen.size_px)
+    if len(twins) < 2:
+        return ""
+    return f"; {len(twins)} VOLUME instances of this size, took the first by SOPInstanceUID"

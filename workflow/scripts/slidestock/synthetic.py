@@ -35,13 +35,20 @@ from slidestock.levels import Level
 WSI_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.1.77.1.6")
 JPEG_BASELINE = UID("1.2.840.10008.1.2.4.50")
 JPEG_2000 = UID("1.2.840.10008.1.2.4.91")
+JPEG_2000_LOSSLESS = UID("1.2.840.10008.1.2.4.90")
 EXPLICIT_VR_LE = UID("1.2.840.10008.1.2.1")
 TRANSFER_SYNTAX_NAMES = {
     JPEG_BASELINE: "JPEG Baseline",
     JPEG_2000: "JPEG 2000",
+    JPEG_2000_LOSSLESS: "JPEG 2000 Lossless",
     EXPLICIT_VR_LE: "Explicit VR Little Endian",
 }
-PHOTOMETRIC = {JPEG_BASELINE: "YBR_FULL_422", JPEG_2000: "YBR_ICT", EXPLICIT_VR_LE: "RGB"}
+PHOTOMETRIC = {
+    JPEG_BASELINE: "YBR_FULL_422",
+    JPEG_2000: "YBR_ICT",
+    JPEG_2000_LOSSLESS: "YBR_RCT",
+    EXPLICIT_VR_LE: "RGB",
+}
 BUCKET = "idc-open-data"
 TILE_PX = 256
 # Bump when the generator's output changes, so that cached builds are redone.
@@ -75,6 +82,10 @@ class SlideSpec:
     spacing_on_base_only: bool = False
     # An sRGB ICC profile in the optical path, which outputs must carry.
     icc_profile: bool = False
+    # A transfer syntax per level (mixed within one series), instead of transfer_syntax.
+    level_syntaxes: tuple[str, ...] | None = None
+    # A second VOLUME instance (RESAMPLED) the size of level 2: two candidates for one level.
+    second_volume: bool = False
 
     @property
     def key(self) -> str:
@@ -184,6 +195,8 @@ def encode_frame(tile: np.ndarray, transfer_syntax: str) -> bytes:
         return data
     if transfer_syntax == JPEG_2000:
         return bytes(imagecodecs.jpeg2k_encode(tile, level=45, codecformat="J2K", reversible=False, mct=True))
+    if transfer_syntax == JPEG_2000_LOSSLESS:
+        return bytes(imagecodecs.jpeg2k_encode(tile, codecformat="J2K", reversible=True, mct=True))
     if transfer_syntax == EXPLICIT_VR_LE:
         return np.ascontiguousarray(tile, dtype=np.uint8).tobytes()
     raise ValueError(f"transfer syntax {transfer_syntax!r} is not one the fixtures can encode")
@@ -305,7 +318,7 @@ def _dataset(
     ds.FocusMethod = "AUTO"
     ds.ExtendedDepthOfField = "NO"
     ds.VolumetricProperties = "VOLUME"
-    if transfer_syntax == EXPLICIT_VR_LE:
+    if transfer_syntax in (EXPLICIT_VR_LE, JPEG_2000_LOSSLESS):
         ds.LossyImageCompression = "00"
     else:
         ds.LossyImageCompression = "01"
@@ -439,9 +452,24 @@ def write_series(spec: SlideSpec, root: Path) -> SeriesRecord:
                 pixels=_to_array(level),
                 spacing_mm=None if k and spec.spacing_on_base_only else spacing_mm,
                 tiled=True,
-                transfer_syntax=spec.transfer_syntax,
+                transfer_syntax=spec.level_syntaxes[k] if spec.level_syntaxes else spec.transfer_syntax,
             )
         )
+        if spec.second_volume and k == 2:
+            instances.append(
+                _write_instance(
+                    root,
+                    spec,
+                    series,
+                    name="resampled2",
+                    number=50,
+                    image_type=("DERIVED", "PRIMARY", "VOLUME", "RESAMPLED"),
+                    pixels=_to_array(level),
+                    spacing_mm=spacing_mm,
+                    tiled=True,
+                    transfer_syntax=JPEG_BASELINE,
+                )
+            )
     if spec.label_and_overview:
         instances.extend(_label_and_overview(root, spec, series, base))
     return SeriesRecord(
@@ -643,6 +671,16 @@ EDGE_SLIDES: tuple[SlideSpec, ...] = (
         transfer_syntax=EXPLICIT_VR_LE,
         seed=32,
         icc_profile=True,
+    ),
+    SlideSpec(
+        "edge_cases",
+        "EDGE-04",
+        "EDGE-MIXED-01",
+        (2600, 2000),
+        n_levels=3,
+        level_syntaxes=(JPEG_BASELINE, JPEG_2000_LOSSLESS, JPEG_2000),
+        second_volume=True,
+        seed=34,
     ),
     SlideSpec(
         "edge_cases", "EDGE-03", "EDGE-NOSPACING-01", (2600, 2000), n_levels=3, spacing_on_base_only=True, seed=33
