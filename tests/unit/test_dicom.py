@@ -18,7 +18,7 @@ import pydicom
 import pytest
 
 from slidestock import synthetic
-from slidestock.dicomlevel import read_level
+from slidestock.dicomlevel import decode_shrink, read_level
 from slidestock.errors import DecodeError
 
 
@@ -185,3 +185,36 @@ def test_lossless_jpeg2000_rct_level_is_exact(edge_build: dict[str, Path], tmp_p
     assert level.photometric == "YBR_RCT"
     reference = openslide.OpenSlide(str(path)).read_region((0, 0), 0, level.size_px).convert("RGB")
     assert np.array_equal(level.image.numpy(), np.asarray(reference))
+
+
+@pytest.mark.parametrize(
+    ("syntax", "scale", "shrink"),
+    [
+        (synthetic.JPEG_BASELINE, 0.267, 1),
+        (synthetic.JPEG_BASELINE, 0.25, 2),
+        (synthetic.JPEG_BASELINE, 0.0667, 4),
+        (synthetic.JPEG_BASELINE, 0.01, 8),
+        (synthetic.JPEG_2000, 0.01, 1),
+        (synthetic.EXPLICIT_VR_LE, 0.01, 1),
+    ],
+)
+def test_decode_shrink_leaves_a_factor_two_for_the_resize(syntax: str, scale: float, shrink: int) -> None:
+    assert decode_shrink(syntax, scale) == shrink
+
+
+def test_shrink_on_decode_gives_the_same_picture(
+    demo_build: dict[str, Path], instance_table: pd.DataFrame, tmp_path: Path
+) -> None:
+    from slidestock.downsample import resize_exact
+
+    rows = instance_table[instance_table["TransferSyntaxUID"] == synthetic.JPEG_BASELINE]
+    row = rows[rows["TotalPixelMatrixColumns"] == 2050].iloc[0]  # a 1 µm/px level, 2050 x 1537 px
+    path = alone(instance_path(demo_build, instance_table, row), tmp_path / "one")
+    full, shrunk = read_level(path), read_level(path, shrink=4)
+    assert (shrunk.image.width, shrunk.image.height) == (2050 // 4, 1537 // 4)
+    assert shrunk.shrink == 4
+    assert shrunk.size_px == full.size_px == (2050, 1537)
+    size = (137, 103)  # 15 µm/px
+    a = resize_exact(full.image, size).numpy().astype(int)
+    b = resize_exact(shrunk.image, size).numpy().astype(int)
+    assert np.abs(a - b).mean() < 2.0

@@ -43,6 +43,7 @@ class DicomLevel:
     organization: str = "TILED_FULL"
     missing_tiles: int = 0
     icc_profile: bytes | None = None
+    shrink: int = 1
 
 
 def header_spacing_um(ds: pydicom.Dataset) -> tuple[float, float] | None:
@@ -60,10 +61,24 @@ def header_spacing_um(ds: pydicom.Dataset) -> tuple[float, float] | None:
     return (col_mm * 1000.0, row_mm * 1000.0)
 
 
-def _decode_frame(frame: bytes, syntax: str, item: str, index: int, tile_px: tuple[int, int]) -> pyvips.Image:
+def decode_shrink(syntax: str, scale: float) -> int:
+    """The factor (1, 2, 4 or 8) to shrink frames by while decoding, for a resize by ``scale``.
+
+    JPEG decodes at 1/2, 1/4 or 1/8 in the DCT, far cheaper than a full
+    decode. At least a factor two is left for the Lanczos resize, so the
+    result stays antialiased and sharp. Other syntaxes decode at full size.
+    """
+    if syntax not in JPEG_SYNTAXES or scale <= 0:
+        return 1
+    return max(s for s in (1, 2, 4, 8) if s == 1 or s <= 1 / (2 * scale))
+
+
+def _decode_frame(
+    frame: bytes, syntax: str, item: str, index: int, tile_px: tuple[int, int], shrink: int = 1
+) -> pyvips.Image:
     try:
         if syntax in JPEG_SYNTAXES:
-            return pyvips.Image.jpegload_buffer(frame, fail_on="error")
+            return pyvips.Image.jpegload_buffer(frame, fail_on="error", shrink=shrink)
         if syntax in NATIVE_SYNTAXES:
             array = np.frombuffer(frame, dtype=np.uint8).reshape(tile_px[1], tile_px[0], 3)
         else:
@@ -104,11 +119,14 @@ def _sparse_positions(ds: pydicom.Dataset, n_frames: int, tile_px: tuple[int, in
     return positions
 
 
-def read_level(path: Path, item: str | None = None) -> DicomLevel:
+def read_level(path: Path, item: str | None = None, shrink: int = 1) -> DicomLevel:
     """Read a single-instance DICOM WSI level (one focal plane, one optical path).
 
     TILED_FULL and TILED_SPARSE organisations; JPEG baseline, JPEG 2000 and
     uncompressed RGB frames. Tiles a sparse level leaves out are background.
+    With ``shrink`` (see :func:`decode_shrink`) frames are decoded at 1/shrink
+    size and the image is ``size_px // shrink``: the last, partial pixel of
+    each axis is dropped rather than mixed with tile padding.
     """
     item = item or str(path)
     try:
@@ -120,6 +138,7 @@ def read_level(path: Path, item: str | None = None) -> DicomLevel:
         raise DecodeError(
             f"{item}: transfer syntax {syntax} is not supported; expected JPEG baseline, JPEG 2000 or uncompressed"
         )
+    shrink = shrink if syntax in JPEG_SYNTAXES else 1
     organization = str(ds.get("DimensionOrganizationType", "TILED_FULL"))
     if organization not in ("TILED_FULL", "TILED_SPARSE"):
         raise DecodeError(f"{item}: DimensionOrganizationType {organization}; expected TILED_FULL or TILED_SPARSE")
@@ -134,17 +153,20 @@ def read_level(path: Path, item: str | None = None) -> DicomLevel:
         )
     frames = _frames(ds, syntax, n_frames, tile_px, item)
     if organization == "TILED_FULL":
-        grid: list[pyvips.Image | None] = [_decode_frame(f, syntax, item, i, tile_px) for i, f in enumerate(frames)]
+        grid: list[pyvips.Image | None] = [
+            _decode_frame(f, syntax, item, i, tile_px, shrink) for i, f in enumerate(frames)
+        ]
     else:
         grid = [None] * (across * down)
         for i, (col, row) in enumerate(_sparse_positions(ds, n_frames, tile_px, item)):
             if 0 <= col < across and 0 <= row < down and grid[row * across + col] is None:
-                grid[row * across + col] = _decode_frame(frames[i], syntax, item, i, tile_px)
+                grid[row * across + col] = _decode_frame(frames[i], syntax, item, i, tile_px, shrink)
     missing = sum(tile is None for tile in grid)
-    blank = pyvips.Image.black(*tile_px, bands=3).new_from_image(list(BACKGROUND)).cast("uchar")
+    decoded_tile = (-(-tile_px[0] // shrink), -(-tile_px[1] // shrink))
+    blank = pyvips.Image.black(*decoded_tile, bands=3).new_from_image(list(BACKGROUND)).cast("uchar")
     tiles = [blank.copy(interpretation="srgb") if tile is None else tile for tile in grid]
     joined = pyvips.Image.arrayjoin(tiles, across=across) if len(tiles) > 1 else tiles[0]
-    image = joined.crop(0, 0, width, height)
+    image = joined.crop(0, 0, width // shrink, height // shrink)
     if image.bands != 3:
         raise DecodeError(f"{item}: {image.bands} samples per pixel after decoding; expected 3 (RGB)")
     return DicomLevel(
@@ -157,6 +179,7 @@ def read_level(path: Path, item: str | None = None) -> DicomLevel:
         organization=organization,
         missing_tiles=missing,
         icc_profile=_icc_profile(ds),
+        shrink=shrink,
     )
 
 

