@@ -12,6 +12,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -229,3 +230,20 @@ def test_forcerun_of_the_slide_rule_redoes_the_slides(first: Run) -> None:
     out = proc.stdout + proc.stderr
     assert out.count("rule slide:") == 6
     assert "<TBD>" not in out
+
+
+def test_tissue_mask_and_fraction(tmp_path: Path, demo_build: dict[str, Path], s3: S3Server) -> None:
+    target = {"target": {"mpp": 15.0, "max_px": None, "format": "png", "tissue_mask": True}}
+    run = run_in(tmp_path, demo_tables(demo_build), s3, target, n=2, seed=3)
+    report = pd.read_csv(run.workdir / "results/report/slides.csv")
+    for row in report.itertuples():
+        record = json.loads((run.workdir / f"results/slides/{row.slide_id}.json").read_text())
+        mask_path = run.workdir / record["output"]["mask_path"]
+        with Image.open(mask_path) as mask, Image.open(run.workdir / record["output"]["path"]) as image:
+            assert mask.size == image.size
+            values = np.asarray(mask)
+        assert set(np.unique(values)) <= {0, 255}
+        assert values[0, 0] == 0  # the fixtures' corners are glass
+        assert values[values.shape[0] // 2, values.shape[1] // 2] == 255  # and their middles tissue
+        assert row.tissue_fraction == pytest.approx((values == 255).mean(), abs=1e-4)
+        assert 0.2 < row.tissue_fraction < 0.95

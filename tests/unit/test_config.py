@@ -56,7 +56,14 @@ def test_defaults_are_filled_in() -> None:
     }
     assert checked["fetch"] == {"endpoint": "aws", "attempts": 3, "prefer": "idc"}
     assert checked["gdc"] == {"api": "https://api.gdc.cancer.gov", "token_file": None, "mode": "range", "parallel": 4}
-    assert checked["target"] == {"mpp": 10, "max_px": None, "format": "png", "quality": 90, "pyramid": False}
+    assert checked["target"] == {
+        "mpp": 10,
+        "max_px": None,
+        "format": "png",
+        "quality": 90,
+        "pyramid": False,
+        "tissue_mask": False,
+    }
 
 
 @pytest.mark.parametrize(

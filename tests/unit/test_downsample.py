@@ -96,3 +96,17 @@ def test_icc_profile_is_carried_into_the_png(tmp_path: Path) -> None:
         assert png.info["icc_profile"] == srgb_profile()
     with Image.open(tmp_path / "without.png") as png:
         assert "icc_profile" not in png.info
+
+
+def test_tissue_mask_finds_stain_and_not_glass() -> None:
+    from slidestock.downsample import tissue_fraction, tissue_mask
+
+    pixels = np.full((10, 20, 3), (242, 241, 238), dtype=np.uint8)  # glass
+    pixels[:, :5] = (200, 120, 170)  # eosin-pink: coloured
+    pixels[:5, 5:10] = (90, 80, 100)  # dark, nearly grey: a dense nucleus cluster
+    mask = tissue_mask(pyvips.Image.new_from_array(pixels).copy(interpretation="srgb"))
+    values = mask.numpy()
+    assert values[:, :5].min() == 255
+    assert values[:5, 5:10].min() == 255
+    assert values[:, 10:].max() == 0
+    assert tissue_fraction(mask) == (50 + 25) / 200

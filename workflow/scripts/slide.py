@@ -23,6 +23,7 @@ job = SlideJob(
     fmt=smk.params.target["format"],
     quality=smk.params.target["quality"],
     pyramid=smk.params.target["pyramid"],
+    tissue_mask=smk.params.target["tissue_mask"],
     endpoint=smk.config["fetch"]["endpoint"],
     attempts=smk.params.attempts,
     image_path=Path(smk.params.image),

