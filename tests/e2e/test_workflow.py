@@ -247,3 +247,23 @@ def test_tissue_mask_and_fraction(tmp_path: Path, demo_build: dict[str, Path], s
         assert values[values.shape[0] // 2, values.shape[1] // 2] == 255  # and their middles tissue
         assert row.tissue_fraction == pytest.approx((values == 255).mean(), abs=1e-4)
         assert 0.2 < row.tissue_fraction < 0.95
+
+
+def test_openslide_backend_gives_the_same_sizes_and_close_pixels(
+    first: Run, tmp_path: Path, demo_build: dict[str, Path], s3: S3Server
+) -> None:
+    target = {"target": {"mpp": 15.0, "max_px": None, "format": "png", "backend": "openslide"}}
+    other = run_in(tmp_path, demo_tables(demo_build), s3, target)
+    ours, theirs = records(first), records(other)
+    assert sorted(ours) == sorted(theirs)
+    for container, rec in theirs.items():
+        assert rec["status"] == "done", rec["error"]
+        assert rec["level"]["backend"] == "openslide"
+        assert rec["output"]["size_px"] == ours[container]["output"]["size_px"]
+        with (
+            Image.open(first.workdir / ours[container]["output"]["path"]) as a,
+            Image.open(other.workdir / rec["output"]["path"]) as b,
+        ):
+            difference = np.abs(np.asarray(a).astype(int) - np.asarray(b).astype(int))
+        assert difference.mean() < 1.0, container
+        assert np.percentile(difference, 99) <= 4, container

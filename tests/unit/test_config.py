@@ -62,6 +62,7 @@ def test_defaults_are_filled_in() -> None:
         "format": "png",
         "quality": 90,
         "pyramid": False,
+        "backend": "pyvips",
         "tissue_mask": False,
     }
 

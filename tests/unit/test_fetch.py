@@ -32,13 +32,17 @@ def test_fetch_copies_the_exact_bytes(s3: S3Server, one_instance: tuple[str, int
     assert result.attempts == 1
 
 
-def test_wrong_index_size_fails_after_every_attempt_and_leaves_nothing(
-    s3: S3Server, one_instance: tuple[str, int, Path], tmp_path: Path
+def test_wrong_index_size_is_retried_once_and_leaves_nothing(
+    s3: S3Server, one_instance: tuple[str, int, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     url, size, _ = one_instance
-    with pytest.raises(FetchError, match=rf"2 attempts failed; last: .*downloaded {size} bytes; expected {size + 1}"):
-        fetch_object(url, tmp_path / "x.dcm", size + 1, s3.url, attempts=2, backoff_s=0.01)
+    with pytest.raises(FetchError, match=rf"wrong size twice; .*downloaded {size} bytes; expected {size + 1}"):
+        fetch_object(url, tmp_path / "x.dcm", size + 1, s3.url, attempts=5, backoff_s=0.01)
     assert list(tmp_path.iterdir()) == []
+    # One retry after the first wrong size; the second ends it, long before attempt 5.
+    assert [m for r in caplog.records if "attempt" in (m := r.getMessage())] == [
+        f"fetch {url}: attempt 1/5 failed: {url}: downloaded {size} bytes; expected {size + 1} bytes (instance_size)"
+    ]
 
 
 def test_missing_object_is_a_fetch_error(s3: S3Server, tmp_path: Path) -> None:

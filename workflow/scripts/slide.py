@@ -24,6 +24,7 @@ job = SlideJob(
     quality=smk.params.target["quality"],
     pyramid=smk.params.target["pyramid"],
     tissue_mask=smk.params.target["tissue_mask"],
+    backend=smk.params.target["backend"],
     endpoint=smk.config["fetch"]["endpoint"],
     attempts=smk.params.attempts,
     image_path=Path(smk.params.image),

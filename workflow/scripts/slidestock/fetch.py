@@ -108,10 +108,13 @@ def fetch_object(
     """Copy ``url`` to ``dest`` with s5cmd, retrying with exponential backoff.
 
     Each attempt that fails (non-zero exit, wrong size) removes what it wrote.
+    A wrong size is retried once only: twice the same wrong size is the
+    object, not the network, and retrying more would not help.
     """
     argv = s5cmd_argv(url, dest, endpoint)
     start = time.monotonic()
     last_error = ""
+    wrong_sizes = 0
     for attempt in range(1, attempts + 1):
         dest.unlink(missing_ok=True)
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
@@ -121,6 +124,9 @@ def fetch_object(
                 return FetchResult(dest, size, time.monotonic() - start, attempt)
             except FetchError as err:
                 last_error = str(err)
+                wrong_sizes += 1
+                if wrong_sizes == 2:
+                    raise FetchError(f"{url}: wrong size twice; {last_error}") from None
         else:
             dest.unlink(missing_ok=True)
             last_error = f"s5cmd exited {proc.returncode}: {proc.stderr.strip()[-500:]}"

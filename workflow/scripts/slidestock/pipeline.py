@@ -72,6 +72,7 @@ class SlideJob:
     quality: int = 90
     pyramid: bool = False
     tissue_mask: bool = False
+    backend: str = "pyvips"
 
 
 def _base_record(job: SlideJob) -> dict[str, Any]:
@@ -142,7 +143,7 @@ def _fetch_and_downsample(job: SlideJob, record: dict[str, Any]) -> None:
         record["fetch_attempts"] = fetched.attempts
         t0 = time.monotonic()
         planned_scale = int(plan["output_columns"]) / int(plan["level_columns"])
-        shrink = decode_shrink(plan["transfer_syntax"], planned_scale)
+        shrink = decode_shrink(plan["transfer_syntax"], planned_scale) if job.backend == "pyvips" else 1
         level = read_level(local, item=f"{plan['slide_id']} ({plan['url']})", shrink=shrink)
         record["level"]["decode_shrink"] = level.shrink
         # The header's full-precision spacing beats the index's two significant figures.
@@ -157,7 +158,8 @@ def _fetch_and_downsample(job: SlideJob, record: dict[str, Any]) -> None:
                 "expected one to size the output and write its resolution"
             )
         record["level"]["icc_profile_bytes"] = len(level.icc_profile or b"")
-        image = level.image
+        record["level"]["backend"] = job.backend
+        image = level.image if job.backend == "pyvips" else _openslide_whole_level(local, level.size_px)
         if level.icc_profile:
             image = image.copy()
             image.set_type(pyvips.GValue.blob_type, "icc-profile-data", level.icc_profile)
@@ -277,7 +279,6 @@ def _svs_whole(
 
 def _openslide_level(path: Path, job: SlideJob, record: dict[str, Any], item: str, why: DecodeError) -> pyvips.Image:
     """The level rule over what OpenSlide sees in a local file (formats our reader does not cover)."""
-    import numpy as np
     import openslide
 
     try:
@@ -294,7 +295,7 @@ def _openslide_level(path: Path, job: SlideJob, record: dict[str, Any], item: st
         ]  # fmt: skip
         choice = choose_level(levels, job.target, slide=item)
         index = int(choice.level.sop_instance_uid.removeprefix("page"))
-        rgba = np.asarray(slide.read_region((0, 0), index, choice.level.size_px))
+        image = openslide_region(slide, index, choice.level.size_px)
     record["level"].update(
         reason=f"{choice.reason} (read with OpenSlide: {why})",
         page=index,
@@ -304,7 +305,25 @@ def _openslide_level(path: Path, job: SlideJob, record: dict[str, Any], item: st
         spacing_derived=choice.spacing_derived,
         transfer_syntax="openslide",
     )
-    image = pyvips.Image.new_from_array(np.ascontiguousarray(rgba)).copy(interpretation="srgb")
+    return image
+
+
+def _openslide_whole_level(path: Path, size_px: tuple[int, int]) -> pyvips.Image:
+    """The one level of a downloaded DICOM file, decoded by OpenSlide (``target.backend: openslide``)."""
+    import openslide
+
+    with openslide.OpenSlide(str(path)) as slide:
+        if slide.level_dimensions[0] != size_px:
+            raise DecodeError(f"{path.name}: OpenSlide sees {slide.level_dimensions[0]} px; the header says {size_px}")
+        return openslide_region(slide, 0, size_px)
+
+
+def openslide_region(slide: Any, level: int, size_px: tuple[int, int]) -> pyvips.Image:
+    """A whole OpenSlide level as an RGB image; transparent (missing) areas become white."""
+    import numpy as np
+
+    rgba = np.ascontiguousarray(np.asarray(slide.read_region((0, 0), level, size_px)))
+    image = pyvips.Image.new_from_array(rgba).copy(interpretation="srgb")
     flat: pyvips.Image = image.flatten(background=[255, 255, 255]).cast("uchar")
     return flat
 
