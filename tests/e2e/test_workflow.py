@@ -267,3 +267,29 @@ def test_openslide_backend_gives_the_same_sizes_and_close_pixels(
             difference = np.abs(np.asarray(a).astype(int) - np.asarray(b).astype(int))
         assert difference.mean() < 1.0, container
         assert np.percentile(difference, 99) <= 4, container
+
+
+def test_label_and_overview_are_exported_on_request(
+    tmp_path: Path, demo_build: dict[str, Path], s3: S3Server, instance_table: pd.DataFrame
+) -> None:
+    target = {"target": {"mpp": 15.0, "max_px": None, "format": "png", "associated": ["label", "overview"]}}
+    run = run_in(tmp_path, demo_tables(demo_build), s3, target)
+    recs = records(run)
+    with_them = recs.pop("TCGA-D1-A003-01Z-00-DX1")
+    flavor = instance_table["ImageType"].map(lambda t: t[2])
+    sizes = {
+        kind: int(instance_table.loc[flavor == kind.upper(), "instance_size"].iloc[0]) for kind in ("label", "overview")
+    }
+    chosen = int(instance_table.set_index("SOPInstanceUID").loc[with_them["source"]["SOPInstanceUID"], "instance_size"])
+    assert with_them["bytes_fetched"] == chosen + sizes["label"] + sizes["overview"]
+    label, overview = with_them["associated"]["label"], with_them["associated"]["overview"]
+    with Image.open(run.workdir / label["path"]) as png:
+        assert png.size == (600, 300)
+    assert label["spacing_um"] is None
+    with Image.open(run.workdir / overview["path"]) as png:
+        assert png.size == tuple(overview["size_px"])
+        assert 25400 / png.info["dpi"][0] == pytest.approx(15.0, rel=1e-3)
+    assert all(rec["associated"] == {"label": None, "overview": None} for rec in recs.values())
+    assert sorted(p.name for p in (run.workdir / "results/slides").glob("*.label.png")) == [
+        f"{with_them['slide_id']}.label.png"
+    ]

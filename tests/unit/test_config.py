@@ -63,6 +63,7 @@ def test_defaults_are_filled_in() -> None:
         "quality": 90,
         "pyramid": False,
         "backend": "pyvips",
+        "associated": [],
         "tissue_mask": False,
     }
 

@@ -25,6 +25,7 @@ job = SlideJob(
     pyramid=smk.params.target["pyramid"],
     tissue_mask=smk.params.target["tissue_mask"],
     backend=smk.params.target["backend"],
+    associated=tuple(smk.params.target["associated"]),
     endpoint=smk.config["fetch"]["endpoint"],
     attempts=smk.params.attempts,
     image_path=Path(smk.params.image),

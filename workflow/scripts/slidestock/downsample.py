@@ -35,12 +35,14 @@ def resize_exact(image: pyvips.Image, size_px: tuple[int, int]) -> pyvips.Image:
 def write_image(
     image: pyvips.Image,
     path: Path,
-    spacing_xy_um: tuple[float, float],
+    spacing_xy_um: tuple[float, float] | None,
     fmt: str = "png",
     quality: int = 90,
     pyramid: bool = False,
 ) -> None:
     """Write ``image`` at ``path`` with its (column, row) spacing as resolution, atomically.
+
+    With no spacing (a label image, say) the image's own resolution is left as it is.
 
     ``quality`` applies to JPEG and WebP; ``pyramid`` writes a tiled, pyramidal
     TIFF. The file appears under its final name only when complete, so no
@@ -49,7 +51,9 @@ def write_image(
     if fmt not in FORMATS:
         raise ConfigError(f"target.format: got {fmt!r}; expected one of {', '.join(FORMATS)}")
     # libvips resolution is in pixels per millimetre.
-    tagged = image.copy(xres=1000.0 / spacing_xy_um[0], yres=1000.0 / spacing_xy_um[1])
+    tagged = (
+        image if spacing_xy_um is None else image.copy(xres=1000.0 / spacing_xy_um[0], yres=1000.0 / spacing_xy_um[1])
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     icc = ["icc"] if image.get_typeof("icc-profile-data") else []

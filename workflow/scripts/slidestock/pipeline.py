@@ -73,6 +73,7 @@ class SlideJob:
     pyramid: bool = False
     tissue_mask: bool = False
     backend: str = "pyvips"
+    associated: tuple[str, ...] = ()
 
 
 def _base_record(job: SlideJob) -> dict[str, Any]:
@@ -164,10 +165,37 @@ def _fetch_and_downsample(job: SlideJob, record: dict[str, Any]) -> None:
             image = image.copy()
             image.set_type(pyvips.GValue.blob_type, "icc-profile-data", level.icc_profile)
         _write_output(job, record, image, spacing, level.size_px)
+        _export_associated(job, record, Path(scratch))
         record["timings_s"] = {
             "fetch": round(fetched.seconds, 3),
             "downsample": round(time.monotonic() - t0, 3),
         }
+
+
+def _export_associated(job: SlideJob, record: dict[str, Any], scratch: Path) -> None:
+    """Fetch and write the slide's label and overview images as they are, when asked to."""
+    exported: dict[str, Any] = {}
+    for kind in job.associated:
+        url = job.plan.get(f"{kind}_url", "")
+        if not url:
+            exported[kind] = None  # the series has no such instance
+            continue
+        local = scratch / f"{kind}.dcm"
+        fetched = fetch_object(url, local, int(job.plan[f"{kind}_size"]), job.endpoint, attempts=job.attempts)
+        record["bytes_fetched"] += fetched.bytes_fetched
+        image = read_level(local, item=f"{job.plan['slide_id']} {kind} ({url})")
+        path = job.image_path.with_name(f"{job.image_path.stem}.{kind}.png")
+        write_image(image.image, path, image.spacing_xy_um, "png")
+        exported[kind] = {
+            "path": str(path),
+            "size_px": list(image.size_px),
+            "spacing_um": None if image.spacing_xy_um is None else list(image.spacing_xy_um),
+            "bytes_fetched": fetched.bytes_fetched,
+            "sha256": sha256_file(path),
+        }
+        local.unlink()
+    if job.associated:
+        record["associated"] = exported
 
 
 def _write_output(

@@ -30,7 +30,12 @@ PLAN_COLUMNS = (
     "output_rows",
     "transfer_syntax",
     "md5",
+    "label_url",
+    "label_size",
+    "overview_url",
+    "overview_size",
 )
+ASSOCIATED = ("label", "overview")
 
 
 def object_url(bucket: str, crdc_series_uuid: str, crdc_instance_uuid: str) -> str:
@@ -104,6 +109,11 @@ def plan_row(slide: Mapping[Hashable, Any], levels: Sequence[Level], target: Tar
         output_rows=choice.output_size_px[1],
         transfer_syntax=lv.transfer_syntax,
     )
+    for kind in ASSOCIATED:
+        found = sorted((a for a in levels if a.flavor == kind.upper()), key=lambda a: a.sop_instance_uid)
+        if found:
+            row[f"{kind}_url"] = object_url(slide["aws_bucket"], slide["crdc_series_uuid"], found[0].crdc_instance_uuid)
+            row[f"{kind}_size"] = found[0].size_bytes
     return row
 
 
