@@ -115,3 +115,21 @@ def test_lock_header_joins_continuation_lines(tmp_path: Path) -> None:
     path = tmp_path / "cohort.tsv"
     path.write_text("# seed: 4\n# query: SELECT *\n#   FROM x\nslide_id\tb\n1\t2\n")
     assert lock_header(path) == {"seed": "4", "query": "SELECT *\nFROM x"}
+
+
+def test_a_failed_slide_leaves_no_image_or_side_files(tmp_path: Path) -> None:
+    from slidestock.levels import Target
+    from slidestock.pipeline import SIDE_FILES, SlideJob, run_slide
+
+    image = tmp_path / "s1.png"
+    stale = [image, *(tmp_path / f"s1.{name}.png" for name in SIDE_FILES)]
+    for path in stale:
+        path.write_bytes(b"from an earlier run")
+    plan = {"slide_id": "s1", "status": "failed", "reason": "s1: no VOLUME instance", "SeriesInstanceUID": "1.2"}
+    plan.update(dict.fromkeys(["SOPInstanceUID", "url", "series_size_bytes", "n_levels", "transfer_syntax"], ""))
+    plan.update(dict.fromkeys(["level_columns", "level_spacing_um", "spacing_derived"], ""))
+    job = SlideJob(plan, Target(mpp=15.0), "png", "aws", 1, image, tmp_path / "s1.json", tmp_path / "scratch")
+    record = run_slide(job)
+    assert record["status"] == "failed"
+    assert record["error"] == "s1: no VOLUME instance"
+    assert [p for p in stale if p.exists()] == []

@@ -30,6 +30,8 @@ from slidestock.svs import decode_page, page_levels
 from slidestock.tiff import ReadRange, read_pages, tile_locations
 
 log = logging.getLogger(__name__)
+# Files written beside a slide's image: {slide}.<name>.png
+SIDE_FILES = ("mask", "label", "overview")
 TileGetter = Callable[[list[tuple[int, int]]], list[bytes]]
 
 
@@ -129,7 +131,12 @@ def run_slide(job: SlideJob) -> dict[str, Any]:
         log.error("%s failed: %s", job.plan["slide_id"], err)
         record["error"] = str(err)
         record["output"] = None
-        job.image_path.unlink(missing_ok=True)
+        # Nothing of an earlier, finished run of this slide may outlive its failure.
+        for stale in (
+            job.image_path,
+            *(job.image_path.with_name(f"{job.image_path.stem}.{s}.png") for s in SIDE_FILES),
+        ):
+            stale.unlink(missing_ok=True)
     record.setdefault("timings_s", {})["total"] = round(time.monotonic() - start, 3)
     write_json(job.json_path, record)
     return record
