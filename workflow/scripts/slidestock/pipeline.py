@@ -105,6 +105,11 @@ def _base_record(job: SlideJob) -> dict[str, Any]:
     }
 
 
+def side_path(job: SlideJob, name: str) -> Path:
+    """``results/slides/{slide}.{name}.png``: a file written beside the slide's image."""
+    return job.image_path.with_name(f"{job.image_path.stem}.{name}.png")
+
+
 def _plan_spacing(plan: Mapping[str, str]) -> tuple[float, float] | None:
     if not plan["level_spacing_um"]:
         return None
@@ -132,10 +137,7 @@ def run_slide(job: SlideJob) -> dict[str, Any]:
         record["error"] = str(err)
         record["output"] = None
         # Nothing of an earlier, finished run of this slide may outlive its failure.
-        for stale in (
-            job.image_path,
-            *(job.image_path.with_name(f"{job.image_path.stem}.{s}.png") for s in SIDE_FILES),
-        ):
+        for stale in (job.image_path, *(side_path(job, name) for name in SIDE_FILES)):
             stale.unlink(missing_ok=True)
     record.setdefault("timings_s", {})["total"] = round(time.monotonic() - start, 3)
     write_json(job.json_path, record)
@@ -191,7 +193,7 @@ def _export_associated(job: SlideJob, record: dict[str, Any], scratch: Path) -> 
         fetched = fetch_object(url, local, int(job.plan[f"{kind}_size"]), job.endpoint, attempts=job.attempts)
         record["bytes_fetched"] += fetched.bytes_fetched
         image = read_level(local, item=f"{job.plan['slide_id']} {kind} ({url})")
-        path = job.image_path.with_name(f"{job.image_path.stem}.{kind}.png")
+        path = side_path(job, kind)
         write_image(image.image, path, image.spacing_xy_um, "png")
         exported[kind] = {
             "path": str(path),
@@ -236,7 +238,7 @@ def _write_output(
     }
     if job.tissue_mask:
         mask = tissue_mask(output)
-        mask_path = job.image_path.with_name(f"{job.image_path.stem}.mask.png")
+        mask_path = side_path(job, "mask")
         write_image(mask, mask_path, out_spacing, "png")
         record["output"]["tissue_fraction"] = tissue_fraction(mask)
         record["output"]["mask_path"] = str(mask_path)
@@ -268,13 +270,10 @@ def _gdc_fetch_and_downsample(job: SlideJob, record: dict[str, Any]) -> None:
                 cache = BlockCache(client, file_id, size)
                 parallel = job.gdc.parallel
                 image = _svs_level(cache.read, job, record, item, lambda r: fetch_ranges(client, file_id, r, parallel))
-            except RangeNotSupportedError:
-                log.warning("%s: the server ignores Range; downloading the whole file", item)
-                record["gdc"]["mode"] = "whole (server ignored Range)"
-                image = _svs_whole(client, file_id, size, plan["md5"], Path(scratch), job, record, item)
-            except DecodeError as err:
-                log.warning("%s: %s; downloading the whole file", item, err)
-                record["gdc"]["mode"] = f"whole (range read failed: {err})"
+            except (RangeNotSupportedError, DecodeError) as err:
+                why = "server ignored Range" if isinstance(err, RangeNotSupportedError) else f"range read failed: {err}"
+                log.warning("%s: %s; downloading the whole file", item, why)
+                record["gdc"]["mode"] = f"whole ({why})"
                 image = _svs_whole(client, file_id, size, plan["md5"], Path(scratch), job, record, item)
         else:
             image = _svs_whole(client, file_id, size, plan["md5"], Path(scratch), job, record, item)
