@@ -30,4 +30,4 @@ test: lint
 	$(BIN)/pytest
 
 clean:
-	rm -rf results logs .snakemake resources/demo/build benchmarks/cohort benchmarks/plan benchmarks/slide
+	rm -rf results logs .snakemake resources/demo/build benchmarks/cohort benchmarks/plan benchmarks/batch

@@ -188,7 +188,8 @@ def test_growing_n_runs_only_the_new_slides(tmp_path: Path, demo_build: dict[str
     after = {p.name: p.stat().st_mtime_ns for p in (grown.workdir / "results/slides").glob("*.json")}
     assert len(after) == 4
     assert {name: after[name] for name in before} == before
-    assert grown.proc.stderr.count("rule slide:") == 1
+    assert grown.proc.stderr.count("rule batch:") == 1
+    assert "b00000: 4 slides, 3 finished before, 1 to do" in (tmp_path / "logs/batch/b00000.log").read_text()
 
 
 def test_target_change_reruns_plan_and_slides_but_not_the_cohort(first: Run, demo_build: dict[str, Path]) -> None:
@@ -224,12 +225,55 @@ def test_new_target_is_applied_to_every_slide(tmp_path: Path, demo_build: dict[s
     assert (run.workdir / "results/report/slides.csv").read_text().count(",done,") == 2
 
 
-def test_forcerun_of_the_slide_rule_redoes_the_slides(first: Run) -> None:
-    proc = snakemake(first.workdir, first.config, "--forcerun", "slide", "-n")
+def test_a_deleted_record_redoes_that_slide_alone(tmp_path: Path, demo_build: dict[str, Path], s3: S3Server) -> None:
+    run = run_in(tmp_path, demo_tables(demo_build), s3, n=3, seed=2)
+    slides = run.workdir / "results/slides"
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in slides.iterdir()}
+    victim = sorted(slides.glob("*.json"))[1]
+    victim.unlink()
+    proc = snakemake(run.workdir, run.config, "--forcerun", "batch")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    out = proc.stdout + proc.stderr
-    assert out.count("rule slide:") == 6
-    assert "<TBD>" not in out
+    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in slides.iterdir()}
+    assert sorted(after) == sorted(before)
+    redone = sorted(name for name in after if after[name][0] != before[name][0])
+    assert redone == sorted([victim.name, victim.name.replace(".json", ".png")])
+    png = victim.name.replace(".json", ".png")
+    assert after[png][1] == before[png][1]  # the same pixels, bit for bit
+    assert "b00000: 3 slides, 2 finished before, 1 to do" in (tmp_path / "logs/batch/b00000.log").read_text()
+
+
+VOLATILE = ("started_at", "timings_s")
+
+
+def stable(record: dict[str, object]) -> dict[str, object]:
+    """A provenance record without the keys that tell when and how long."""
+    return {key: value for key, value in record.items() if key not in VOLATILE}
+
+
+def test_batch_size_changes_no_output(first: Run, tmp_path: Path, demo_build: dict[str, Path], s3: S3Server) -> None:
+    top = {"fetch": {"endpoint": s3.url, "attempts": 1, "batch_size": 4, "workers": 2}}
+    other = run_in(tmp_path, demo_tables(demo_build), s3, top)
+    assert sorted(p.name for p in (other.workdir / "results/batches").iterdir()) == ["b00000.tsv", "b00001.tsv"]
+    assert other.proc.stderr.count("rule batch:") == 2
+    for name in ("results/cohort/cohort.tsv", "results/report/slides.csv", "results/report/slides.parquet",
+                 "results/report/contact_sheet.png"):  # fmt: skip
+        assert (other.workdir / name).read_bytes() == (first.workdir / name).read_bytes(), name
+    ours = sorted((first.workdir / "results/slides").iterdir())
+    assert [p.name for p in ours] == sorted(p.name for p in (other.workdir / "results/slides").iterdir())
+    for path in ours:
+        theirs = other.workdir / "results/slides" / path.name
+        if path.suffix == ".json":
+            assert stable(json.loads(theirs.read_text())) == stable(json.loads(path.read_text())), path.name
+        else:
+            assert theirs.read_bytes() == path.read_bytes(), path.name
+    # A new batch size re-runs the batch jobs, which find every slide done.
+    top["fetch"]["batch_size"] = 100
+    config = write_config(other.config, demo_tables(demo_build), s3.url, top)
+    stamps = {p.name: p.stat().st_mtime_ns for p in (other.workdir / "results/slides").iterdir()}
+    proc = snakemake(other.workdir, config)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in (other.workdir / "results/slides").iterdir()}
+    assert "b00000: 6 slides, 6 finished before, 0 to do" in (other.workdir / "logs/batch/b00000.log").read_text()
 
 
 def test_tissue_mask_and_fraction(tmp_path: Path, demo_build: dict[str, Path], s3: S3Server) -> None:

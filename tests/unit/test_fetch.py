@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from slidestock.errors import ConfigError, FetchError
-from slidestock.fetch import check_size, fetch_object, s5cmd_argv, source_url
+from slidestock.fetch import (
+    BatchItem,
+    check_free_disk,
+    check_size,
+    command_file_line,
+    fetch_batch,
+    fetch_object,
+    s5cmd_base,
+    source_url,
+)
 from slidestock.plan import object_url
 from slidestock.s3server import S3Server
 
@@ -62,32 +72,69 @@ def test_check_size_deletes_a_short_file(tmp_path: Path) -> None:
 
 
 def test_argv_per_endpoint() -> None:
-    dest = Path("/tmp/d.dcm")
-    url = "s3://idc-open-data-two/s/i.dcm"
-    assert s5cmd_argv(url, dest, "aws", binary="s5cmd") == [
-        "s5cmd",
-        "--no-sign-request",
-        "cp",
-        url,
-        str(dest),
-    ]
-    assert s5cmd_argv(url, dest, "gcs", binary="s5cmd") == [
+    assert s5cmd_base("aws", binary="s5cmd") == ["s5cmd", "--no-sign-request"]
+    assert s5cmd_base("gcs", binary="s5cmd") == [
         "s5cmd",
         "--no-sign-request",
         "--endpoint-url",
         "https://storage.googleapis.com",
-        "cp",
-        "s3://idc-open-idc1/s/i.dcm",
-        str(dest),
     ]
-    assert s5cmd_argv(url, dest, "http://127.0.0.1:9", binary="s5cmd")[2:4] == [
-        "--endpoint-url",
-        "http://127.0.0.1:9",
-    ]
+    assert s5cmd_base("http://127.0.0.1:9", binary="s5cmd")[2:] == ["--endpoint-url", "http://127.0.0.1:9"]
     with pytest.raises(ConfigError, match=r"fetch\.endpoint: got 'ftp://x'"):
-        s5cmd_argv(url, dest, "ftp://x", binary="s5cmd")
+        s5cmd_base("ftp://x", binary="s5cmd")
+
+
+def test_command_file_lines_quote_paths_and_rename_gcs_buckets() -> None:
+    item = BatchItem("s3://idc-open-data-two/s/i.dcm", Path("/tmp/a b/d.dcm"), 10)
+    assert command_file_line(item, "aws") == 'cp "s3://idc-open-data-two/s/i.dcm" "/tmp/a b/d.dcm"'
+    assert command_file_line(item, "gcs") == 'cp "s3://idc-open-idc1/s/i.dcm" "/tmp/a b/d.dcm"'
+    with pytest.raises(FetchError, match="a quote or line break cannot be passed"):
+        command_file_line(BatchItem('s3://b/k".dcm', Path("/tmp/x"), 1), "aws")
 
 
 def test_gcs_keeps_idc_open_data_name() -> None:
     assert source_url("s3://idc-open-data/a/b.dcm", "gcs") == "s3://idc-open-data/a/b.dcm"
     assert source_url("s3://idc-open-data-cr/a/b.dcm", "gcs") == "s3://idc-open-cr/a/b.dcm"
+
+
+def test_a_batch_moves_every_object_and_reports_each_failure_alone(
+    s3: S3Server, instance_table: pd.DataFrame, demo_build: dict[str, Path], tmp_path: Path
+) -> None:
+    index = pd.read_parquet(demo_build["index"]).set_index("SeriesInstanceUID")
+    rows = instance_table.sort_values("SOPInstanceUID").head(4)
+    items = [
+        BatchItem(
+            object_url("idc-open-data", index.loc[row.SeriesInstanceUID, "crdc_series_uuid"], row.crdc_instance_uuid),
+            tmp_path / f"{n}.dcm",
+            int(row.instance_size),
+        )
+        for n, row in enumerate(rows.itertuples())
+    ]
+    wrong = BatchItem(items[0].url, tmp_path / "wrong.dcm", items[0].expected_bytes - 1)
+    missing = BatchItem("s3://idc-open-data/nope/nope.dcm", tmp_path / "missing.dcm", 5)
+    outcome = fetch_batch([*items, wrong, missing], s3.url, workers=3, attempts=3, backoff_s=0.01)
+    for item in items:
+        result = outcome[item.dest]
+        assert not isinstance(result, FetchError), result
+        assert result.bytes_fetched == item.expected_bytes == item.dest.stat().st_size
+    # The same object, expected one byte shorter: wrong size twice, then given up.
+    assert re.fullmatch(
+        rf"{wrong.url}: wrong size twice; .* expected {wrong.expected_bytes} bytes \(instance_size\)",
+        str(outcome[wrong.dest]),
+    )
+    assert not wrong.dest.exists()
+    failed = outcome[missing.dest]
+    assert isinstance(failed, FetchError)
+    assert "3 attempts failed" in str(failed)
+    assert "NoSuchKey" in str(failed)
+    assert not missing.dest.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.dcm", "1.dcm", "2.dcm", "3.dcm"]
+
+
+def test_disk_preflight_names_needed_and_free_bytes(tmp_path: Path) -> None:
+    check_free_disk(tmp_path, 1, "batch b00000")
+    with pytest.raises(
+        FetchError,
+        match=r"batch b00000: needs 1,000,000,000,000,000,000 bytes of scratch space in .* only [\d,]+ bytes are free",
+    ):
+        check_free_disk(tmp_path, 10**18, "batch b00000")

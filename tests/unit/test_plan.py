@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from slidestock.levels import Level, Target
-from slidestock.plan import plan_frame, read_slide_plan, write_slide_plans
+from slidestock.plan import plan_frame, read_batch_plan, write_batch_plans
 
 LEVELS = [
     Level(
@@ -61,15 +61,26 @@ def test_series_without_instances_is_failed_with_the_reason() -> None:
     assert plan.loc[0, "reason"] == "idc_only: series 1.1 has no instances in sm_instance_index"
 
 
-def test_slide_plans_are_rewritten_only_when_they_change(tmp_path: Path) -> None:
+def test_batch_plans_are_rewritten_only_when_they_change(tmp_path: Path) -> None:
     levels = {"1.1": LEVELS, "1.2": LEVELS}
     plan = plan_frame(COHORT, levels, Target(mpp=15.0))
-    assert write_slide_plans(plan, tmp_path) == 3
-    stamps = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    assert write_batch_plans(plan, tmp_path, 2) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b00000.tsv", "b00001.tsv"]
+    assert [row["slide_id"] for row in read_batch_plan(tmp_path / "b00000.tsv")] == plan["slide_id"].tolist()[:2]
+    assert [row["slide_id"] for row in read_batch_plan(tmp_path / "b00001.tsv")] == plan["slide_id"].tolist()[2:]
     for p in tmp_path.iterdir():
         os.utime(p, ns=(1, 1))
-    assert write_slide_plans(plan, tmp_path) == 0
-    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == dict.fromkeys(stamps, 1)
+    assert write_batch_plans(plan, tmp_path, 2) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == {"b00000.tsv": 1, "b00001.tsv": 1}
     coarser = plan_frame(COHORT, levels, Target(mpp=30.0))
-    assert write_slide_plans(coarser, tmp_path) == 2  # the GDC slide's plan does not depend on the target
-    assert read_slide_plan(tmp_path / "both.tsv")["output_columns"] == "67"
+    # Which batches change depends on where the GDC slide (whose plan ignores the target) sits.
+    gdc_only = [i for i, row in enumerate(coarser.itertuples()) if row.url.startswith("gdc:")]
+    assert gdc_only == [2]
+    assert write_batch_plans(coarser, tmp_path, 2) == 1
+    assert tmp_path.joinpath("b00001.tsv").stat().st_mtime_ns == 1
+    both = {row["slide_id"]: row for row in read_batch_plan(tmp_path / "b00000.tsv")}["both"]
+    assert both["output_columns"] == "67"
+    # One batch of everything: the stale second batch plan is removed.
+    assert write_batch_plans(coarser, tmp_path, 100) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b00000.tsv"]
+    assert len(read_batch_plan(tmp_path / "b00000.tsv")) == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -119,17 +120,18 @@ def test_lock_header_joins_continuation_lines(tmp_path: Path) -> None:
 
 def test_a_failed_slide_leaves_no_image_or_side_files(tmp_path: Path) -> None:
     from slidestock.levels import Target
-    from slidestock.pipeline import SIDE_FILES, SlideJob, run_slide
+    from slidestock.pipeline import SIDE_FILES, SlideJob, run_batch
+    from slidestock.plan import PLAN_COLUMNS
 
     image = tmp_path / "s1.png"
     stale = [image, *(tmp_path / f"s1.{name}.png" for name in SIDE_FILES)]
     for path in stale:
         path.write_bytes(b"from an earlier run")
-    plan = {"slide_id": "s1", "status": "failed", "reason": "s1: no VOLUME instance", "SeriesInstanceUID": "1.2"}
-    plan.update(dict.fromkeys(["SOPInstanceUID", "url", "series_size_bytes", "n_levels", "transfer_syntax"], ""))
-    plan.update(dict.fromkeys(["level_columns", "level_spacing_um", "spacing_derived"], ""))
+    plan = dict.fromkeys(PLAN_COLUMNS, "")
+    plan.update(slide_id="s1", status="failed", reason="s1: no VOLUME instance", SeriesInstanceUID="1.2")
     job = SlideJob(plan, Target(mpp=15.0), "png", "aws", 1, image, tmp_path / "s1.json", tmp_path / "scratch")
-    record = run_slide(job)
+    [record] = run_batch([job], "b00000", tmp_path / "scratch")
+    assert json.loads((tmp_path / "s1.json").read_text()) == record
     assert record["status"] == "failed"
     assert record["error"] == "s1: no VOLUME instance"
     assert [p for p in stale if p.exists()] == []

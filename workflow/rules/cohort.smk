@@ -1,5 +1,5 @@
 # The cohort (lock file) and the level plan; both are checkpoints because the
-# slide jobs, and their parameters, depend on what they contain.
+# batch jobs, and their parameters, depend on what they contain.
 
 
 checkpoint cohort:
@@ -46,6 +46,7 @@ checkpoint plan:
         cohort=CONFIG["cohort"],
         target=CONFIG["target"],
         prefer=CONFIG["fetch"]["prefer"],
-        slide_plans=SLIDE_PLANS,
+        batch_plans=BATCH_PLANS,
+        batch_size=CONFIG["fetch"]["batch_size"],
     script:
         "../scripts/plan.py"

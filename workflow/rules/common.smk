@@ -4,11 +4,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
-from slidestock.cohort import read_lock
 from slidestock.config import validate_config
 from slidestock.errors import ConfigError
 from slidestock.downsample import FORMATS
-from slidestock.plan import read_slide_plan
+from slidestock.plan import batch_name, n_batches, read_batch_plan
 
 try:
     CONFIG = validate_config(
@@ -21,16 +20,12 @@ config.update(CONFIG)
 
 IMAGE_SUFFIX = FORMATS[CONFIG["target"]["format"]]
 ENV = "../../envs/slidestock.yaml"
-SLIDE_PLANS = "results/cohort/plan"
+BATCH_PLANS = "results/cohort/batches"
+SLIDES = "results/slides"
 
 
 wildcard_constraints:
-    slide=r"[A-Za-z0-9][A-Za-z0-9._-]*",
-
-
-def get_slide_ids():
-    """Slide ids of the cohort lock file (after the cohort checkpoint)."""
-    return read_lock(Path(checkpoints.cohort.get().output.lock))["slide_id"].tolist()
+    batch=r"b[0-9]{5}",
 
 
 def get_cohort_inputs(wildcards):
@@ -39,30 +34,61 @@ def get_cohort_inputs(wildcards):
     return {key: cohort[key] for key in ("manifest", "sql") if cohort.get(key)}
 
 
-def get_slide_records(wildcards):
-    return expand("results/slides/{slide}.json", slide=get_slide_ids())
+def get_batch_ids():
+    """``b00000`` ... : the cohort in plan order, ``fetch.batch_size`` slides per batch."""
+    planned = Path(checkpoints.plan.get().output.plan)
+    with planned.open() as handle:
+        n_slides = sum(1 for _ in handle) - 1
+    return [
+        batch_name(i) for i in range(n_batches(n_slides, CONFIG["fetch"]["batch_size"]))
+    ]
 
 
-def get_slide_plan(wildcards):
-    """The slide's own plan file, written by the plan checkpoint.
+def get_batch_tables(wildcards):
+    """One outcome table per batch: the report and verify wait for every batch."""
+    return expand("results/batches/{batch}.tsv", batch=get_batch_ids())
+
+
+def get_batch_plan(wildcards):
+    """The batch's own plan file, written by the plan checkpoint.
 
     The checkpoint rewrites only plans that changed, so re-planning re-runs
-    only those slides. The files are not declared outputs (Snakemake would
-    delete them all before re-planning): slide jobs wait for the plan through
-    instances.tsv, marked ancient so that a new plan alone re-runs nothing,
-    and ask for the checkpoint itself only while their plan file is missing.
+    only those batches (and inside them only slides whose plan changed). The
+    files are not declared outputs (Snakemake would delete them all before
+    re-planning): batch jobs wait for the plan through instances.tsv, marked
+    ancient so that a new plan alone re-runs nothing, and ask for the
+    checkpoint itself only while their plan file is missing.
     """
-    plan = f"{SLIDE_PLANS}/{wildcards.slide}.tsv"
+    plan = f"{BATCH_PLANS}/{wildcards.batch}.tsv"
     if not Path(plan).exists():
         checkpoints.plan.get()
     return {"plan": plan, "planned": ancient("results/cohort/instances.tsv")}
 
 
-def get_slide_disk_mb(wildcards, input, attempt):
-    """Scratch space for the download: the chosen instance's size plus headroom."""
+def _planned_slides(input):
+    """The batch's plan rows, or None while the plan checkpoint has yet to run."""
     plan = Path(input.plan)
-    if plan.parent != Path(SLIDE_PLANS):
-        # The plan checkpoint has yet to run: Snakemake stands its output in for the input.
+    if plan.parent != Path(BATCH_PLANS) or not plan.exists():
+        return None
+    return read_batch_plan(plan)
+
+
+def get_batch_disk_mb(wildcards, input, attempt):
+    """Scratch space for the batch's downloads: the planned instances' sizes plus headroom."""
+    rows = _planned_slides(input)
+    if rows is None:
         return 1000 * attempt
-    size = read_slide_plan(plan)["instance_size"] or 0
-    return (int(int(size) / 1e6 * 1.2) + 50) * attempt
+    size = sum(int(row["instance_size"] or 0) for row in rows)
+    return (int(size / 1e6 * 1.2) + 50) * attempt
+
+
+def get_batch_runtime(wildcards, input, attempt):
+    """Minutes: 10 plus 6 s per slide, more on each attempt."""
+    rows = _planned_slides(input)
+    n_slides = CONFIG["fetch"]["batch_size"] if rows is None else len(rows)
+    return (10 + -(-n_slides // 10)) * attempt
+
+
+def get_batch_mem_mb(wildcards, threads, attempt):
+    """1 GB plus 1.5 GB per slide decoded at once, more on each attempt."""
+    return (1000 + 1500 * threads) * attempt

@@ -9,7 +9,7 @@ localrules:
 
 rule report:
     input:
-        records=get_slide_records,
+        batches=get_batch_tables,
         lock="results/cohort/cohort.tsv",
     output:
         csv=report(
@@ -51,6 +51,8 @@ rule report:
     resources:
         mem_mb=2000,
         runtime=30,
+    params:
+        slides=SLIDES,
     script:
         "../scripts/report.py"
 
@@ -58,10 +60,13 @@ rule report:
 # No output: `snakemake verify` runs it every time it is asked for.
 rule verify:
     input:
-        records=get_slide_records,
+        batches=get_batch_tables,
+        lock="results/cohort/cohort.tsv",
     log:
         "logs/verify/verify.log",
     conda:
         ENV
+    params:
+        slides=SLIDES,
     script:
         "../scripts/verify.py"

@@ -1,30 +1,34 @@
-# One job per slide: fetch the planned level with s5cmd into the job's tmpdir,
-# check its size, downsample it, write the image and its provenance JSON.
-# The download never leaves the job: it is deleted when the job ends.
-# The endpoint is read from the config by the script, not passed as a
-# parameter: where the bytes come from must not re-run finished slides.
+# One job per batch of slides (fetch.batch_size of them): fetch the planned
+# levels with one `s5cmd run` into the job's tmpdir, check their sizes,
+# downsample them on `threads` threads, write each image and its provenance
+# JSON, then the batch's outcome table. Slides finished before, for the same
+# plan and settings, are skipped, so a re-run redoes only the unfinished ones.
+# The images and JSON files are not declared outputs: Snakemake would delete a
+# batch's finished slides before re-running it. Downloads never leave the job.
+# The endpoint and s5cmd's workers are read from the config by the script, not
+# passed as parameters: where the bytes come from must not re-run anything.
 
 
-rule slide:
+rule batch:
     input:
-        unpack(get_slide_plan),
+        unpack(get_batch_plan),
     output:
-        record="results/slides/{slide}.json",
+        table="results/batches/{batch}.tsv",
     log:
-        "logs/slide/{slide}.log",
+        "logs/batch/{batch}.log",
     benchmark:
-        "benchmarks/slide/{slide}.tsv"
+        "benchmarks/batch/{batch}.tsv"
     retries: 2
     conda:
         ENV
-    threads: 1
+    threads: 4
     resources:
-        mem_mb=lambda wildcards, attempt: 1500 * attempt,
-        runtime=lambda wildcards, attempt: 30 * attempt,
-        disk_mb=get_slide_disk_mb,
+        mem_mb=get_batch_mem_mb,
+        runtime=get_batch_runtime,
+        disk_mb=get_batch_disk_mb,
     params:
-        image=lambda wildcards: f"results/slides/{wildcards.slide}.{IMAGE_SUFFIX}",
         target=CONFIG["target"],
-        attempts=CONFIG["fetch"]["attempts"],
+        slides=SLIDES,
+        suffix=IMAGE_SUFFIX,
     script:
-        "../scripts/slide.py"
+        "../scripts/batch.py"

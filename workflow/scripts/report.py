@@ -24,8 +24,9 @@ smk = snakemake  # noqa: F821
 logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
 lock_path = Path(smk.input.lock)
-records = load_records(Path(p) for p in smk.input.records)
-frame = report_frame(records, read_lock(lock_path))
+lock = read_lock(lock_path)
+records = load_records(Path(f"{smk.params.slides}/{slide}.json") for slide in lock["slide_id"])
+frame = report_frame(records, lock)
 write_tables(frame, Path(smk.output.csv), Path(smk.output.parquet))
 svgs = plot_svgs(frame)
 for name, svg in svgs.items():

@@ -6,13 +6,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
 
+from slidestock.cohort import read_lock
 from slidestock.errors import SlidestockError
 from slidestock.verify import verify
 
 smk = snakemake  # noqa: F821
 logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
-checks = verify([Path(p) for p in smk.input.records], Path.cwd())
+slides = read_lock(Path(smk.input.lock))["slide_id"]
+checks = verify([Path(f"{smk.params.slides}/{slide}.json") for slide in slides], Path.cwd())
 for check in checks:
     logging.info("%s\t%s\t%s", check.slide_id, check.outcome, check.detail)
 bad = [c for c in checks if c.outcome in ("missing", "mismatch")]

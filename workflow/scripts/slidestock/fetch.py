@@ -11,7 +11,9 @@ import logging
 import os
 import shutil
 import subprocess
+import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,17 +74,13 @@ def source_url(url: str, endpoint: str) -> str:
     return f"s3://{_GCS_BUCKETS.get(bucket, bucket)}/{key}"
 
 
-def _s5cmd_base(endpoint: str, binary: str | None) -> list[str]:
+def s5cmd_base(endpoint: str, binary: str | None = None) -> list[str]:
+    """s5cmd, anonymous, at the endpoint: the argv every call starts with (no shell involved)."""
     argv = [binary or s5cmd_binary(), "--no-sign-request"]
     custom = endpoint_url(endpoint)
     if custom is not None:
         argv += ["--endpoint-url", custom]
     return argv
-
-
-def s5cmd_argv(url: str, dest: Path, endpoint: str, binary: str | None = None) -> list[str]:
-    """The argv of one anonymous s5cmd copy (a list: nothing passes through a shell)."""
-    return [*_s5cmd_base(endpoint, binary), "cp", source_url(url, endpoint), str(dest)]
 
 
 def check_size(path: Path, expected_bytes: int, item: str) -> int:
@@ -95,6 +93,102 @@ def check_size(path: Path, expected_bytes: int, item: str) -> int:
     return actual
 
 
+@dataclass(frozen=True)
+class BatchItem:
+    """One object of a batch: where from, where to, and the size the index gives."""
+
+    url: str
+    dest: Path
+    expected_bytes: int
+
+
+def command_file_line(item: BatchItem, endpoint: str) -> str:
+    """One ``s5cmd run`` line; both paths quoted (a line is split like a shell's words)."""
+    for value in (item.url, str(item.dest)):
+        if any(c in value for c in '"\n\r'):
+            raise FetchError(f"{value!r}: a quote or line break cannot be passed to s5cmd run")
+    return f'cp "{source_url(item.url, endpoint)}" "{item.dest}"'
+
+
+def _errors_by_dest(stderr: str, items: Sequence[BatchItem], endpoint: str) -> dict[Path, str]:
+    """s5cmd's error line for each item it names (``ERROR "cp <url> <dest>": <why>``)."""
+    found: dict[Path, str] = {}
+    for line in stderr.splitlines():
+        for item in items:
+            if f"cp {source_url(item.url, endpoint)} {item.dest}" in line:
+                found[item.dest] = line.strip()[-500:]
+    return found
+
+
+def fetch_batch(
+    items: Sequence[BatchItem],
+    endpoint: str,
+    *,
+    workers: int = 16,
+    attempts: int = 3,
+    backoff_s: float = 2.0,
+    timeout_s: float = 6 * 3600.0,
+) -> dict[Path, FetchResult | FetchError]:
+    """Copy every item with one ``s5cmd run`` per attempt; each item's ``dest`` maps to its result or error.
+
+    The command file of each attempt lists only the items still missing, so a
+    batch moves each object once when nothing fails. An item of the wrong size
+    is deleted and retried once: twice the same wrong size is the object, not
+    the network. Failed attempts back off exponentially.
+    """
+    if not items:
+        return {}
+    start = time.monotonic()
+    outcome: dict[Path, FetchResult | FetchError] = {}
+    last_error: dict[Path, str] = {}
+    wrong_sizes: dict[Path, int] = {}
+    pending = list(items)
+    base = [*s5cmd_base(endpoint, None), "--numworkers", str(workers)]
+    for attempt in range(1, attempts + 1):
+        if attempt > 1:
+            time.sleep(backoff_s * 2 ** (attempt - 2))
+        for item in pending:
+            item.dest.unlink(missing_ok=True)
+        with tempfile.NamedTemporaryFile("w", suffix=".s5cmd", dir=pending[0].dest.parent, delete=False) as handle:
+            handle.write("".join(command_file_line(item, endpoint) + "\n" for item in pending))
+        try:
+            proc = subprocess.run(
+                [*base, "run", handle.name], capture_output=True, text=True, timeout=timeout_s, check=False
+            )
+        except subprocess.TimeoutExpired:
+            proc = subprocess.CompletedProcess([], -1, "", f"s5cmd run timed out after {timeout_s:.0f} s")
+        finally:
+            Path(handle.name).unlink(missing_ok=True)
+        errors = _errors_by_dest(proc.stderr, pending, endpoint)
+        still: list[BatchItem] = []
+        for item in pending:
+            if item.dest in errors or not item.dest.exists():
+                item.dest.unlink(missing_ok=True)
+                why = errors.get(item.dest) or proc.stderr.strip()[-500:] or "no file written"
+                last_error[item.dest] = f"s5cmd exited {proc.returncode}: {why}"
+                still.append(item)
+                continue
+            try:
+                size = check_size(item.dest, item.expected_bytes, item.url)
+            except FetchError as err:
+                last_error[item.dest] = str(err)
+                wrong_sizes[item.dest] = wrong_sizes.get(item.dest, 0) + 1
+                if wrong_sizes[item.dest] == 2:
+                    outcome[item.dest] = FetchError(f"{item.url}: wrong size twice; {err}")
+                else:
+                    still.append(item)
+                continue
+            outcome[item.dest] = FetchResult(item.dest, size, time.monotonic() - start, attempt)
+        for item in still:
+            log.warning("fetch %s: attempt %d/%d failed: %s", item.url, attempt, attempts, last_error[item.dest])
+        pending = still
+        if not pending:
+            break
+    for item in pending:
+        outcome[item.dest] = FetchError(f"{item.url}: {attempts} attempts failed; last: {last_error[item.dest]}")
+    return outcome
+
+
 def fetch_object(
     url: str,
     dest: Path,
@@ -105,41 +199,29 @@ def fetch_object(
     backoff_s: float = 2.0,
     timeout_s: float = 3600.0,
 ) -> FetchResult:
-    """Copy ``url`` to ``dest`` with s5cmd, retrying with exponential backoff.
+    """Copy one object (a batch of one); raises its :class:`FetchError`."""
+    item = BatchItem(url, dest, expected_bytes)
+    result = fetch_batch([item], endpoint, workers=1, attempts=attempts, backoff_s=backoff_s, timeout_s=timeout_s)[dest]
+    if isinstance(result, FetchError):
+        raise result
+    return result
 
-    Each attempt that fails (non-zero exit, wrong size) removes what it wrote.
-    A wrong size is retried once only: twice the same wrong size is the
-    object, not the network, and retrying more would not help.
-    """
-    argv = s5cmd_argv(url, dest, endpoint)
-    start = time.monotonic()
-    last_error = ""
-    wrong_sizes = 0
-    for attempt in range(1, attempts + 1):
-        dest.unlink(missing_ok=True)
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
-        if proc.returncode == 0:
-            try:
-                size = check_size(dest, expected_bytes, url)
-                return FetchResult(dest, size, time.monotonic() - start, attempt)
-            except FetchError as err:
-                last_error = str(err)
-                wrong_sizes += 1
-                if wrong_sizes == 2:
-                    raise FetchError(f"{url}: wrong size twice; {last_error}") from None
-        else:
-            dest.unlink(missing_ok=True)
-            last_error = f"s5cmd exited {proc.returncode}: {proc.stderr.strip()[-500:]}"
-        log.warning("fetch %s: attempt %d/%d failed: %s", url, attempt, attempts, last_error)
-        if attempt < attempts:
-            time.sleep(backoff_s * 2 ** (attempt - 1))
-    raise FetchError(f"{url}: {attempts} attempts failed; last: {last_error}")
+
+def check_free_disk(folder: Path, needed_bytes: int, what: str) -> None:
+    """Stop before fetching when ``folder``'s file system cannot hold ``needed_bytes``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if needed_bytes > free:
+        raise FetchError(
+            f"{what}: needs {needed_bytes:,} bytes of scratch space in {folder}, but only {free:,} bytes are free; "
+            "free some space, point TMPDIR (or --default-resources tmpdir=...) elsewhere, or lower fetch.batch_size"
+        )
 
 
 def sync_prefix(url: str, dest: Path, endpoint: str, timeout_s: float = 6 * 3600.0) -> None:
     """Mirror ``url`` (an S3 folder) into ``dest`` with ``s5cmd sync``: only new or changed files move."""
     dest.mkdir(parents=True, exist_ok=True)
-    argv = [*_s5cmd_base(endpoint, None), "sync", source_url(url.rstrip("/") + "/*", endpoint), f"{dest}/"]
+    argv = [*s5cmd_base(endpoint, None), "sync", source_url(url.rstrip("/") + "/*", endpoint), f"{dest}/"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
     if proc.returncode != 0:
         raise FetchError(f"s5cmd sync {url} -> {dest} exited {proc.returncode}: {proc.stderr.strip()[-500:]}")

@@ -1,18 +1,25 @@
-"""One slide from plan to output: fetch the chosen level, downsample, record provenance.
+"""Slides from plan to output, a batch at a time: fetch the chosen levels, downsample, record provenance.
 
-A slide that fails for a reason slidestock understands (a wrong size, a
-corrupt file, no usable level) is recorded as failed in its JSON with the
-reason, and leaves no image; the other slides go on. Anything else is a bug
-and propagates, failing the job.
+A batch fetches all its IDC objects with one ``s5cmd run``, then processes
+its slides on a few threads. A slide that fails, for a reason slidestock
+understands (a wrong size, a corrupt file, no usable level) or not (a bug,
+logged with its traceback), is recorded as failed in its JSON with the
+reason and leaves no image; the other slides go on. A slide whose record
+says done for the same plan and settings is not redone.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,10 +29,11 @@ import pyvips
 from slidestock.dicomlevel import decode_shrink, read_level
 from slidestock.downsample import resize_exact, tissue_fraction, tissue_mask, write_image
 from slidestock.errors import DecodeError, FetchError, SlidestockError
-from slidestock.fetch import fetch_object, s5cmd_binary
+from slidestock.fetch import BatchItem, FetchResult, check_free_disk, fetch_batch, s5cmd_binary
 from slidestock.gdc import BlockCache, GdcClient, RangeNotSupportedError, fetch_ranges
 from slidestock.levels import Level, Target, choose_level, output_size_px
-from slidestock.provenance import sha256_file, software_versions, write_json
+from slidestock.plan import slide_plan_text
+from slidestock.provenance import SLIDESTOCK_VERSION, sha256_file, software_versions, write_json
 from slidestock.svs import decode_page, page_levels
 from slidestock.tiff import ReadRange, read_pages, tile_locations
 
@@ -76,6 +84,27 @@ class SlideJob:
     tissue_mask: bool = False
     backend: str = "pyvips"
     associated: tuple[str, ...] = ()
+    log_path: Path | None = None
+
+
+@contextmanager
+def slide_log(path: Path | None) -> Iterator[None]:
+    """Copy what the current thread logs into the slide's own log file while processing it."""
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    thread = threading.get_ident()
+    handler.addFilter(lambda entry: entry.thread == thread)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def _base_record(job: SlideJob) -> dict[str, Any]:
@@ -117,81 +146,190 @@ def _plan_spacing(plan: Mapping[str, str]) -> tuple[float, float] | None:
     return (spacing, spacing)
 
 
-def run_slide(job: SlideJob) -> dict[str, Any]:
-    """Process one slide and write its JSON record; returns the record."""
+def output_digest(job: SlideJob) -> str:
+    """What a slide's output depends on: its plan row, the output settings and slidestock's version.
+
+    Not the endpoint, the batch or the machine: moving where bytes come from, or
+    how slides are grouped into jobs, re-does nothing.
+    """
+    settings = {
+        "target": [job.target.mpp, job.target.max_px],
+        "format": [job.fmt, job.quality, job.pyramid],
+        "tissue_mask": job.tissue_mask,
+        "backend": job.backend,
+        "associated": list(job.associated),
+        "slidestock": SLIDESTOCK_VERSION,
+    }
+    text = slide_plan_text(job.plan) + json.dumps(settings, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def is_finished(job: SlideJob) -> bool:
+    """True when the slide's record says done for this very plan and settings, and its files are there."""
+    try:
+        record = json.loads(job.json_path.read_text())
+    except (OSError, ValueError):
+        return False
+    if record.get("status") != "done" or record.get("output_digest") != output_digest(job):
+        return False
+    output = record.get("output") or {}
+    files = [(job.image_path, output.get("bytes"))]
+    if output.get("mask_path"):
+        files.append((Path(output["mask_path"]), None))
+    files += [(Path(a["path"]), None) for a in (record.get("associated") or {}).values() if a]
+    return all(path.is_file() and (size is None or path.stat().st_size == size) for path, size in files)
+
+
+def _level_file(job: SlideJob, kind: str = "") -> Path:
+    """Where the batch puts a slide's downloaded level (or ``label``/``overview``) in its scratch folder."""
+    return job.tmpdir / f"{job.plan['slide_id']}{'.' + kind if kind else ''}.dcm"
+
+
+def _batch_items(jobs: Sequence[SlideJob]) -> list[BatchItem]:
+    """Every IDC object the jobs need: the chosen level and the associated images asked for."""
+    items = []
+    for job in jobs:
+        plan = job.plan
+        if plan["status"] != "planned" or plan["url"].startswith("gdc:"):
+            continue
+        items.append(BatchItem(plan["url"], _level_file(job), int(plan["instance_size"])))
+        items += [
+            BatchItem(plan[f"{kind}_url"], _level_file(job, kind), int(plan[f"{kind}_size"]))
+            for kind in job.associated
+            if plan.get(f"{kind}_url")
+        ]
+    return items
+
+
+def run_batch(
+    jobs: Sequence[SlideJob], name: str, scratch_root: Path, *, workers: int = 16, threads: int = 1
+) -> list[dict[str, Any]]:
+    """Process a batch of slides: skip finished ones, fetch the rest with one ``s5cmd run``, downsample.
+
+    Stops before fetching when the scratch folder cannot hold the batch's
+    planned bytes. Each slide then ends as done or failed in its own record;
+    no slide's failure, expected or not, stops the others. Returns the records
+    of the slides processed here (finished ones are left as they are).
+    """
+    todo = [job for job in jobs if not is_finished(job)]
+    log.info("%s: %d slides, %d finished before, %d to do", name, len(jobs), len(jobs) - len(todo), len(todo))
+    if not todo:
+        return []
+    started = datetime.now(UTC).isoformat(timespec="seconds")
     start = time.monotonic()
+    software = software_versions(s5cmd_binary())
+    scratch_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"slidestock-{name}-", dir=scratch_root) as scratch:
+        todo = [replace(job, tmpdir=Path(scratch)) for job in todo]
+        items = _batch_items(todo)
+        check_free_disk(Path(scratch), sum(item.expected_bytes for item in items), f"batch {name}")
+        endpoint, attempts = todo[0].endpoint, todo[0].attempts
+        fetched = fetch_batch(items, endpoint, workers=workers, attempts=attempts)
+        log.info("%s: fetched %d objects in %.1f s", name, len(items), time.monotonic() - start)
+
+        def one(job: SlideJob) -> dict[str, Any]:
+            with slide_log(job.log_path):
+                record = _run_slide(job, fetched, software)
+                log.info("%s: %s", job.plan["slide_id"], record["error"] or "done")
+            record["started_at"] = started
+            record.setdefault("timings_s", {})["total"] = round(time.monotonic() - start, 3)
+            write_json(job.json_path, record)
+            return record
+
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            return list(pool.map(one, todo))
+
+
+def _run_slide(
+    job: SlideJob, fetched: Mapping[Path, FetchResult | FetchError], software: Mapping[str, str]
+) -> dict[str, Any]:
+    """One slide's record: done with its output, or failed with the reason (nothing of it left on disk)."""
     record = _base_record(job)
-    record["started_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    record["software"] = software_versions(s5cmd_binary())
-    job.tmpdir.mkdir(parents=True, exist_ok=True)
+    record["software"] = dict(software)
+    record["output_digest"] = output_digest(job)
+    log.info("%s: %s", job.plan["slide_id"], job.plan["reason"])
     try:
         if job.plan["status"] != "planned":
             raise SlidestockError(job.plan["reason"])
         if job.plan["url"].startswith("gdc:"):
             _gdc_fetch_and_downsample(job, record)
         else:
-            _fetch_and_downsample(job, record)
+            _fetch_and_downsample(job, record, fetched)
         record["status"] = "done"
-    except SlidestockError as err:
-        log.error("%s failed: %s", job.plan["slide_id"], err)
-        record["error"] = str(err)
+    except Exception as err:  # one slide never stops its batch; a bug is logged with its traceback
+        if isinstance(err, SlidestockError):
+            log.error("%s failed: %s", job.plan["slide_id"], err)
+            record["error"] = str(err)
+        else:
+            log.exception("%s failed unexpectedly", job.plan["slide_id"])
+            record["error"] = f"{job.plan['slide_id']}: unexpected {type(err).__name__}: {err}"
         record["output"] = None
+        record.pop("associated", None)
         # Nothing of an earlier, finished run of this slide may outlive its failure.
         for stale in (job.image_path, *(side_path(job, name) for name in SIDE_FILES)):
             stale.unlink(missing_ok=True)
-    record.setdefault("timings_s", {})["total"] = round(time.monotonic() - start, 3)
-    write_json(job.json_path, record)
+    finally:
+        for kind in ("", *job.associated):
+            _level_file(job, kind).unlink(missing_ok=True)
     return record
 
 
-def _fetch_and_downsample(job: SlideJob, record: dict[str, Any]) -> None:
+def _prefetched(fetched: Mapping[Path, FetchResult | FetchError], local: Path) -> FetchResult:
+    result = fetched.get(local)
+    if result is None:
+        raise FetchError(f"{local.name}: not in the batch's downloads")
+    if isinstance(result, FetchError):
+        raise result
+    return result
+
+
+def _fetch_and_downsample(
+    job: SlideJob, record: dict[str, Any], fetched: Mapping[Path, FetchResult | FetchError]
+) -> None:
     plan = job.plan
-    with tempfile.TemporaryDirectory(prefix="slidestock-", dir=job.tmpdir) as scratch:
-        local = Path(scratch) / f"{plan['slide_id']}.dcm"
-        fetched = fetch_object(plan["url"], local, int(plan["instance_size"]), job.endpoint, attempts=job.attempts)
-        record["bytes_fetched"] = fetched.bytes_fetched
-        record["fetch_attempts"] = fetched.attempts
-        t0 = time.monotonic()
-        planned_scale = int(plan["output_columns"]) / int(plan["level_columns"])
-        shrink = decode_shrink(plan["transfer_syntax"], planned_scale) if job.backend == "pyvips" else 1
-        level = read_level(local, item=f"{plan['slide_id']} ({plan['url']})", shrink=shrink)
-        record["level"]["decode_shrink"] = level.shrink
-        # The header's full-precision spacing beats the index's two significant figures.
-        spacing = level.spacing_xy_um or _plan_spacing(plan)
-        record["level"]["header_spacing_um"] = level.spacing_xy_um and list(level.spacing_xy_um)
-        record["level"]["photometric"] = level.photometric
-        record["level"]["organization"] = level.organization
-        record["level"]["missing_tiles"] = level.missing_tiles
-        if spacing is None:
-            raise SlidestockError(
-                f"{plan['slide_id']}: the level has no pixel spacing in header or index; "
-                "expected one to size the output and write its resolution"
-            )
-        record["level"]["icc_profile_bytes"] = len(level.icc_profile or b"")
-        record["level"]["backend"] = job.backend
-        image = level.image if job.backend == "pyvips" else _openslide_whole_level(local, level.size_px)
-        if level.icc_profile:
-            image = image.copy()
-            image.set_type(pyvips.GValue.blob_type, "icc-profile-data", level.icc_profile)
-        _write_output(job, record, image, spacing, level.size_px)
-        _export_associated(job, record, Path(scratch))
-        record["timings_s"] = {
-            "fetch": round(fetched.seconds, 3),
-            "downsample": round(time.monotonic() - t0, 3),
-        }
+    local = _level_file(job)
+    level_fetch = _prefetched(fetched, local)
+    log.info("%s: %d bytes fetched (attempt %d)", plan["url"], level_fetch.bytes_fetched, level_fetch.attempts)
+    record["bytes_fetched"] = level_fetch.bytes_fetched
+    record["fetch_attempts"] = level_fetch.attempts
+    t0 = time.monotonic()
+    planned_scale = int(plan["output_columns"]) / int(plan["level_columns"])
+    shrink = decode_shrink(plan["transfer_syntax"], planned_scale) if job.backend == "pyvips" else 1
+    level = read_level(local, item=f"{plan['slide_id']} ({plan['url']})", shrink=shrink)
+    record["level"]["decode_shrink"] = level.shrink
+    # The header's full-precision spacing beats the index's two significant figures.
+    spacing = level.spacing_xy_um or _plan_spacing(plan)
+    record["level"]["header_spacing_um"] = level.spacing_xy_um and list(level.spacing_xy_um)
+    record["level"]["photometric"] = level.photometric
+    record["level"]["organization"] = level.organization
+    record["level"]["missing_tiles"] = level.missing_tiles
+    if spacing is None:
+        raise SlidestockError(
+            f"{plan['slide_id']}: the level has no pixel spacing in header or index; "
+            "expected one to size the output and write its resolution"
+        )
+    record["level"]["icc_profile_bytes"] = len(level.icc_profile or b"")
+    record["level"]["backend"] = job.backend
+    image = level.image if job.backend == "pyvips" else _openslide_whole_level(local, level.size_px)
+    if level.icc_profile:
+        image = image.copy()
+        image.set_type(pyvips.GValue.blob_type, "icc-profile-data", level.icc_profile)
+    _write_output(job, record, image, spacing, level.size_px)
+    _export_associated(job, record, fetched)
+    record["timings_s"] = {"fetch": round(level_fetch.seconds, 3), "downsample": round(time.monotonic() - t0, 3)}
 
 
-def _export_associated(job: SlideJob, record: dict[str, Any], scratch: Path) -> None:
-    """Fetch and write the slide's label and overview images as they are, when asked to."""
+def _export_associated(job: SlideJob, record: dict[str, Any], fetched: Mapping[Path, FetchResult | FetchError]) -> None:
+    """Write the slide's label and overview images (fetched with its batch) as they are, when asked to."""
     exported: dict[str, Any] = {}
     for kind in job.associated:
         url = job.plan.get(f"{kind}_url", "")
         if not url:
             exported[kind] = None  # the series has no such instance
             continue
-        local = scratch / f"{kind}.dcm"
-        fetched = fetch_object(url, local, int(job.plan[f"{kind}_size"]), job.endpoint, attempts=job.attempts)
-        record["bytes_fetched"] += fetched.bytes_fetched
+        local = _level_file(job, kind)
+        result = _prefetched(fetched, local)
+        record["bytes_fetched"] += result.bytes_fetched
         image = read_level(local, item=f"{job.plan['slide_id']} {kind} ({url})")
         path = side_path(job, kind)
         write_image(image.image, path, image.spacing_xy_um, "png")
@@ -199,10 +337,9 @@ def _export_associated(job: SlideJob, record: dict[str, Any], scratch: Path) -> 
             "path": str(path),
             "size_px": list(image.size_px),
             "spacing_um": None if image.spacing_xy_um is None else list(image.spacing_xy_um),
-            "bytes_fetched": fetched.bytes_fetched,
+            "bytes_fetched": result.bytes_fetched,
             "sha256": sha256_file(path),
         }
-        local.unlink()
     if job.associated:
         record["associated"] = exported
 

@@ -130,38 +130,60 @@ def plan_frame(
     return pd.DataFrame(rows, columns=list(PLAN_COLUMNS))
 
 
-def slide_plan_text(row: Mapping[Hashable, Any]) -> str:
-    """One slide's plan as a two-line TSV (header, values)."""
+def _plan_line(row: Mapping[Any, Any]) -> str:
     values = ["" if row[c] is None else str(row[c]) for c in PLAN_COLUMNS]
-    if any("\t" in v or "\n" in v for v in values):
-        raise LevelError(f"{row['slide_id']}: a plan value holds a tab or newline; expected plain text")
-    return "\t".join(PLAN_COLUMNS) + "\n" + "\t".join(values) + "\n"
+    if any("\t" in v or "\n" in v or "\r" in v for v in values):
+        raise LevelError(f"{row['slide_id']}: a plan value holds a tab or line break; expected plain text")
+    return "\t".join(values) + "\n"
 
 
-def write_slide_plans(plan: pd.DataFrame, folder: Path) -> int:
-    """Write ``folder/<slide_id>.tsv`` per slide, touching only files whose content changed.
+def slide_plan_text(row: Mapping[Any, Any]) -> str:
+    """One slide's plan as a two-line TSV (header, values): what its output digest is taken over."""
+    return "\t".join(PLAN_COLUMNS) + "\n" + _plan_line(row)
 
-    A slide job depends on its own plan file, so re-planning a cohort re-runs
-    exactly the slides whose plan changed. Returns how many files were written.
+
+def batch_name(index: int) -> str:
+    """``b00000``, ``b00001``, ...: batches in cohort order."""
+    return f"b{index:05d}"
+
+
+def n_batches(n_slides: int, batch_size: int) -> int:
+    return -(-n_slides // batch_size)
+
+
+def write_batch_plans(plan: pd.DataFrame, folder: Path, batch_size: int) -> int:
+    """Write ``folder/<batch>.tsv`` (``batch_size`` slides each, in cohort order), touching only changed files.
+
+    A batch job depends on its plan file, so re-planning re-runs only batches
+    whose plan changed, and inside those only slides whose own plan changed
+    (each slide's record holds the digest of its plan). Plan files of batches
+    beyond the cohort's end are removed. Returns how many files were written.
     """
     folder.mkdir(parents=True, exist_ok=True)
+    rows = plan.to_dict("records")
+    header = "\t".join(PLAN_COLUMNS) + "\n"
+    wanted = set()
     written = 0
-    for row in plan.to_dict("records"):
-        path = folder / f"{row['slide_id']}.tsv"
-        text = slide_plan_text(row)
+    for index in range(n_batches(len(rows), batch_size)):
+        path = folder / f"{batch_name(index)}.tsv"
+        wanted.add(path.name)
+        text = header + "".join(_plan_line(row) for row in rows[index * batch_size : (index + 1) * batch_size])
         if not path.exists() or path.read_text() != text:
             partial = path.with_name(f".{path.name}.partial")
             partial.write_text(text)
             os.replace(partial, path)
             written += 1
+    for stale in folder.glob("b*.tsv"):
+        if stale.name not in wanted:
+            stale.unlink()
     return written
 
 
-def read_slide_plan(path: Path) -> dict[str, str]:
-    """Read a file written by :func:`write_slide_plans`."""
-    header, values = path.read_text().rstrip("\n").split("\n")
-    row = dict(zip(header.split("\t"), values.split("\t"), strict=True))
-    missing = set(PLAN_COLUMNS) - set(row)
+def read_batch_plan(path: Path) -> list[dict[str, str]]:
+    """The slide plans of a file written by :func:`write_batch_plans`, in order."""
+    header, *lines = path.read_text().rstrip("\n").split("\n")
+    columns = header.split("\t")
+    missing = set(PLAN_COLUMNS) - set(columns)
     if missing:
-        raise LevelError(f"{path}: columns {sorted(missing)} missing; expected a slidestock slide plan")
-    return row
+        raise LevelError(f"{path}: columns {sorted(missing)} missing; expected a slidestock batch plan")
+    return [dict(zip(columns, line.split("\t"), strict=True)) for line in lines if line]

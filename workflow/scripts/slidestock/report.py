@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -111,6 +112,18 @@ def load_records(json_paths: Iterable[Path]) -> list[dict[str, Any]]:
     return [json.loads(Path(p).read_text()) for p in json_paths]
 
 
+def write_batch_table(json_paths: Sequence[Path], out: Path) -> None:
+    """A batch's outcome, one line per slide (id, status, image sha256 or the error); written atomically."""
+    lines = ["slide_id\tstatus\tsha256_or_error\n"]
+    for record in load_records(json_paths):
+        detail = (record.get("output") or {}).get("sha256") or record.get("error") or ""
+        lines.append(f"{record['slide_id']}\t{record['status']}\t{' '.join(str(detail).split())}\n")
+    partial = out.with_name(f".{out.name}.partial")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_text("".join(lines))
+    os.replace(partial, out)
+
+
 def report_frame(records: Iterable[Mapping[str, Any]], cohort: pd.DataFrame) -> pd.DataFrame:
     """One typed row per provenance record, sorted by slide id."""
     slides = {row["slide_id"]: row for row in cohort.to_dict("records")}
@@ -140,7 +153,7 @@ def summary(frame: pd.DataFrame) -> dict[str, Any]:
 
 
 def wall_time_s(records: Iterable[Mapping[str, Any]]) -> float | None:
-    """From the first slide job's start to the last one's end."""
+    """From the first batch job's start to the last slide's end."""
     starts, ends = [], []
     for rec in records:
         times = rec.get("timings_s") or {}
@@ -290,7 +303,7 @@ def render_html(frame: pd.DataFrame, inputs: ReportInputs, svgs: Mapping[str, st
         "failed": stats["failed"],
         "bytes fetched": f"{_mb(stats['bytes_fetched'])} ({100 * stats['fraction_fetched']:.2f} % of whole series)",
         "whole-slide downloads would move": _mb(stats["series_bytes"]),
-        "slide jobs wall time": wall,
+        "fetch and downsample wall time": wall,
         "IDC version": f"v{inputs.idc_version}",
         "cohort source": inputs.cohort_header.get("source", ""),
         "filter": inputs.cohort_header.get("filter", ""),

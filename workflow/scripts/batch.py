@@ -1,0 +1,50 @@
+"""Rule `batch`: fetch, check, downsample and record a batch of slides."""
+
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
+
+from slidestock.config import target_of
+from slidestock.pipeline import GdcSettings, SlideJob, read_token, run_batch
+from slidestock.plan import read_batch_plan
+from slidestock.report import write_batch_table
+
+smk = snakemake  # noqa: F821
+logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+logging.getLogger("pyvips").setLevel(logging.WARNING)
+
+# Where bytes come from (endpoint, GDC API, token) and how many objects move at
+# once are read from the config, not passed as parameters: changing them must
+# not re-run finished batches.
+fetch, gdc, target = smk.config["fetch"], smk.config["gdc"], smk.params.target
+token_file = Path(gdc["token_file"]) if gdc.get("token_file") else None
+settings = GdcSettings(api=gdc["api"], token=read_token(token_file), mode=gdc["mode"], parallel=gdc["parallel"])
+slides = Path(smk.params.slides)
+jobs = [
+    SlideJob(
+        plan=plan,
+        target=target_of({"target": target}),
+        fmt=target["format"],
+        quality=target["quality"],
+        pyramid=target["pyramid"],
+        tissue_mask=target["tissue_mask"],
+        backend=target["backend"],
+        associated=tuple(target["associated"]),
+        endpoint=fetch["endpoint"],
+        attempts=fetch["attempts"],
+        image_path=slides / f"{plan['slide_id']}.{smk.params.suffix}",
+        json_path=slides / f"{plan['slide_id']}.json",
+        tmpdir=Path(smk.resources.tmpdir),
+        gdc=settings,
+        log_path=Path(f"logs/slide/{plan['slide_id']}.log"),
+    )
+    for plan in read_batch_plan(Path(smk.input.plan))
+]
+records = run_batch(
+    jobs, smk.wildcards.batch, Path(smk.resources.tmpdir), workers=fetch["workers"], threads=smk.threads
+)
+failed = [record["slide_id"] for record in records if record["status"] != "done"]
+logging.info("%d slides processed, %d failed: %s", len(records), len(failed), " ".join(failed) or "none")
+write_batch_table([job.json_path for job in jobs], Path(smk.output.table))
