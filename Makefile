@@ -27,6 +27,7 @@ lint: $(STAMP)
 
 test: lint
 	bash resources/install-browser.sh
+	bash resources/slurm/install.sh
 	$(BIN)/pytest
 
 clean:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import tempfile
 import threading
 import time
@@ -201,6 +202,12 @@ def _batch_items(jobs: Sequence[SlideJob]) -> list[BatchItem]:
     return items
 
 
+def _scratch_prefix(job: SlideJob, name: str) -> str:
+    """``slidestock-<batch>-<workflow>-``: one batch of one workflow (Snakemake's lock keeps it to one job)."""
+    workflow = hashlib.sha256(str(job.json_path.parent.resolve()).encode()).hexdigest()[:10]
+    return f"slidestock-{name}-{workflow}-"
+
+
 def run_batch(
     jobs: Sequence[SlideJob], name: str, scratch_root: Path, *, workers: int = 16, threads: int = 1
 ) -> list[dict[str, Any]]:
@@ -218,8 +225,13 @@ def run_batch(
     started = datetime.now(UTC).isoformat(timespec="seconds")
     start = time.monotonic()
     software = software_versions(s5cmd_binary())
+    prefix = _scratch_prefix(jobs[0], name)
     scratch_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f"slidestock-{name}-", dir=scratch_root) as scratch:
+    for stale in scratch_root.glob(f"{prefix}*"):
+        # Left by an earlier attempt of this batch that was killed (out of memory or time).
+        log.warning("%s: removing %s, left by an earlier attempt", name, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=scratch_root) as scratch:
         todo = [replace(job, tmpdir=Path(scratch)) for job in todo]
         items = _batch_items(todo)
         check_free_disk(Path(scratch), sum(item.expected_bytes for item in items), f"batch {name}")

@@ -1,0 +1,206 @@
+"""Snakemake's own cost at cohort scale: dry-run time and memory, and a full local run against the work floor.
+
+Usage: python benchmarks/scale.py [--dry 1000,10000,30000] [--run 1000,10000] [--templates 8]
+
+A synthetic cohort of N tiny but real DICOM slides (two JPEG levels, 512 px at
+4 µm/px and 128 px at 16 µm/px) is made by cloning a few generated series with
+new UIDs (pydicom), indexed in the real idc-index schema and served by the
+local S3 server. For each N in --dry, the cohort and plan checkpoints run,
+then `snakemake -n` over the whole DAG is timed with its peak RSS. For each N
+in --run, the whole workflow runs from scratch (cohort, fetch, downsample,
+report) with `--cores 2`, and the per-slide work floor is measured in the same
+run: one `s5cmd run` of the same planned files, then decode, resize and PNG
+write of each in one plain loop. Prints a table and writes it to
+benchmarks/results/scale.md. Work files go to benchmarks/work/ (deleted after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pydicom
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+
+from slidestock import s3server, synthetic  # noqa: E402
+from slidestock.dicomlevel import read_level  # noqa: E402
+from slidestock.downsample import resize_exact, write_image  # noqa: E402
+from slidestock.fetch import BatchItem, fetch_batch  # noqa: E402
+from slidestock.levels import Level  # noqa: E402
+
+WORK = REPO / "benchmarks" / "work"
+COLLECTION = "scale_tcga"
+
+
+def templates(folder: Path, count: int) -> list[synthetic.SeriesRecord]:
+    specs = [
+        synthetic.SlideSpec(COLLECTION, f"TEMPLATE-{k}", f"TEMPLATE-{k}-01Z-00-DX1", (512, 512), 4.0, 2, seed=k)
+        for k in range(count)
+    ]
+    return [synthetic.write_series(spec, folder) for spec in specs]
+
+
+def clone(template: synthetic.SeriesRecord, i: int, s3_root: Path | None, src_root: Path) -> synthetic.SeriesRecord:
+    """Slide ``i``: the template's pixels under new ids; written under ``s3_root`` when given."""
+    patient = f"TCGA-S{i // 10000:01d}-{i % 10000:04d}"
+    spec = replace(template.spec, patient_id=patient, container_id=f"{patient}-01Z-00-DX1")
+    key = f"scale/{i}"
+    study, series_uid = synthetic._uid(key, "study"), synthetic._uid(key, "series")
+    series_uuid = synthetic._uuid(key, "series")
+    levels = []
+    for k, inst in enumerate(template.instances):
+        sop, instance_uuid = synthetic._uid(key, k), synthetic._uuid(key, k)
+        size = inst.size_bytes
+        if s3_root is not None:
+            ds = pydicom.dcmread(
+                src_root / synthetic.BUCKET / template.crdc_series_uuid / f"{inst.crdc_instance_uuid}.dcm"
+            )
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series_uid, sop
+            ds.file_meta.MediaStorageSOPInstanceUID = sop
+            ds.PatientID, ds.ContainerIdentifier = patient, spec.container_id
+            path = s3_root / synthetic.BUCKET / series_uuid / f"{instance_uuid}.dcm"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ds.save_as(path, enforce_file_format=True)
+            size = path.stat().st_size
+        levels.append(
+            Level(sop, instance_uuid, inst.image_type, inst.size_px, inst.spacing_um, inst.transfer_syntax, size)
+        )
+    return synthetic.SeriesRecord(spec, study, series_uid, series_uuid, tuple(levels))
+
+
+def cohort(
+    n: int, folder: Path, source: list[synthetic.SeriesRecord], src_root: Path, objects: bool
+) -> dict[str, Path]:
+    s3_root = folder / "s3" if objects else None
+    records = [clone(source[i % len(source)], i, s3_root, src_root) for i in range(n)]
+    return synthetic.write_tables(records, folder / "tables", 25)
+
+
+def write_config(folder: Path, tables: dict[str, Path], endpoint: str) -> Path:
+    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    config["cohort"].update(
+        filter={"collection_id": [COLLECTION]}, n=None, tables={k: str(v) for k, v in tables.items()}
+    )
+    config["fetch"].update(endpoint=endpoint, attempts=2)
+    config["gdc"] = {"api": "http://127.0.0.1:9"}
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def measured(argv: list[str], cwd: Path) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (MB) and output of one command (os.wait4: the process itself)."""
+    env = {**os.environ, "TMPDIR": str(cwd / "scratch")}
+    (cwd / "scratch").mkdir(exist_ok=True)
+    out = cwd / "snakemake.out"
+    start = time.perf_counter()
+    with out.open("w") as handle:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    text = out.read_text()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{text[-3000:]}")
+    return seconds, usage.ru_maxrss / 1024, text
+
+
+def snakemake(config: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--configfile", str(config),
+            "--cores", "2", *extra]  # fmt: skip
+
+
+def jobs_of(output: str) -> int:
+    """The 'total' of Snakemake's job stats table (the last one printed)."""
+    totals = [line.split()[1] for line in output.splitlines() if line.startswith("total ")]
+    return int(totals[-1])
+
+
+def floor(folder: Path, endpoint: str) -> float:
+    """The same planned files: one s5cmd run, then decode, resize and write each in a plain loop."""
+    plan = pd.read_csv(folder / "results/cohort/instances.tsv", sep="\t", dtype=str)
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+        start = time.perf_counter()
+        items = [
+            BatchItem(row.url, Path(scratch) / f"{row.slide_id}.dcm", int(row.instance_size))
+            for row in plan.itertuples()
+        ]
+        fetched = fetch_batch(items, endpoint, workers=16, attempts=1)
+        assert all(not isinstance(r, Exception) for r in fetched.values())
+        for row, item in zip(plan.itertuples(), items, strict=True):
+            level = read_level(item.dest, item=row.slide_id)
+            out = resize_exact(level.image, (int(row.output_columns), int(row.output_rows)))
+            assert level.spacing_xy_um is not None
+            write_image(out, Path(scratch) / f"{row.slide_id}.png", level.spacing_xy_um, "png")
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dry", default="1000,10000,30000")
+    parser.add_argument("--run", default="1000,10000")
+    parser.add_argument("--templates", type=int, default=8)
+    args = parser.parse_args()
+    dry = [int(n) for n in args.dry.split(",") if n]
+    run = [int(n) for n in args.run.split(",") if n]
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True)
+    source_root = WORK / "templates"
+    source = templates(source_root, args.templates)
+    rows = []
+    try:
+        for n in sorted(set(dry) | set(run)):
+            folder = WORK / f"n{n}"
+            folder.mkdir()
+            t0 = time.perf_counter()
+            tables = cohort(n, folder, source, source_root, objects=n in run)
+            print(f"scale: N={n}: cohort of {n} slides built in {time.perf_counter() - t0:.0f} s", flush=True)
+            row: dict[str, object] = {"N": n}
+            s3_root = folder / "s3"
+            s3_root.mkdir(exist_ok=True)
+            with s3server.serving(s3_root) as server:
+                config = write_config(folder, tables, server.url)
+                if n in dry:
+                    measured(snakemake(config, "results/cohort/instances.tsv"), folder)
+                    seconds, rss, out = measured(snakemake(config, "-n"), folder)
+                    row.update(dry_run_s=round(seconds, 1), dry_run_rss_mb=round(rss), jobs=jobs_of(out))
+                    print(f"scale: N={n}: dry-run {seconds:.1f} s, {rss:.0f} MB, {row['jobs']} jobs", flush=True)
+                if n in run:
+                    shutil.rmtree(folder / "results", ignore_errors=True)
+                    shutil.rmtree(folder / ".snakemake", ignore_errors=True)
+                    seconds, rss, out = measured(snakemake(config), folder)
+                    done = (pd.read_csv(folder / "results/report/slides.csv")["status"] == "done").sum()
+                    assert done == n, f"{done} of {n} slides done"
+                    row.update(run_s=round(seconds, 1), floor_s=round(floor(folder, server.url), 1))
+                    row["run_over_floor"] = round(float(row["run_s"]) / float(row["floor_s"]), 2)  # type: ignore[arg-type]
+                    row.setdefault("jobs", jobs_of(out))
+                    print(f"scale: N={n}: run {seconds:.1f} s, floor {row['floor_s']} s", flush=True)
+            rows.append(row)
+            shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        shutil.rmtree(WORK, ignore_errors=True)
+    table = pd.DataFrame(rows).to_markdown(index=False)
+    print(table)
+    out = REPO / "benchmarks" / "results" / "scale.md"
+    out.write_text(
+        "# benchmarks/scale.py\n\n"
+        f"`python benchmarks/scale.py --dry {args.dry} --run {args.run}` on {os.cpu_count()} cores, "
+        f"fetch.batch_size {yaml.safe_load((REPO / 'config/demo.yaml').read_text())['fetch']['batch_size']}, "
+        "`--cores 2`. Dry-run: after the cohort and plan checkpoints ran, `snakemake -n` over the whole DAG. "
+        "Run: the whole workflow from scratch. Floor: one `s5cmd run` of the same files, then decode, resize "
+        "and PNG write of each in one plain loop.\n\n" + table + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
