@@ -39,7 +39,8 @@ def write_config(
     return path
 
 
-def snakemake(workdir: Path, config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def snakemake_argv(workdir: Path, config: Path, *extra: str) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment of one snakemake run in ``workdir`` (its own TMPDIR, ``workdir/scratch``)."""
     scratch = workdir / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
     argv = [
@@ -50,7 +51,11 @@ def snakemake(workdir: Path, config: Path, *extra: str) -> subprocess.CompletedP
         "--cores", "2",
         *extra,
     ]  # fmt: skip
-    env = {**os.environ, "TMPDIR": str(scratch)}
+    return argv, {**os.environ, "TMPDIR": str(scratch)}
+
+
+def snakemake(workdir: Path, config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    argv, env = snakemake_argv(workdir, config, *extra)
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600, check=False)
 
 

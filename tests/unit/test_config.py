@@ -54,7 +54,15 @@ def test_defaults_are_filled_in() -> None:
         "parquet": {"url": None, "mode": "in_place", "cache": "resources/idc_parquet"},
         "tables": None,
     }
-    assert checked["fetch"] == {"endpoint": "aws", "attempts": 3, "prefer": "idc", "batch_size": 100, "workers": 16}
+    assert checked["fetch"] == {
+        "endpoint": "aws",
+        "attempts": 3,
+        "prefer": "idc",
+        "batch_size": 100,
+        "workers": 16,
+        "timeout": 1800,
+        "retry_count": 10,
+    }
     assert checked["gdc"] == {"api": "https://api.gdc.cancer.gov", "token_file": None, "mode": "range", "parallel": 4}
     assert checked["target"] == {
         "mpp": 10,

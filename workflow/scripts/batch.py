@@ -43,7 +43,13 @@ jobs = [
     for plan in read_batch_plan(Path(smk.input.plan))
 ]
 records = run_batch(
-    jobs, smk.wildcards.batch, Path(smk.resources.tmpdir), workers=fetch["workers"], threads=smk.threads
+    jobs,
+    smk.wildcards.batch,
+    Path(smk.resources.tmpdir),
+    workers=fetch["workers"],
+    threads=smk.threads,
+    timeout_s=fetch["timeout"],
+    retry_count=fetch["retry_count"],
 )
 failed = [record["slide_id"] for record in records if record["status"] != "done"]
 logging.info("%d slides processed, %d failed: %s", len(records), len(failed), " ".join(failed) or "none")

@@ -127,14 +127,18 @@ def fetch_batch(
     workers: int = 16,
     attempts: int = 3,
     backoff_s: float = 2.0,
-    timeout_s: float = 6 * 3600.0,
+    timeout_s: float = 1800.0,
+    retry_count: int = 10,
 ) -> dict[Path, FetchResult | FetchError]:
     """Copy every item with one ``s5cmd run`` per attempt; each item's ``dest`` maps to its result or error.
 
     The command file of each attempt lists only the items still missing, so a
     batch moves each object once when nothing fails. An item of the wrong size
     is deleted and retried once: twice the same wrong size is the object, not
-    the network. Failed attempts back off exponentially.
+    the network. Failed attempts back off exponentially. Within an attempt,
+    s5cmd retries each request ``retry_count`` times itself; an attempt that
+    runs longer than ``timeout_s`` (a stalled server) is killed, and what it
+    had not finished is tried again.
     """
     if not items:
         return {}
@@ -143,7 +147,7 @@ def fetch_batch(
     last_error: dict[Path, str] = {}
     wrong_sizes: dict[Path, int] = {}
     pending = list(items)
-    base = [*s5cmd_base(endpoint, None), "--numworkers", str(workers)]
+    base = [*s5cmd_base(endpoint, None), "--numworkers", str(workers), "--retry-count", str(retry_count)]
     for attempt in range(1, attempts + 1):
         if attempt > 1:
             time.sleep(backoff_s * 2 ** (attempt - 2))
@@ -155,17 +159,21 @@ def fetch_batch(
             proc = subprocess.run(
                 [*base, "run", handle.name], capture_output=True, text=True, timeout=timeout_s, check=False
             )
-        except subprocess.TimeoutExpired:
-            proc = subprocess.CompletedProcess([], -1, "", f"s5cmd run timed out after {timeout_s:.0f} s")
+            code, stderr, general = proc.returncode, proc.stderr, proc.stderr.strip()[-500:]
+        except subprocess.TimeoutExpired as timed_out:
+            # What s5cmd reported before it was killed still names the objects that failed.
+            partial = timed_out.stderr or b""
+            stderr = partial.decode(errors="replace") if isinstance(partial, bytes) else partial
+            code, general = -1, f"s5cmd run timed out after {timeout_s:g} s (fetch.timeout)"
         finally:
             Path(handle.name).unlink(missing_ok=True)
-        errors = _errors_by_dest(proc.stderr, pending, endpoint)
+        errors = _errors_by_dest(stderr, pending, endpoint)
         still: list[BatchItem] = []
         for item in pending:
             if item.dest in errors or not item.dest.exists():
                 item.dest.unlink(missing_ok=True)
-                why = errors.get(item.dest) or proc.stderr.strip()[-500:] or "no file written"
-                last_error[item.dest] = f"s5cmd exited {proc.returncode}: {why}"
+                why = errors.get(item.dest) or general or "no file written"
+                last_error[item.dest] = f"s5cmd exited {code}: {why}"
                 still.append(item)
                 continue
             try:

@@ -209,7 +209,14 @@ def _scratch_prefix(job: SlideJob, name: str) -> str:
 
 
 def run_batch(
-    jobs: Sequence[SlideJob], name: str, scratch_root: Path, *, workers: int = 16, threads: int = 1
+    jobs: Sequence[SlideJob],
+    name: str,
+    scratch_root: Path,
+    *,
+    workers: int = 16,
+    threads: int = 1,
+    timeout_s: float = 1800.0,
+    retry_count: int = 10,
 ) -> list[dict[str, Any]]:
     """Process a batch of slides: skip finished ones, fetch the rest with one ``s5cmd run``, downsample.
 
@@ -234,9 +241,15 @@ def run_batch(
     with tempfile.TemporaryDirectory(prefix=prefix, dir=scratch_root) as scratch:
         todo = [replace(job, tmpdir=Path(scratch)) for job in todo]
         items = _batch_items(todo)
-        check_free_disk(Path(scratch), sum(item.expected_bytes for item in items), f"batch {name}")
+        try:
+            check_free_disk(Path(scratch), sum(item.expected_bytes for item in items), f"batch {name}")
+        except FetchError as err:
+            log.error("%s", err)
+            raise
         endpoint, attempts = todo[0].endpoint, todo[0].attempts
-        fetched = fetch_batch(items, endpoint, workers=workers, attempts=attempts)
+        fetched = fetch_batch(
+            items, endpoint, workers=workers, attempts=attempts, timeout_s=timeout_s, retry_count=retry_count
+        )
         log.info("%s: fetched %d objects in %.1f s", name, len(items), time.monotonic() - start)
 
         def one(job: SlideJob) -> dict[str, Any]:

@@ -1,0 +1,319 @@
+"""Faults against the real servers on loopback: nothing lost, nothing partial, every error clear.
+
+Each scenario runs the workflow as a user would (snakemake in a subprocess)
+on the demo cohort. The S3 endpoint is the fault proxy in front of rclone
+(killed, answering 503, stalling or slow on request), or rclone serving a
+copy of the demo objects with some of them broken. Outputs are compared with
+an undisturbed run's, byte for byte. Run just these: pytest tests/faults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from slidestock.s3server import S3Server, serving
+from tests.e2e.runs import Run, demo_tables, run_in, snakemake, snakemake_argv, write_config
+from tests.faults.conftest import Proxy
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+COMPARED = ("results/cohort/cohort.tsv", "results/cohort/instances.tsv", "results/report/slides.csv",
+            "results/report/slides.parquet")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, demo_build: dict[str, Path], s3: S3Server) -> Run:
+    return run_in(tmp_path_factory.mktemp("reference"), demo_tables(demo_build), s3)
+
+
+def fetch_settings(endpoint: str, **changes: object) -> dict[str, object]:
+    fetch: dict[str, object] = {"endpoint": endpoint, "attempts": 3, "timeout": 60, "retry_count": 0}
+    fetch.update(changes)
+    return {"fetch": fetch}
+
+
+def report(folder: Path) -> pd.DataFrame:
+    return pd.read_csv(folder / "results/report/slides.csv").set_index("slide_id")
+
+
+def levels(reference: Run) -> dict[str, str]:
+    """Each demo slide's chosen level: slide id -> object key (crdc_series_uuid/crdc_instance_uuid.dcm)."""
+    plan = pd.read_csv(reference.workdir / "results/cohort/instances.tsv", sep="\t", dtype=str)
+    return {row.slide_id: row.url.split("/", 3)[3] for row in plan.itertuples()}
+
+
+def assert_same_as(folder: Path, reference: Run) -> None:
+    for name in COMPARED:
+        assert (folder / name).read_bytes() == (reference.workdir / name).read_bytes(), name
+    ours = sorted(p.name for p in (folder / "results/slides").glob("*.png"))
+    assert ours == sorted(p.name for p in (reference.workdir / "results/slides").glob("*.png"))
+    assert len(ours) == 6
+    for name in ours:
+        assert (folder / "results/slides" / name).read_bytes() == (
+            reference.workdir / "results/slides" / name
+        ).read_bytes()
+
+
+def assert_nothing_partial(folder: Path) -> None:
+    leftovers = [p for p in folder.rglob("*") if p.name.endswith((".partial", ".dcm", ".s5cmd"))]
+    assert leftovers == []
+    assert [p.name for p in (folder / "scratch").iterdir() if p.name.startswith("slidestock-")] == []
+
+
+def wait_for(condition: object, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_server_killed_mid_transfer_then_restarted(
+    reference: Run, proxy: Proxy, tmp_path: Path, demo_build: dict[str, Path]
+) -> None:
+    # Every level trickles at 10 kB/s, so the kill lands in the middle of the downloads.
+    proxy.set_rules([{"match": ".dcm", "mode": "slow", "bytes_per_s": 10_000}])
+    folder = tmp_path / "run"
+    config = write_config(tmp_path / "config.yaml", demo_tables(demo_build), proxy.url, fetch_settings(proxy.url))
+    argv, env = snakemake_argv(folder, config)
+    run = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: proxy.requests_for(".dcm", "GET ") >= 3, 60, "the downloads to start")
+    time.sleep(0.5)
+    proxy.kill()
+    time.sleep(1.0)
+    proxy.set_rules([])
+    proxy.start()
+    out, _ = run.communicate(timeout=300)
+    assert run.returncode == 0, out[-3000:]
+    batch_log = (folder / "logs/batch/b00000.log").read_text()
+    assert "attempt 1/3 failed" in batch_log
+    assert (report(folder)["status"] == "done").all()
+    assert_same_as(folder, reference)
+    assert_nothing_partial(folder)
+
+
+def test_503_and_a_stalled_server_fail_only_their_slides(
+    reference: Run, proxy: Proxy, tmp_path: Path, demo_build: dict[str, Path]
+) -> None:
+    keys = levels(reference)
+    answers_503, stalls = sorted(keys)[0], sorted(keys)[1]
+    proxy.set_rules([{"match": keys[answers_503], "mode": "503"}, {"match": keys[stalls], "mode": "stall"}])
+    top = fetch_settings(proxy.url, attempts=2, timeout=5, retry_count=1)
+    config = write_config(tmp_path / "config.yaml", demo_tables(demo_build), proxy.url, top)
+    start = time.monotonic()
+    proc = snakemake(tmp_path / "run", config)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Two attempts of at most 5 s each and a 2 s backoff: bounded, whatever the server does.
+    assert elapsed < 90
+    table = report(tmp_path / "run")
+    assert (table["status"] == "done").sum() == 4
+    assert table.loc[answers_503, "status"] == "failed"
+    assert "2 attempts failed" in table.loc[answers_503, "error"]
+    assert "503" in table.loc[answers_503, "error"]
+    assert table.loc[stalls, "status"] == "failed"
+    assert "s5cmd run timed out after 5 s (fetch.timeout)" in table.loc[stalls, "error"]
+    for slide in (answers_503, stalls):
+        assert not (tmp_path / "run" / f"results/slides/{slide}.png").exists()
+    # Each attempt: for the 503, s5cmd's HEAD and GET, each retried once (retry_count 1); the stalled
+    # HEAD never returns. Two attempts, then the slides are given up: bounded.
+    assert proxy.requests_for(keys[answers_503]) == 8
+    assert proxy.requests_for(keys[stalls]) == 2
+    assert_nothing_partial(tmp_path / "run")
+
+
+def test_wrong_sizes_corrupt_frame_and_not_dicom_fail_with_their_reasons(
+    reference: Run, broken_root: Path, tmp_path: Path, demo_build: dict[str, Path], instance_table: pd.DataFrame
+) -> None:
+    keys = levels(reference)
+    longer, shorter, corrupt, not_dicom, *fine = sorted(keys)
+    # Files are hard links into the demo build: replace them, never write into them.
+    for slide, damage in ((corrupt, "frame"), (not_dicom, "noise")):
+        path = broken_root / "idc-open-data" / keys[slide]
+        data = bytearray(path.read_bytes())
+        if damage == "frame":
+            start = data.find(b"\xff\xd8\xff")  # the first frame's JPEG start-of-image marker
+            data[start : start + 4] = b"\0\0\0\0"
+        else:
+            data = bytearray(hashlib.sha256(bytes(data)).digest() * (len(data) // 32 + 1))[: len(data)]
+        path.unlink()
+        path.write_bytes(bytes(data))
+    # The index says one byte less than the object holds, and one byte more.
+    table = instance_table.copy()
+    uuid = table["crdc_instance_uuid"]
+    table.loc[uuid == keys[longer].split("/")[1].removesuffix(".dcm"), "instance_size"] -= 1
+    table.loc[uuid == keys[shorter].split("/")[1].removesuffix(".dcm"), "instance_size"] += 1
+    tables = demo_tables(demo_build)
+    tables["sm_instance_index"] = tmp_path / "sm_instance_index.parquet"
+    table.to_parquet(tables["sm_instance_index"], index=False)
+    with serving(broken_root) as server:
+        run = run_in(tmp_path / "run", tables, server, fetch_settings(server.url, attempts=2))
+    result = report(run.workdir)
+    assert sorted(result.index[result["status"] == "done"]) == sorted(fine)
+    errors = result["error"]
+    assert "wrong size twice" in errors[longer]
+    assert "expected" in errors[longer]
+    assert "wrong size twice" in errors[shorter]
+    assert f"{corrupt}" in errors[corrupt]
+    assert "frame 1 cannot be decoded" in errors[corrupt]
+    assert "not a readable DICOM file" in errors[not_dicom]
+    for slide in (longer, shorter, corrupt, not_dicom):
+        assert not (run.workdir / f"results/slides/{slide}.png").exists()
+        record = json.loads((run.workdir / f"results/slides/{slide}.json").read_text())
+        assert record["status"] == "failed"
+        assert record["output"] is None
+    page = (run.workdir / "results/report/index.html").read_text()
+    assert "2 of 6 slides done, 4 failed" in page
+    assert_nothing_partial(run.workdir)
+
+
+def test_workflow_killed_then_rerun_finishes_without_redoing_slides(
+    reference: Run, proxy: Proxy, tmp_path: Path, demo_build: dict[str, Path]
+) -> None:
+    proxy.set_rules([{"match": ".dcm", "mode": "slow", "bytes_per_s": 8_000}])
+    folder = tmp_path / "run"
+    top = fetch_settings(proxy.url, batch_size=1)
+    config = write_config(tmp_path / "config.yaml", demo_tables(demo_build), proxy.url, top)
+    argv, env = snakemake_argv(folder, config)
+    run = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: (folder / "results/batches/b00000.tsv").exists(), 120, "the first batch")
+    os.kill(run.pid, signal.SIGINT)
+    time.sleep(1.0)
+    if run.poll() is None:
+        os.kill(run.pid, signal.SIGKILL)
+    run.communicate(timeout=60)
+    done_before = {
+        p.name: p.stat().st_mtime_ns
+        for p in (folder / "results/slides").glob("*.json")
+        if json.loads(p.read_text())["status"] == "done"
+    }
+    assert 1 <= len(done_before) < 6
+    proxy.set_rules([])
+    snakemake(folder, config, "--unlock")
+    proc = snakemake(folder, config, "--rerun-incomplete")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = {p.name: p.stat().st_mtime_ns for p in (folder / "results/slides").glob("*.json")}
+    assert {name: after[name] for name in done_before} == done_before
+    assert_same_as(folder, reference)
+    assert_nothing_partial(folder)
+
+
+def test_disk_preflight_stops_the_batch_before_any_download(
+    s3: S3Server, tmp_path: Path, demo_build: dict[str, Path], instance_table: pd.DataFrame, reference: Run
+) -> None:
+    keys = levels(reference)
+    huge_slide = sorted(keys)[0]
+    table = instance_table.copy()
+    table.loc[table["crdc_instance_uuid"] == keys[huge_slide].split("/")[1].removesuffix(".dcm"), "instance_size"] = (
+        10**15
+    )
+    tables = demo_tables(demo_build)
+    tables["sm_instance_index"] = tmp_path / "sm_instance_index.parquet"
+    table.to_parquet(tables["sm_instance_index"], index=False)
+    config = write_config(tmp_path / "config.yaml", tables, s3.url, fetch_settings(s3.url, batch_size=2))
+    proc = snakemake(tmp_path / "run", config)
+    assert proc.returncode != 0
+    log = (tmp_path / "run/logs/batch/b00000.log").read_text()
+    assert "batch b00000: needs 1,000,000,000," in log
+    assert "batch b00000: needs 1,000,000,000," in proc.stderr
+    assert "bytes of scratch space in" in log
+    assert "bytes are free" in log
+    # Nothing of that batch was fetched or written; the other batches finished.
+    first_two = sorted(keys)[:2]
+    assert not any((tmp_path / f"run/results/slides/{slide}.json").exists() for slide in first_two)
+    assert len(list((tmp_path / "run/results/slides").glob("*.png"))) == 4
+    assert "fetched" not in log
+    assert_nothing_partial(tmp_path / "run")
+
+
+def test_second_workflow_on_the_same_folder_is_stopped_by_the_lock(
+    proxy: Proxy, tmp_path: Path, demo_build: dict[str, Path]
+) -> None:
+    proxy.set_rules([{"match": ".dcm", "mode": "slow", "bytes_per_s": 20_000}])
+    folder = tmp_path / "run"
+    config = write_config(tmp_path / "config.yaml", demo_tables(demo_build), proxy.url, fetch_settings(proxy.url))
+    argv, env = snakemake_argv(folder, config)
+    first = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: proxy.requests_for(".dcm", "GET ") >= 1, 60, "the first run's downloads")
+    second = snakemake(folder, config)
+    out, _ = first.communicate(timeout=300)
+    assert second.returncode != 0
+    assert "Directory cannot be locked" in second.stderr
+    assert first.returncode == 0, out[-3000:]
+    assert (report(folder)["status"] == "done").all()
+
+
+HOSTILE = (
+    "../../../escape",
+    "TCGA-'quoted\"-01Z",
+    "x; touch PWNED_SEMICOLON",
+    "$(touch PWNED_SUBSHELL)",
+    "line\nbreak",
+    "<script>alert('slidestock')</script>",
+)
+
+
+def test_hostile_ids_stay_inside_results_execute_nothing_and_are_escaped(
+    tmp_path: Path, demo_build: dict[str, Path], s3: S3Server
+) -> None:
+    tables = demo_tables(demo_build)
+    sm_index = pd.read_parquet(tables["sm_index"])
+    sm_index["ContainerIdentifier"] = list(HOSTILE)
+    index = pd.read_parquet(tables["index"])
+    index["PatientID"] = [f"<b>{p}</b>" for p in index["PatientID"]]
+    tables["sm_index"], tables["index"] = tmp_path / "sm_index.parquet", tmp_path / "index.parquet"
+    sm_index.to_parquet(tables["sm_index"], index=False)
+    index.to_parquet(tables["index"], index=False)
+    run = run_in(tmp_path / "run", tables, s3, fetch_settings(s3.url))
+    # Ids become file names only after sanitising: nothing escapes results/ or logs/, nothing ran.
+    touched = {"PWNED_SEMICOLON", "PWNED_SUBSHELL", "escape"}
+    assert not [p for p in tmp_path.parent.rglob("*") if p.name in touched]
+    assert not [p for p in Path.cwd().iterdir() if p.name in touched]
+    tops = {p.relative_to(run.workdir).parts[0] for p in run.workdir.rglob("*")}
+    assert tops <= {"results", "logs", "benchmarks", ".snakemake", "scratch", "config.yaml"}
+    slides = sorted(p.name for p in (run.workdir / "results/slides").glob("*.png"))
+    assert len(slides) == 6
+    assert all(name.replace(".png", "").replace("_", "").replace("-", "").replace(".", "").isalnum() for name in slides)
+    page = (run.workdir / "results/report/index.html").read_text()
+    assert "<script>alert" not in page
+    assert "<b>TCGA" not in page
+    assert "&lt;b&gt;TCGA-D1-A001&lt;/b&gt;" in page
+    assert "6 of 6 slides done, 0 failed" in page
+
+
+@pytest.mark.parametrize(
+    ("cohort", "message"),
+    [
+        ({"colour": "red"}, "config key cohort.colour: not a known key; expected one of: filter, idc_version"),
+        ({"n": "ten"}, "config key cohort.n: got 'ten'; expected an integer >= 1 (or null for all)"),
+        ({"filter": {"collection_id": "tcga_brca"}}, "config key cohort.filter.collection_id: got 'tcga_brca'"),
+        ({"source": "idc; rm -rf ~"}, "config key cohort.source: got 'idc; rm -rf ~'"),
+    ],
+)
+def test_config_abuse_stops_before_anything_runs(
+    tmp_path: Path, demo_build: dict[str, Path], s3: S3Server, cohort: dict[str, object], message: str
+) -> None:
+    config = write_config(tmp_path / "config.yaml", demo_tables(demo_build), s3.url, None, **cohort)
+    proc = snakemake(tmp_path, config)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("n", [7, 10**12])
+def test_n_beyond_the_candidates_takes_them_all_and_says_so(
+    tmp_path: Path, demo_build: dict[str, Path], s3: S3Server, n: int
+) -> None:
+    run = run_in(tmp_path, demo_tables(demo_build), s3, fetch_settings(s3.url), n=n)
+    lock = (run.workdir / "results/cohort/cohort.tsv").read_text()
+    assert "# candidates: 6" in lock
+    assert len(list((run.workdir / "results/slides").glob("*.png"))) == 6

@@ -1,0 +1,96 @@
+"""An HTTP proxy in front of the local S3 server that misbehaves on request, for the fault tests.
+
+Usage: python -m slidestock.faultproxy --upstream URL --port PORT --rules RULES.json
+
+Requests are forwarded to ``--upstream`` (rclone serve s3) and its answers
+streamed back, except for request paths that contain a rule's ``match``:
+
+- ``{"match": "...", "mode": "503"}``: answer 503 Slow Down;
+- ``{"match": "...", "mode": "stall"}``: send nothing until the client gives up;
+- ``{"match": "...", "mode": "slow", "bytes_per_s": N}``: stream the body at N bytes/s.
+
+The rules file is read on every request, so a test can change them while a
+run goes on. Listens on 127.0.0.1 only; a test stops it by its PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+CHUNK = 4096
+
+
+def make_handler(upstream: str, rules_path: Path) -> type[BaseHTTPRequestHandler]:
+    target = urlsplit(upstream)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Requests are logged when they arrive (by _forward), answered or not."""
+
+        def _rule(self) -> dict[str, Any] | None:
+            rules = json.loads(rules_path.read_text()) if rules_path.exists() else []
+            return next((r for r in rules if r["match"] in self.path), None)
+
+        def _forward(self) -> None:
+            rule = self._rule()
+            mode = rule["mode"] if rule else ""
+            print(f"{self.command} {self.path} {mode or 'forward'}", flush=True)
+            if mode == "503":
+                body = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+                self.send_response(503)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            if mode == "stall":
+                while True:  # until the client hangs up (the write fails) or the proxy is killed
+                    time.sleep(1)
+                    self.wfile.write(b"")
+                    self.wfile.flush()
+            length = int(self.headers.get("Content-Length") or 0)
+            body_in = self.rfile.read(length) if length else None
+            conn = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port, timeout=60)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+            conn.request(self.command, self.path, body=body_in, headers=headers)
+            answer = conn.getresponse()
+            self.send_response(answer.status, answer.reason)
+            for key, value in answer.getheaders():
+                if key.lower() not in ("connection", "transfer-encoding"):
+                    self.send_header(key, value)
+            self.end_headers()
+            rate = float(rule["bytes_per_s"]) if rule and mode == "slow" else 0.0
+            while chunk := answer.read(CHUNK):
+                self.wfile.write(chunk)
+                self.wfile.flush()
+                if rate:
+                    time.sleep(len(chunk) / rate)
+            conn.close()
+
+        do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward  # noqa: N815 (http.server's names)
+
+    return Handler
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--upstream", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--rules", type=Path, required=True)
+    args = parser.parse_args()
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(args.upstream, args.rules))
+    server.daemon_threads = True
+    print(f"faultproxy: 127.0.0.1:{args.port} -> {args.upstream}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
