@@ -77,15 +77,23 @@ def wait_for(condition: object, timeout_s: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def start_slow_run(
+    proxy: Proxy, tmp_path: Path, demo_build: dict[str, Path], bytes_per_s: int, **fetch: object
+) -> tuple[Path, Path, subprocess.Popen[str]]:
+    """Start the demo run in the background through the proxy, every level trickling at ``bytes_per_s``."""
+    proxy.set_rules([{"match": ".dcm", "mode": "slow", "bytes_per_s": bytes_per_s}])
+    folder = tmp_path / "run"
+    top = fetch_settings(proxy.url, **fetch)
+    config = write_config(tmp_path / "config.yaml", demo_tables(demo_build), proxy.url, top)
+    argv, env = snakemake_argv(folder, config)
+    return folder, config, subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 def test_server_killed_mid_transfer_then_restarted(
     reference: Run, proxy: Proxy, tmp_path: Path, demo_build: dict[str, Path]
 ) -> None:
     # Every level trickles at 10 kB/s, so the kill lands in the middle of the downloads.
-    proxy.set_rules([{"match": ".dcm", "mode": "slow", "bytes_per_s": 10_000}])
-    folder = tmp_path / "run"
-    config = write_config(tmp_path / "config.yaml", demo_tables(demo_build), proxy.url, fetch_settings(proxy.url))
-    argv, env = snakemake_argv(folder, config)
-    run = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    folder, _, run = start_slow_run(proxy, tmp_path, demo_build, 10_000)
     wait_for(lambda: proxy.requests_for(".dcm", "GET ") >= 3, 60, "the downloads to start")
     time.sleep(0.5)
     proxy.kill()
@@ -179,12 +187,7 @@ def test_wrong_sizes_corrupt_frame_and_not_dicom_fail_with_their_reasons(
 def test_workflow_killed_then_rerun_finishes_without_redoing_slides(
     reference: Run, proxy: Proxy, tmp_path: Path, demo_build: dict[str, Path]
 ) -> None:
-    proxy.set_rules([{"match": ".dcm", "mode": "slow", "bytes_per_s": 8_000}])
-    folder = tmp_path / "run"
-    top = fetch_settings(proxy.url, batch_size=1)
-    config = write_config(tmp_path / "config.yaml", demo_tables(demo_build), proxy.url, top)
-    argv, env = snakemake_argv(folder, config)
-    run = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    folder, config, run = start_slow_run(proxy, tmp_path, demo_build, 8_000, batch_size=1)
     wait_for(lambda: (folder / "results/batches/b00000.tsv").exists(), 120, "the first batch")
     os.kill(run.pid, signal.SIGINT)
     time.sleep(1.0)
@@ -238,11 +241,7 @@ def test_disk_preflight_stops_the_batch_before_any_download(
 def test_second_workflow_on_the_same_folder_is_stopped_by_the_lock(
     proxy: Proxy, tmp_path: Path, demo_build: dict[str, Path]
 ) -> None:
-    proxy.set_rules([{"match": ".dcm", "mode": "slow", "bytes_per_s": 20_000}])
-    folder = tmp_path / "run"
-    config = write_config(tmp_path / "config.yaml", demo_tables(demo_build), proxy.url, fetch_settings(proxy.url))
-    argv, env = snakemake_argv(folder, config)
-    first = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    folder, config, first = start_slow_run(proxy, tmp_path, demo_build, 20_000)
     wait_for(lambda: proxy.requests_for(".dcm", "GET ") >= 1, 60, "the first run's downloads")
     second = snakemake(folder, config)
     out, _ = first.communicate(timeout=300)
