@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -11,11 +12,11 @@ import pytest
 from slidestock.errors import ConfigError, FetchError
 from slidestock.fetch import (
     BatchItem,
+    FetchResult,
     check_free_disk,
     check_size,
     command_file_line,
     fetch_batch,
-    fetch_object,
     s5cmd_base,
     source_url,
 )
@@ -34,9 +35,17 @@ def one_instance(instance_table: pd.DataFrame, demo_build: dict[str, Path]) -> t
     return url, int(row["instance_size"]), local
 
 
+def fetch_one(url: str, dest: Path, size: int, endpoint: str, **settings: Any) -> FetchResult:
+    """A batch of one object; raises its error."""
+    result = fetch_batch([BatchItem(url, dest, size)], endpoint, workers=1, **settings)[dest]
+    if isinstance(result, FetchError):
+        raise result
+    return result
+
+
 def test_fetch_copies_the_exact_bytes(s3: S3Server, one_instance: tuple[str, int, Path], tmp_path: Path) -> None:
     url, size, original = one_instance
-    result = fetch_object(url, tmp_path / "x.dcm", size, s3.url, attempts=1)
+    result = fetch_one(url, tmp_path / "x.dcm", size, s3.url, attempts=1)
     assert result.bytes_fetched == size == original.stat().st_size
     assert (tmp_path / "x.dcm").read_bytes() == original.read_bytes()
     assert result.attempts == 1
@@ -47,7 +56,7 @@ def test_wrong_index_size_is_retried_once_and_leaves_nothing(
 ) -> None:
     url, size, _ = one_instance
     with pytest.raises(FetchError, match=rf"wrong size twice; .*downloaded {size} bytes; expected {size + 1}"):
-        fetch_object(url, tmp_path / "x.dcm", size + 1, s3.url, attempts=5, backoff_s=0.01)
+        fetch_one(url, tmp_path / "x.dcm", size + 1, s3.url, attempts=5, backoff_s=0.01)
     assert list(tmp_path.iterdir()) == []
     # One retry after the first wrong size; the second ends it, long before attempt 5.
     assert [m for r in caplog.records if "attempt" in (m := r.getMessage())] == [
@@ -57,7 +66,7 @@ def test_wrong_index_size_is_retried_once_and_leaves_nothing(
 
 def test_missing_object_is_a_fetch_error(s3: S3Server, tmp_path: Path) -> None:
     with pytest.raises(FetchError, match="s5cmd exited 1"):
-        fetch_object("s3://idc-open-data/nope/nope.dcm", tmp_path / "x.dcm", 10, s3.url, attempts=1)
+        fetch_one("s3://idc-open-data/nope/nope.dcm", tmp_path / "x.dcm", 10, s3.url, attempts=1)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -147,7 +147,7 @@ def fetch_batch(
     last_error: dict[Path, str] = {}
     wrong_sizes: dict[Path, int] = {}
     pending = list(items)
-    base = [*s5cmd_base(endpoint, None), "--numworkers", str(workers), "--retry-count", str(retry_count)]
+    base = [*s5cmd_base(endpoint), "--numworkers", str(workers), "--retry-count", str(retry_count)]
     for attempt in range(1, attempts + 1):
         if attempt > 1:
             time.sleep(backoff_s * 2 ** (attempt - 2))
@@ -197,24 +197,6 @@ def fetch_batch(
     return outcome
 
 
-def fetch_object(
-    url: str,
-    dest: Path,
-    expected_bytes: int,
-    endpoint: str,
-    *,
-    attempts: int = 3,
-    backoff_s: float = 2.0,
-    timeout_s: float = 3600.0,
-) -> FetchResult:
-    """Copy one object (a batch of one); raises its :class:`FetchError`."""
-    item = BatchItem(url, dest, expected_bytes)
-    result = fetch_batch([item], endpoint, workers=1, attempts=attempts, backoff_s=backoff_s, timeout_s=timeout_s)[dest]
-    if isinstance(result, FetchError):
-        raise result
-    return result
-
-
 def check_free_disk(folder: Path, needed_bytes: int, what: str) -> None:
     """Stop before fetching when ``folder``'s file system cannot hold ``needed_bytes``."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -229,7 +211,7 @@ def check_free_disk(folder: Path, needed_bytes: int, what: str) -> None:
 def sync_prefix(url: str, dest: Path, endpoint: str, timeout_s: float = 6 * 3600.0) -> None:
     """Mirror ``url`` (an S3 folder) into ``dest`` with ``s5cmd sync``: only new or changed files move."""
     dest.mkdir(parents=True, exist_ok=True)
-    argv = [*s5cmd_base(endpoint, None), "sync", source_url(url.rstrip("/") + "/*", endpoint), f"{dest}/"]
+    argv = [*s5cmd_base(endpoint), "sync", source_url(url.rstrip("/") + "/*", endpoint), f"{dest}/"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
     if proc.returncode != 0:
         raise FetchError(f"s5cmd sync {url} -> {dest} exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
