@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import pandas as pd
 
 from slidestock.errors import LevelError
 from slidestock.levels import Level, Target, choose_level
+from slidestock.provenance import write_text_atomic
 
 PLAN_COLUMNS = (
     "slide_id",
@@ -169,9 +169,7 @@ def write_batch_plans(plan: pd.DataFrame, folder: Path, batch_size: int) -> int:
         wanted.add(path.name)
         text = header + "".join(_plan_line(row) for row in rows[index * batch_size : (index + 1) * batch_size])
         if not path.exists() or path.read_text() != text:
-            partial = path.with_name(f".{path.name}.partial")
-            partial.write_text(text)
-            os.replace(partial, path)
+            write_text_atomic(path, text)
             written += 1
     for stale in folder.glob("b*.tsv"):
         if stale.name not in wanted:

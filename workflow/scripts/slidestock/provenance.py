@@ -72,9 +72,14 @@ def _openslide_version() -> str:
     return str(openslide.__library_version__)
 
 
-def write_json(path: Path, record: Mapping[str, Any]) -> None:
-    """Write a JSON record atomically (sorted keys, so equal records give equal files)."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` beside ``path``, then rename: a reader sees the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    partial.write_text(text)
     os.replace(partial, path)
+
+
+def write_json(path: Path, record: Mapping[str, Any]) -> None:
+    """Write a JSON record atomically (sorted keys, so equal records give equal files)."""
+    write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +21,7 @@ import pandas as pd
 import pyvips
 
 from slidestock import plots
+from slidestock.provenance import write_text_atomic
 
 REPORT_COLUMNS: dict[str, str] = {
     # column: pandas dtype of slides.parquet
@@ -118,10 +118,7 @@ def write_batch_table(json_paths: Sequence[Path], out: Path) -> None:
     for record in load_records(json_paths):
         detail = (record.get("output") or {}).get("sha256") or record.get("error") or ""
         lines.append(f"{record['slide_id']}\t{record['status']}\t{' '.join(str(detail).split())}\n")
-    partial = out.with_name(f".{out.name}.partial")
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    partial.write_text("".join(lines))
-    os.replace(partial, out)
+    write_text_atomic(out, "".join(lines))
 
 
 def report_frame(records: Iterable[Mapping[str, Any]], cohort: pd.DataFrame) -> pd.DataFrame:
