@@ -18,7 +18,7 @@ import pydicom
 import pytest
 
 from slidestock import synthetic
-from slidestock.dicomlevel import decode_shrink, read_level
+from slidestock.dicomlevel import plan_shrink, read_level
 from slidestock.errors import DecodeError
 
 
@@ -92,9 +92,9 @@ def test_read_level_matches_openslide(
     shutil.copyfile(instance_path(demo_build, instance_table, row), path)
     level = read_level(path)
     width, height = int(row["TotalPixelMatrixColumns"]), int(row["TotalPixelMatrixRows"])
-    assert level.size_px == (width, height) == (level.image.width, level.image.height)
-    assert level.spacing_xy_um is not None
-    assert level.spacing_xy_um[0] == pytest.approx(row["PixelSpacing_0"] * 1000, rel=0.05)
+    assert level.header.size_px == (width, height) == (level.image.width, level.image.height)
+    assert level.header.spacing_xy_um is not None
+    assert level.header.spacing_xy_um[0] == pytest.approx(row["PixelSpacing_0"] * 1000, rel=0.05)
     ours = level.image.numpy()
     slide = openslide.OpenSlide(str(path))
     assert slide.level_count == 1
@@ -124,6 +124,16 @@ def test_missing_frames_are_a_decode_error(
         read_level(broken)
 
 
+def test_truncated_pixel_data_is_a_decode_error_before_any_decoding(
+    demo_build: dict[str, Path], instance_table: pd.DataFrame, tmp_path: Path
+) -> None:
+    path = level_file(demo_build, instance_table, synthetic.JPEG_BASELINE, 2050, tmp_path / "cut")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(DecodeError, match=r"slide-x: pixel data item at byte \d+ is not a complete item of \d+ bytes"):
+        read_level(path, item="slide-x")
+
+
 def edge_files(edge_build: dict[str, Path], container: str) -> list[Path]:
     index = pd.read_parquet(edge_build["index"]).set_index("SeriesInstanceUID")
     sm = pd.read_parquet(edge_build["sm_index"]).set_index("ContainerIdentifier")
@@ -141,9 +151,9 @@ def alone(path: Path, folder: Path) -> Path:
 def test_uncompressed_frames_match_openslide(edge_build: dict[str, Path], tmp_path: Path) -> None:
     for i, path in enumerate(edge_files(edge_build, "EDGE-RAW-01")):
         level = read_level(alone(path, tmp_path / str(i)))
-        assert level.transfer_syntax == synthetic.EXPLICIT_VR_LE
+        assert level.header.transfer_syntax == synthetic.EXPLICIT_VR_LE
         reference = openslide.OpenSlide(str(tmp_path / str(i) / "level.dcm"))
-        expected = np.asarray(reference.read_region((0, 0), 0, level.size_px).convert("RGB"))
+        expected = np.asarray(reference.read_region((0, 0), 0, level.header.size_px).convert("RGB"))
         assert np.array_equal(level.image.numpy(), expected)
 
 
@@ -152,11 +162,11 @@ def test_sparse_level_fills_missing_tiles_with_background(edge_build: dict[str, 
     ds = pydicom.dcmread(base, stop_before_pixels=True)
     assert ds.DimensionOrganizationType == "TILED_SPARSE"
     level = read_level(base)
-    assert level.organization == "TILED_SPARSE"
-    assert level.missing_tiles == 11 * 8 - int(ds.NumberOfFrames) > 0
+    assert level.header.organization == "TILED_SPARSE"
+    assert level.header.missing_tiles == 11 * 8 - int(ds.NumberOfFrames) > 0
     ours = level.image.numpy().astype(int)
     # OpenSlide leaves missing tiles transparent; where it has pixels, ours are the same.
-    rgba = np.asarray(openslide.OpenSlide(str(base)).read_region((0, 0), 0, level.size_px)).astype(int)
+    rgba = np.asarray(openslide.OpenSlide(str(base)).read_region((0, 0), 0, level.header.size_px)).astype(int)
     present = rgba[..., 3] == 255
     assert 0 < present.mean() < 1
     assert np.abs(ours[present] - rgba[..., :3][present]).mean() < 0.5
@@ -165,7 +175,7 @@ def test_sparse_level_fills_missing_tiles_with_background(edge_build: dict[str, 
 
 def test_levels_without_spacing_have_none_in_header(edge_build: dict[str, Path], tmp_path: Path) -> None:
     files = edge_files(edge_build, "EDGE-NOSPACING-01")
-    spacings = [read_level(alone(p, tmp_path / str(i))).spacing_xy_um for i, p in enumerate(files)]
+    spacings = [read_level(alone(p, tmp_path / str(i))).header.spacing_xy_um for i, p in enumerate(files)]
     assert spacings == [(0.25, 0.25), None, None]
 
 
@@ -182,39 +192,61 @@ def test_lossless_jpeg2000_rct_level_is_exact(edge_build: dict[str, Path], tmp_p
     )
     path = alone(lossless, tmp_path / "rct")
     level = read_level(path)
-    assert level.photometric == "YBR_RCT"
-    reference = openslide.OpenSlide(str(path)).read_region((0, 0), 0, level.size_px).convert("RGB")
+    assert level.header.photometric == "YBR_RCT"
+    reference = openslide.OpenSlide(str(path)).read_region((0, 0), 0, level.header.size_px).convert("RGB")
     assert np.array_equal(level.image.numpy(), np.asarray(reference))
 
 
 @pytest.mark.parametrize(
-    ("syntax", "scale", "shrink"),
+    ("syntax", "scale", "tile", "levels", "expected"),
     [
-        (synthetic.JPEG_BASELINE, 0.267, 1),
-        (synthetic.JPEG_BASELINE, 0.25, 2),
-        (synthetic.JPEG_BASELINE, 0.0667, 4),
-        (synthetic.JPEG_BASELINE, 0.01, 8),
-        (synthetic.JPEG_2000, 0.01, 1),
-        (synthetic.EXPLICIT_VR_LE, 0.01, 1),
+        (synthetic.JPEG_BASELINE, None, 256, 0, (1, 1)),
+        (synthetic.JPEG_BASELINE, 0.267, 256, 0, (1, 1)),
+        (synthetic.JPEG_BASELINE, 0.25, 256, 0, (2, 1)),
+        (synthetic.JPEG_BASELINE, 0.0667, 256, 0, (4, 1)),
+        (synthetic.JPEG_BASELINE, 0.01, 256, 0, (8, 6)),
+        (synthetic.JPEG_2000, 0.01, 256, 5, (32, 1)),
+        (synthetic.JPEG_2000, 0.01, 256, 2, (4, 12)),
+        (synthetic.JPEG_2000, 0.01, 250, 5, (2, 25)),
+        (synthetic.JPEG_2000, 0.01, 256, 0, (1, 50)),
+        (synthetic.EXPLICIT_VR_LE, 0.01, 256, 0, (1, 50)),
     ],
 )
-def test_decode_shrink_leaves_a_factor_two_for_the_resize(syntax: str, scale: float, shrink: int) -> None:
-    assert decode_shrink(syntax, scale) == shrink
+def test_plan_shrink_leaves_a_factor_two_for_the_resize(
+    syntax: str, scale: float | None, tile: int, levels: int, expected: tuple[int, int]
+) -> None:
+    assert plan_shrink(syntax, scale, (tile, tile), levels) == expected
 
 
+def level_file(demo_build: dict[str, Path], instances: pd.DataFrame, syntax: str, columns: int, folder: Path) -> Path:
+    rows = instances[(instances["TransferSyntaxUID"] == syntax) & (instances["TotalPixelMatrixColumns"] == columns)]
+    return alone(instance_path(demo_build, instances, rows.iloc[0]), folder)
+
+
+@pytest.mark.parametrize(("syntax", "columns"), [(synthetic.JPEG_BASELINE, 2050), (synthetic.JPEG_2000, 2250)])
 def test_shrink_on_decode_gives_the_same_picture(
-    demo_build: dict[str, Path], instance_table: pd.DataFrame, tmp_path: Path
+    demo_build: dict[str, Path], instance_table: pd.DataFrame, tmp_path: Path, syntax: str, columns: int
 ) -> None:
     from slidestock.downsample import resize_exact
 
-    rows = instance_table[instance_table["TransferSyntaxUID"] == synthetic.JPEG_BASELINE]
-    row = rows[rows["TotalPixelMatrixColumns"] == 2050].iloc[0]  # a 1 µm/px level, 2050 x 1537 px
-    path = alone(instance_path(demo_build, instance_table, row), tmp_path / "one")
-    full, shrunk = read_level(path), read_level(path, shrink=4)
-    assert (shrunk.image.width, shrunk.image.height) == (2050 // 4, 1537 // 4)
-    assert shrunk.shrink == 4
-    assert shrunk.size_px == full.size_px == (2050, 1537)
-    size = (137, 103)  # 15 µm/px
+    # A 1 µm/px level to 15 µm/px: JPEG in the DCT, JPEG 2000 by dropping two wavelet levels.
+    path = level_file(demo_build, instance_table, syntax, columns, tmp_path / "one")
+    full, shrunk = read_level(path), read_level(path, scale=1 / 15, threads=2)
+    width, height = full.header.size_px
+    assert (shrunk.decode_shrink, shrunk.box) == (4, 1)
+    assert (shrunk.image.width, shrunk.image.height) == (width // 4, height // 4)
+    assert shrunk.header.size_px == (full.image.width, full.image.height)
+    size = (round(width / 15), round(height / 15))
     a = resize_exact(full.image, size).numpy().astype(int)
     b = resize_exact(shrunk.image, size).numpy().astype(int)
     assert np.abs(a - b).mean() < 2.0
+
+
+def test_box_average_is_the_rounded_block_mean(edge_build: dict[str, Path], tmp_path: Path) -> None:
+    path = alone(edge_files(edge_build, "EDGE-RAW-01")[0], tmp_path / "raw")
+    full = read_level(path).image.numpy().astype(np.uint32)
+    reduced = read_level(path, scale=0.1, threads=3)
+    assert (reduced.decode_shrink, reduced.box) == (1, 5)
+    height, width = full.shape[0] // 5, full.shape[1] // 5
+    blocks = full[: height * 5, : width * 5].reshape(height, 5, width, 5, 3).sum(axis=(1, 3))
+    assert np.array_equal(reduced.image.numpy(), ((blocks + 12) // 25).astype(np.uint8))

@@ -1,49 +1,105 @@
-"""Read one downloaded DICOM WSI level as a pyvips image.
+"""Read one downloaded DICOM WSI level and reduce it, streaming, to a small image.
 
-pyvips has no DICOM loader, so the encapsulated frames are taken from
-pydicom, decoded one by one (JPEG baseline by libvips, JPEG 2000 by
-OpenJPEG through imagecodecs) and joined into the total pixel matrix.
+pydicom reads the header up to the pixel data; the frames are then located
+in the file without being read, and read, decoded (libjpeg-turbo and
+OpenJPEG through Pillow, on a pool of threads) and reduced one row of tiles
+at a time. Memory holds two rows of tiles and the reduced image, never the
+level: a single-level 40,000 px slide is reduced in well under 1 GB.
+
+Two integer reductions come before the final Lanczos resize (see
+:func:`plan_shrink`): in the decoder (JPEG by DCT scaling, JPEG 2000 by
+dropping wavelet resolution levels), then a box average of ``box x box``
+decoded pixels as the rows stream by.
 """
 
 from __future__ import annotations
 
+import io
 import math
+import os
+import struct
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import imagecodecs
 import numpy as np
 import pydicom
 import pyvips
-from pydicom.encaps import generate_frames
+from PIL import Image, UnidentifiedImageError
 
 from slidestock.errors import DecodeError
 
 JPEG_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"})
 JPEG2000_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})
 NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+IMPLICIT_VR = "1.2.840.10008.1.2"
 # Brightfield background, for the tiles a TILED_SPARSE level leaves out.
-BACKGROUND = (255, 255, 255)
+BACKGROUND = 255
+PIXEL_DATA = (0x7FE0, 0x0010)
+ITEM, SEQUENCE_END = (0xFFFE, 0xE000), (0xFFFE, 0xE0DD)
 
 
 @dataclass(frozen=True)
-class DicomLevel:
-    """A decoded level: lazy pixels and what the header says about them.
+class Frame:
+    """Where one frame's bytes lie in the file."""
+
+    index: int
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class LevelHeader:
+    """What the header says about a level, and where each tile's frame is; no pixels.
 
     ``spacing_xy_um`` is the header's full-precision PixelSpacing as
     (column spacing, row spacing) in µm, ``None`` when the header has none.
+    ``grid`` holds the frames in tile order, row by row; ``None`` where a
+    TILED_SPARSE level has no tile.
     """
 
-    image: pyvips.Image
+    path: Path
+    item: str
     size_px: tuple[int, int]
+    tile_px: tuple[int, int]
     spacing_xy_um: tuple[float, float] | None
     transfer_syntax: str
     photometric: str
     sop_instance_uid: str
-    organization: str = "TILED_FULL"
-    missing_tiles: int = 0
-    icc_profile: bytes | None = None
-    shrink: int = 1
+    organization: str
+    icc_profile: bytes | None
+    grid: tuple[Frame | None, ...]
+
+    @property
+    def across(self) -> int:
+        return math.ceil(self.size_px[0] / self.tile_px[0])
+
+    @property
+    def down(self) -> int:
+        return math.ceil(self.size_px[1] / self.tile_px[1])
+
+    @property
+    def missing_tiles(self) -> int:
+        return sum(frame is None for frame in self.grid)
+
+
+@dataclass(frozen=True)
+class DicomLevel:
+    """A level reduced by ``decode_shrink * box`` (1 for full size), and its header.
+
+    The image is ``size_px // shrink``: the last, partial pixel of each axis
+    is dropped rather than mixed with tile padding.
+    """
+
+    header: LevelHeader
+    image: pyvips.Image
+    decode_shrink: int = 1
+    box: int = 1
+
+    @property
+    def shrink(self) -> int:
+        return self.decode_shrink * self.box
 
 
 def header_spacing_um(ds: pydicom.Dataset) -> tuple[float, float] | None:
@@ -61,44 +117,146 @@ def header_spacing_um(ds: pydicom.Dataset) -> tuple[float, float] | None:
     return (col_mm * 1000.0, row_mm * 1000.0)
 
 
-def decode_shrink(syntax: str, scale: float) -> int:
-    """The factor (1, 2, 4 or 8) to shrink frames by while decoding, for a resize by ``scale``.
+def plan_shrink(syntax: str, scale: float | None, tile_px: tuple[int, int], j2k_levels: int = 0) -> tuple[int, int]:
+    """(decode shrink, box) for a resize by ``scale``: integer reductions before the Lanczos resize.
 
-    JPEG decodes at 1/2, 1/4 or 1/8 in the DCT, far cheaper than a full
-    decode. At least a factor two is left for the Lanczos resize, so the
-    result stays antialiased and sharp. Other syntaxes decode at full size.
+    Their product is at most ``1 / (2 * scale)``, so at least a factor two is
+    left for the resize and the result stays antialiased and sharp. The
+    decoder does what it can cheaply: JPEG decodes at 1/2, 1/4 or 1/8 in the
+    DCT; JPEG 2000 drops up to ``j2k_levels`` wavelet resolution levels, when
+    the tile size divides evenly. A box average does the rest.
     """
-    if syntax not in JPEG_SYNTAXES or scale <= 0:
-        return 1
-    return max(s for s in (1, 2, 4, 8) if s == 1 or s <= 1 / (2 * scale))
+    if scale is None or not 0 < scale <= 0.25:
+        return 1, 1
+    most = math.floor(1 / (2 * scale))
+    if syntax in JPEG_SYNTAXES:
+        factors = [1, 2, 4, 8]
+    elif syntax in JPEG2000_SYNTAXES:
+        factors = [2**r for r in range(j2k_levels + 1) if tile_px[0] % 2**r == 0 == tile_px[1] % 2**r]
+    else:
+        factors = [1]
+    decode = max(f for f in factors if f <= most)
+    return decode, most // decode
 
 
-def _decode_frame(
-    frame: bytes, syntax: str, item: str, index: int, tile_px: tuple[int, int], shrink: int = 1
-) -> pyvips.Image:
+def read_header(path: Path, item: str | None = None) -> LevelHeader:
+    """Read a single-instance DICOM WSI level's header and locate its frames (one focal plane, one optical path).
+
+    TILED_FULL and TILED_SPARSE organisations; JPEG baseline, JPEG 2000 and
+    uncompressed RGB frames. Nothing of the pixel data is read but the item
+    headers that delimit its frames.
+    """
+    item = item or str(path)
     try:
-        if syntax in JPEG_SYNTAXES:
-            return pyvips.Image.jpegload_buffer(frame, fail_on="error", shrink=shrink)
-        if syntax in NATIVE_SYNTAXES:
-            array = np.frombuffer(frame, dtype=np.uint8).reshape(tile_px[1], tile_px[0], 3)
-        else:
-            array = np.ascontiguousarray(imagecodecs.jpeg2k_decode(frame))
-        image: pyvips.Image = pyvips.Image.new_from_array(array)
-        return image.copy(interpretation="srgb")
-    except (pyvips.Error, imagecodecs.Jpeg2kError, ValueError) as err:
-        raise DecodeError(f"{item}: frame {index + 1} cannot be decoded ({syntax}): {err}") from err
-
-
-def _frames(ds: pydicom.Dataset, syntax: str, n_frames: int, tile_px: tuple[int, int], item: str) -> list[bytes]:
-    if syntax not in NATIVE_SYNTAXES:
-        return list(generate_frames(ds.PixelData, number_of_frames=n_frames))
-    if int(ds.get("PlanarConfiguration", 0)) != 0 or str(ds.get("PhotometricInterpretation")) != "RGB":
+        with path.open("rb") as fp:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            pixel_start = fp.tell()
+    except (pydicom.errors.InvalidDicomError, OSError, EOFError) as err:
+        raise DecodeError(f"{item}: not a readable DICOM file: {err}") from err
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    if syntax not in JPEG_SYNTAXES | JPEG2000_SYNTAXES | NATIVE_SYNTAXES:
+        raise DecodeError(
+            f"{item}: transfer syntax {syntax} is not supported; expected JPEG baseline, JPEG 2000 or uncompressed"
+        )
+    organization = str(ds.get("DimensionOrganizationType", "TILED_FULL"))
+    if organization not in ("TILED_FULL", "TILED_SPARSE"):
+        raise DecodeError(f"{item}: DimensionOrganizationType {organization}; expected TILED_FULL or TILED_SPARSE")
+    try:
+        width, height = int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows)
+        tile_px = (int(ds.Columns), int(ds.Rows))
+        n_frames = int(ds.get("NumberOfFrames", 1))
+    except (AttributeError, TypeError, ValueError) as err:
+        raise DecodeError(f"{item}: no usable matrix, tile or frame sizes in the header: {err}") from err
+    if min(width, height, *tile_px, n_frames) < 1:
+        raise DecodeError(f"{item}: {width} x {height} px in {tile_px} px tiles, {n_frames} frames; expected sizes > 0")
+    across, down = math.ceil(width / tile_px[0]), math.ceil(height / tile_px[1])
+    if organization == "TILED_FULL" and n_frames != across * down:
+        raise DecodeError(
+            f"{item}: {n_frames} frames; expected {across} x {down} = {across * down} tiles "
+            f"for {width} x {height} px in {tile_px[0]} x {tile_px[1]} px tiles"
+        )
+    if syntax in NATIVE_SYNTAXES and (
+        int(ds.get("PlanarConfiguration", 0)) != 0 or str(ds.get("PhotometricInterpretation")) != "RGB"
+    ):
         raise DecodeError(f"{item}: uncompressed frames must be RGB, interleaved; found {ds.PhotometricInterpretation}")
-    size = tile_px[0] * tile_px[1] * 3
-    data = ds.PixelData
-    if len(data) < size * n_frames:
-        raise DecodeError(f"{item}: {len(data)} bytes of pixel data; expected {size * n_frames} for {n_frames} frames")
-    return [data[i * size : (i + 1) * size] for i in range(n_frames)]
+    frames = _locate_frames(path, pixel_start, syntax, n_frames, tile_px, item)
+    if organization == "TILED_FULL":
+        grid: list[Frame | None] = list(frames)
+    else:
+        grid = [None] * (across * down)
+        for frame, (col, row) in zip(frames, _sparse_positions(ds, n_frames, tile_px, item), strict=True):
+            if 0 <= col < across and 0 <= row < down and grid[row * across + col] is None:
+                grid[row * across + col] = frame
+    return LevelHeader(
+        path=path,
+        item=item,
+        size_px=(width, height),
+        tile_px=tile_px,
+        spacing_xy_um=header_spacing_um(ds),
+        transfer_syntax=syntax,
+        photometric=str(ds.get("PhotometricInterpretation", "")),
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        organization=organization,
+        icc_profile=_icc_profile(ds),
+        grid=tuple(grid),
+    )
+
+
+def _locate_frames(
+    path: Path, start: int, syntax: str, n_frames: int, tile_px: tuple[int, int], item: str
+) -> list[Frame]:
+    """The frames' places in the file: fixed-size for native pixel data, one per fragment when encapsulated."""
+    file_size = path.stat().st_size
+    with path.open("rb") as fp:
+        fp.seek(start)
+        tag, length = _element_header(fp, syntax == IMPLICIT_VR)
+        if tag != PIXEL_DATA:
+            raise DecodeError(f"{item}: no pixel data; found element {tag[0]:04X},{tag[1]:04X} where it should be")
+        if syntax in NATIVE_SYNTAXES:
+            size = tile_px[0] * tile_px[1] * 3
+            available = min(length, file_size - fp.tell())
+            if available < size * n_frames:
+                raise DecodeError(
+                    f"{item}: {available} bytes of pixel data; expected {size * n_frames} for {n_frames} frames"
+                )
+            return [Frame(i, fp.tell() + i * size, size) for i in range(n_frames)]
+        fragments = []
+        while True:
+            tag, length = _item_header(fp, item)
+            if tag == SEQUENCE_END:
+                break
+            if tag != ITEM or fp.tell() + length > file_size:
+                raise DecodeError(
+                    f"{item}: pixel data item at byte {fp.tell() - 8} is not a complete item of {length} bytes "
+                    f"in a {file_size} byte file; expected encapsulated frames"
+                )
+            fragments.append((fp.tell(), length))
+            fp.seek(length, io.SEEK_CUR)
+    # The first item is the basic offset table; WSI frames are one fragment each.
+    if len(fragments) - 1 != n_frames:
+        raise DecodeError(f"{item}: {len(fragments) - 1} fragments of pixel data; expected one per frame ({n_frames})")
+    return [Frame(i, offset, length) for i, (offset, length) in enumerate(fragments[1:])]
+
+
+def _element_header(fp: io.BufferedReader, implicit: bool) -> tuple[tuple[int, int], int]:
+    raw = fp.read(8)
+    if len(raw) < 8:
+        return (0, 0), 0
+    group, element = struct.unpack("<HH", raw[:4])
+    if implicit:
+        return (group, element), struct.unpack("<I", raw[4:])[0]
+    if raw[4:6] in (b"OB", b"OW", b"UN", b"OF", b"OD", b"OL", b"SQ", b"UT", b"UC", b"UR", b"OV"):
+        extra = fp.read(4)
+        return (group, element), struct.unpack("<I", extra)[0] if len(extra) == 4 else 0
+    return (group, element), struct.unpack("<H", raw[6:])[0]
+
+
+def _item_header(fp: io.BufferedReader, item: str) -> tuple[tuple[int, int], int]:
+    raw = fp.read(8)
+    if len(raw) < 8:
+        raise DecodeError(f"{item}: the pixel data ends at byte {fp.tell()} before its sequence delimiter")
+    group, element, length = struct.unpack("<HHI", raw)
+    return (group, element), length
 
 
 def _sparse_positions(ds: pydicom.Dataset, n_frames: int, tile_px: tuple[int, int], item: str) -> list[tuple[int, int]]:
@@ -119,68 +277,135 @@ def _sparse_positions(ds: pydicom.Dataset, n_frames: int, tile_px: tuple[int, in
     return positions
 
 
-def read_level(path: Path, item: str | None = None, shrink: int = 1) -> DicomLevel:
-    """Read a single-instance DICOM WSI level (one focal plane, one optical path).
+def j2k_resolution_levels(codestream: bytes) -> int:
+    """The number of wavelet decompositions a JPEG 2000 codestream's COD marker declares (0 if unreadable).
 
-    TILED_FULL and TILED_SPARSE organisations; JPEG baseline, JPEG 2000 and
-    uncompressed RGB frames. Tiles a sparse level leaves out are background.
-    With ``shrink`` (see :func:`decode_shrink`) frames are decoded at 1/shrink
-    size and the image is ``size_px // shrink``: the last, partial pixel of
-    each axis is dropped rather than mixed with tile padding.
+    Each one allows decoding at half the size of the one before.
     """
-    item = item or str(path)
+    at = 2 if codestream[:2] == b"\xff\x4f" else len(codestream)
+    while at + 4 <= len(codestream) and codestream[at] == 0xFF:
+        marker, length = codestream[at + 1], int.from_bytes(codestream[at + 2 : at + 4], "big")
+        if marker == 0x52 and at + 9 < len(codestream):  # COD: Lcod, Scod, SGcod (4 bytes), then the levels
+            return codestream[at + 9]
+        if marker == 0x90:  # the first tile-part: the main header is over
+            break
+        at += 2 + length
+    return 0
+
+
+def read_level(path: Path, item: str | None = None, scale: float | None = None, threads: int = 1) -> DicomLevel:
+    """Read and decode a level, reduced for a later resize by ``scale`` (full size when ``None``)."""
+    return reduce_level(read_header(path, item), scale, threads)
+
+
+def reduce_level(header: LevelHeader, scale: float | None = None, threads: int = 1) -> DicomLevel:
+    """Decode the level row of tiles by row of tiles, on ``threads`` threads, reducing as it goes.
+
+    Tiles a sparse level leaves out are background (white).
+    """
+    syntax = header.transfer_syntax
+    levels = 0
+    first = next((frame for frame in header.grid if frame is not None), None)
+    if syntax in JPEG2000_SYNTAXES and first is not None:
+        levels = j2k_resolution_levels(read_frame(header.path, first, header.item))
+    decode, box = plan_shrink(syntax, scale, header.tile_px, levels)
+    width, height = header.size_px[0] // decode, header.size_px[1] // decode
+    out = np.empty((height // box, width // box, 3), dtype=np.uint8)
+    filled = 0
+    carry = np.empty((0, width, 3), dtype=np.uint8)
+    for strip in _strips(header, decode, threads):
+        rows = np.concatenate([carry, strip]) if len(carry) else strip
+        n = min(len(rows) // box, len(out) - filled)
+        out[filled : filled + n] = _box_average(rows[: n * box], box, len(out[0]))
+        filled += n
+        carry = rows[n * box :]
+    if filled != len(out):
+        raise DecodeError(f"{header.item}: {filled} of {len(out)} rows decoded; expected the whole level")
+    image = pyvips.Image.new_from_array(out).copy(interpretation="srgb")
+    return DicomLevel(header=header, image=image, decode_shrink=decode, box=box)
+
+
+def _box_average(rows: np.ndarray, box: int, width: int) -> np.ndarray:
+    """Each ``box x box`` block of ``rows`` (a multiple of ``box`` of them) as its rounded mean."""
+    if box == 1:
+        return rows[:, :width]
+    n = len(rows) // box
+    vertical = rows[:, : width * box].reshape(n, box, width * box, 3).sum(axis=1, dtype=np.uint32)
+    blocks = vertical.reshape(n, width, box, 3).sum(axis=2)
+    area = box * box
+    averaged: np.ndarray = ((blocks + area // 2) // area).astype(np.uint8)
+    return averaged
+
+
+def _strips(header: LevelHeader, decode: int, threads: int) -> Iterator[np.ndarray]:
+    """The level's rows of tiles, decoded at 1/``decode`` and cropped to ``size_px // decode``.
+
+    The next row is decoded while the caller reduces this one.
+    """
+    tile_w, tile_h = (math.ceil(v / decode) for v in header.tile_px)
+    width, height = header.size_px[0] // decode, header.size_px[1] // decode
+    across = header.across
+    fd = os.open(header.path, os.O_RDONLY)
     try:
-        ds = pydicom.dcmread(path)
-    except (pydicom.errors.InvalidDicomError, OSError, EOFError) as err:
-        raise DecodeError(f"{item}: not a readable DICOM file: {err}") from err
-    syntax = str(ds.file_meta.TransferSyntaxUID)
-    if syntax not in JPEG_SYNTAXES | JPEG2000_SYNTAXES | NATIVE_SYNTAXES:
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+
+            def submit(row: int) -> list[Future[np.ndarray] | None]:
+                cells = header.grid[row * across : (row + 1) * across]
+                return [None if f is None else pool.submit(_decode_frame, fd, f, header, decode) for f in cells]
+
+            pending = submit(0)
+            for row in range(header.down):
+                tiles = [None if f is None else f.result() for f in pending]
+                if row + 1 < header.down:
+                    pending = submit(row + 1)
+                strip = np.full((tile_h, tile_w * across, 3), BACKGROUND, dtype=np.uint8)
+                for col, tile in enumerate(tiles):
+                    if tile is not None:
+                        strip[:, col * tile_w : (col + 1) * tile_w] = tile
+                yield strip[: min(tile_h, height - row * tile_h), :width]
+    finally:
+        os.close(fd)
+
+
+def read_frame(path: Path, frame: Frame, item: str) -> bytes:
+    with path.open("rb") as fp:
+        fp.seek(frame.offset)
+        data = fp.read(frame.length)
+    if len(data) != frame.length:
+        raise DecodeError(f"{item}: frame {frame.index + 1} is cut short: {len(data)} of {frame.length} bytes")
+    return data
+
+
+def _decode_frame(fd: int, frame: Frame, header: LevelHeader, decode: int) -> np.ndarray:
+    """One frame as a (rows, columns, 3) array at 1/``decode`` of the tile size."""
+    item, syntax = header.item, header.transfer_syntax
+    data = os.pread(fd, frame.length, frame.offset)
+    expected = (math.ceil(header.tile_px[1] / decode), math.ceil(header.tile_px[0] / decode), 3)
+    array: np.ndarray
+    try:
+        if syntax in JPEG_SYNTAXES | JPEG2000_SYNTAXES:
+            with Image.open(io.BytesIO(data), formats=["JPEG" if syntax in JPEG_SYNTAXES else "JPEG2000"]) as picture:
+                if syntax in JPEG_SYNTAXES:
+                    # libjpeg's DCT scaling: Pillow takes the largest of 1/2, 1/4, 1/8 that keeps this size.
+                    picture.draft("RGB", (max(1, picture.width // decode), max(1, picture.height // decode)))
+                else:
+                    picture.reduce = decode.bit_length() - 1  # type: ignore[method-assign,assignment]
+                picture.load()
+                array = np.asarray(picture)
+        else:
+            array = np.frombuffer(data, dtype=np.uint8).reshape(expected)
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as err:
+        raise DecodeError(f"{item}: frame {frame.index + 1} cannot be decoded ({syntax}): {err}") from err
+    if array.shape != expected:
         raise DecodeError(
-            f"{item}: transfer syntax {syntax} is not supported; expected JPEG baseline, JPEG 2000 or uncompressed"
+            f"{item}: frame {frame.index + 1} decodes to {_describe(array.shape)}; expected {_describe(expected)}"
         )
-    shrink = shrink if syntax in JPEG_SYNTAXES else 1
-    organization = str(ds.get("DimensionOrganizationType", "TILED_FULL"))
-    if organization not in ("TILED_FULL", "TILED_SPARSE"):
-        raise DecodeError(f"{item}: DimensionOrganizationType {organization}; expected TILED_FULL or TILED_SPARSE")
-    width, height = int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows)
-    tile_px = (int(ds.Columns), int(ds.Rows))
-    across, down = math.ceil(width / tile_px[0]), math.ceil(height / tile_px[1])
-    n_frames = int(ds.get("NumberOfFrames", 1))
-    if organization == "TILED_FULL" and n_frames != across * down:
-        raise DecodeError(
-            f"{item}: {n_frames} frames; expected {across} x {down} = {across * down} tiles "
-            f"for {width} x {height} px in {tile_px[0]} x {tile_px[1]} px tiles"
-        )
-    frames = _frames(ds, syntax, n_frames, tile_px, item)
-    if organization == "TILED_FULL":
-        grid: list[pyvips.Image | None] = [
-            _decode_frame(f, syntax, item, i, tile_px, shrink) for i, f in enumerate(frames)
-        ]
-    else:
-        grid = [None] * (across * down)
-        for i, (col, row) in enumerate(_sparse_positions(ds, n_frames, tile_px, item)):
-            if 0 <= col < across and 0 <= row < down and grid[row * across + col] is None:
-                grid[row * across + col] = _decode_frame(frames[i], syntax, item, i, tile_px, shrink)
-    missing = sum(tile is None for tile in grid)
-    decoded_tile = (-(-tile_px[0] // shrink), -(-tile_px[1] // shrink))
-    blank = pyvips.Image.black(*decoded_tile, bands=3).new_from_image(list(BACKGROUND)).cast("uchar")
-    tiles = [blank.copy(interpretation="srgb") if tile is None else tile for tile in grid]
-    joined = pyvips.Image.arrayjoin(tiles, across=across) if len(tiles) > 1 else tiles[0]
-    image = joined.crop(0, 0, width // shrink, height // shrink)
-    if image.bands != 3:
-        raise DecodeError(f"{item}: {image.bands} samples per pixel after decoding; expected 3 (RGB)")
-    return DicomLevel(
-        image=image,
-        size_px=(width, height),
-        spacing_xy_um=header_spacing_um(ds),
-        transfer_syntax=syntax,
-        photometric=str(ds.get("PhotometricInterpretation", "")),
-        sop_instance_uid=str(ds.SOPInstanceUID),
-        organization=organization,
-        missing_tiles=missing,
-        icc_profile=_icc_profile(ds),
-        shrink=shrink,
-    )
+    return array
+
+
+def _describe(shape: Sequence[int]) -> str:
+    bands = shape[2] if len(shape) > 2 else 1
+    return f"{shape[1]} x {shape[0]} px with {bands} samples per pixel"
 
 
 def _icc_profile(ds: pydicom.Dataset) -> bytes | None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import pyvips
 
-from slidestock.dicomlevel import decode_shrink, read_level
+from slidestock.dicomlevel import read_header, read_level, reduce_level
 from slidestock.downsample import resize_exact, tissue_fraction, tissue_mask, write_image
 from slidestock.errors import DecodeError, FetchError, SlidestockError
 from slidestock.fetch import BatchItem, FetchResult, check_free_disk, fetch_batch, s5cmd_binary
@@ -86,6 +86,7 @@ class SlideJob:
     backend: str = "pyvips"
     associated: tuple[str, ...] = ()
     log_path: Path | None = None
+    threads: int = 1
 
 
 @contextmanager
@@ -239,7 +240,9 @@ def run_batch(
         log.warning("%s: removing %s, left by an earlier attempt", name, stale)
         shutil.rmtree(stale, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix=prefix, dir=scratch_root) as scratch:
-        todo = [replace(job, tmpdir=Path(scratch)) for job in todo]
+        # Slides share the batch's threads; a slide left alone decodes its tiles on all of them.
+        per_slide = max(1, threads // max(1, min(threads, len(todo))))
+        todo = [replace(job, tmpdir=Path(scratch), threads=per_slide) for job in todo]
         items = _batch_items(todo)
         try:
             check_free_disk(Path(scratch), sum(item.expected_bytes for item in items), f"batch {name}")
@@ -318,28 +321,33 @@ def _fetch_and_downsample(
     record["bytes_fetched"] = level_fetch.bytes_fetched
     record["fetch_attempts"] = level_fetch.attempts
     t0 = time.monotonic()
-    planned_scale = int(plan["output_columns"]) / int(plan["level_columns"])
-    shrink = decode_shrink(plan["transfer_syntax"], planned_scale) if job.backend == "pyvips" else 1
-    level = read_level(local, item=f"{plan['slide_id']} ({plan['url']})", shrink=shrink)
-    record["level"]["decode_shrink"] = level.shrink
+    header = read_header(local, item=f"{plan['slide_id']} ({plan['url']})")
     # The header's full-precision spacing beats the index's two significant figures.
-    spacing = level.spacing_xy_um or _plan_spacing(plan)
-    record["level"]["header_spacing_um"] = level.spacing_xy_um and list(level.spacing_xy_um)
-    record["level"]["photometric"] = level.photometric
-    record["level"]["organization"] = level.organization
-    record["level"]["missing_tiles"] = level.missing_tiles
+    spacing = header.spacing_xy_um or _plan_spacing(plan)
+    record["level"]["header_spacing_um"] = header.spacing_xy_um and list(header.spacing_xy_um)
+    record["level"]["photometric"] = header.photometric
+    record["level"]["organization"] = header.organization
+    record["level"]["missing_tiles"] = header.missing_tiles
     if spacing is None:
         raise SlidestockError(
             f"{plan['slide_id']}: the level has no pixel spacing in header or index; "
             "expected one to size the output and write its resolution"
         )
-    record["level"]["icc_profile_bytes"] = len(level.icc_profile or b"")
+    record["level"]["icc_profile_bytes"] = len(header.icc_profile or b"")
     record["level"]["backend"] = job.backend
-    image = level.image if job.backend == "pyvips" else _openslide_whole_level(local, level.size_px)
-    if level.icc_profile:
+    shrink = 1
+    if job.backend == "pyvips":
+        size = output_size_px(header.size_px, spacing, job.target)
+        scale = max(size[0] / header.size_px[0], size[1] / header.size_px[1])
+        level = reduce_level(header, scale=scale, threads=job.threads)
+        record["level"]["decode_shrink"], record["level"]["box_shrink"] = level.decode_shrink, level.box
+        image, shrink = level.image, level.shrink
+    else:
+        image = _openslide_whole_level(local, header.size_px)
+    if header.icc_profile:
         image = image.copy()
-        image.set_type(pyvips.GValue.blob_type, "icc-profile-data", level.icc_profile)
-    _write_output(job, record, image, spacing, level.size_px)
+        image.set_type(pyvips.GValue.blob_type, "icc-profile-data", header.icc_profile)
+    _write_output(job, record, image, spacing, header.size_px, shrink)
     _export_associated(job, record, fetched)
     record["timings_s"] = {"fetch": round(level_fetch.seconds, 3), "downsample": round(time.monotonic() - t0, 3)}
 
@@ -356,12 +364,13 @@ def _export_associated(job: SlideJob, record: dict[str, Any], fetched: Mapping[P
         result = _prefetched(fetched, local)
         record["bytes_fetched"] += result.bytes_fetched
         image = read_level(local, item=f"{job.plan['slide_id']} {kind} ({url})")
+        spacing = image.header.spacing_xy_um
         path = side_path(job, kind)
-        write_image(image.image, path, image.spacing_xy_um, "png")
+        write_image(image.image, path, spacing, "png")
         exported[kind] = {
             "path": str(path),
-            "size_px": list(image.size_px),
-            "spacing_um": None if image.spacing_xy_um is None else list(image.spacing_xy_um),
+            "size_px": list(image.header.size_px),
+            "spacing_um": None if spacing is None else list(spacing),
             "bytes_fetched": result.bytes_fetched,
             "sha256": sha256_file(path),
         }
@@ -375,19 +384,20 @@ def _write_output(
     image: pyvips.Image,
     spacing: tuple[float, float],
     level_size: tuple[int, int] | None = None,
+    shrink: int = 1,
 ) -> None:
     """Resize ``image`` to the target, write it, and record what was written.
 
     ``spacing`` is the level's µm/px and ``level_size`` its full size; ``image``
-    may be smaller when frames were shrunk while decoding, covering
-    ``image size * (level size // image size)`` level pixels.
+    is ``level size // shrink`` when the level was reduced while decoding, and
+    covers ``image size * shrink`` level pixels.
     """
     level_size = level_size or (image.width, image.height)
     size = output_size_px(level_size, spacing, job.target)
-    shrink = (level_size[0] // image.width, level_size[1] // image.height)
-    covered = (image.width * shrink[0], image.height * shrink[1])
+    covered = (image.width * shrink, image.height * shrink)
     out_spacing = (spacing[0] * covered[0] / size[0], spacing[1] * covered[1] / size[1])
-    output = resize_exact(image, size)
+    # In memory: the image file and the tissue mask are made from one computation of it.
+    output = resize_exact(image, size).copy_memory()
     write_image(output, job.image_path, out_spacing, job.fmt, job.quality, job.pyramid)
     record["scale"] = [size[0] / level_size[0], size[1] / level_size[1]]
     record["output"] = {

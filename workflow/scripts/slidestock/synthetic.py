@@ -420,6 +420,67 @@ def _write_instance(
     )
 
 
+@dataclass(frozen=True)
+class LargeLevel:
+    """A single-level slide written tile by tile: which palette tile stands at each place, and their colours."""
+
+    path: Path
+    size_px: tuple[int, int]
+    tile_map: np.ndarray  # (tile rows, tile columns): index into colours
+    colours: np.ndarray  # (n, 3) uint8: the mean colour of each palette tile
+
+
+def write_large_level(
+    path: Path, size_px: tuple[int, int], seed: int = 0, spacing_um: float = 0.25, noise: float = 40.0
+) -> LargeLevel:
+    """Write a single-level JPEG DICOM WSI of ``size_px`` without ever holding it in memory.
+
+    Each tile is one of a small palette (a flat colour from a coarse tissue
+    map, with Gaussian texture of ``noise`` sigma, so JPEG files come out the
+    size real tissue gives), encoded once and written wherever the map puts
+    it. That makes 40,000 x 40,000 px (about 1 GB) take seconds to write.
+    """
+    width, height = size_px
+    across, down = math.ceil(width / TILE_PX), math.ceil(height / TILE_PX)
+    coarse = tissue_image((across, down), seed).numpy()
+    # Colours quantised to steps of 16 (the background kept exact): a palette of a few dozen tiles.
+    quantised = np.where(coarse == np.asarray(BACKGROUND_RGB), coarse, coarse // 16 * 16 + 8).reshape(-1, 3)
+    colours, tile_map = np.unique(quantised, axis=0, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    frames = []
+    for colour in colours:
+        texture = 0.0 if (colour == BACKGROUND_RGB).all() else noise
+        tile = np.clip(colour + rng.normal(0.0, texture, (TILE_PX, TILE_PX, 1)), 0, 255).astype(np.uint8)
+        frames.append(encode_frame(tile, JPEG_BASELINE))
+    spec = SlideSpec("large", "LARGE-01", "LARGE-01-01Z-00-DX1", size_px, spacing_um, n_levels=1, seed=seed)
+    series = SeriesRecord(spec, _uid(spec.key, "study"), _uid(spec.key, "series"), _uuid(spec.key, "series"))
+    ds = _dataset(
+        spec,
+        series,
+        sop_instance_uid=_uid(spec.key, "level0"),
+        instance_number=1,
+        image_type=("ORIGINAL", "PRIMARY", "VOLUME", "NONE"),
+        size_px=size_px,
+        tile_px=(TILE_PX, TILE_PX),
+        spacing_mm=spacing_um / 1000.0,
+        transfer_syntax=JPEG_BASELINE,
+        frames=[],
+    )
+    ds.NumberOfFrames = across * down
+    del ds.PixelData
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    with path.open("ab") as out:
+        # Encapsulated pixel data: undefined length, an empty basic offset table, an item per frame.
+        out.write(b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\x00\x00\x00\x00")
+        padded = [f + b"\x00" * (len(f) % 2) for f in frames]  # items have an even length
+        items = [b"\xfe\xff\x00\xe0" + len(f).to_bytes(4, "little") + f for f in padded]
+        for index in tile_map.ravel():
+            out.write(items[index])
+        out.write(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
+    return LargeLevel(path, size_px, tile_map.reshape(down, across), colours.astype(np.uint8))
+
+
 def _to_array(image: pyvips.Image) -> np.ndarray:
     array: np.ndarray = image.numpy()
     return np.ascontiguousarray(array)

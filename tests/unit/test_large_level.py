@@ -1,0 +1,101 @@
+"""A single-level 40,000 x 40,000 px slide (only the base level exists) is reduced streaming, under 1 GB.
+
+The fixture is a real DICOM WSI of 24,649 JPEG tiles (about 0.7 GB), written
+tile by tile from a palette, so that what each tile should look like is
+known. The reduction runs in its own interpreter, whose peak RSS is the
+figure asserted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from slidestock import synthetic
+from slidestock.dicomlevel import read_frame, read_header
+
+REPO = Path(__file__).resolve().parents[2]
+REDUCE = """
+import json, sys
+from pathlib import Path
+import numpy as np
+import pyvips
+from slidestock.dicomlevel import read_level
+from slidestock.downsample import resize_exact, write_image
+src, out = Path(sys.argv[1]), Path(sys.argv[2])
+level = read_level(src, scale=667 / 40000, threads=2)
+np.save(out / "reduced.npy", level.image.numpy())
+write_image(resize_exact(level.image, (667, 667)), out / "slide.png", (15.0, 15.0))
+# VmHWM: this process's own peak (ru_maxrss would count the parent's RSS at fork, which exec keeps).
+peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+peak_mb = peak_kb / 1024
+print(json.dumps({"decode": level.decode_shrink, "box": level.box, "peak_mb": peak_mb}))
+"""
+
+
+@pytest.fixture(scope="module")
+def large(tmp_path_factory: pytest.TempPathFactory) -> synthetic.LargeLevel:
+    return synthetic.write_large_level(tmp_path_factory.mktemp("large") / "level.dcm", (40000, 40000), seed=3)
+
+
+def test_large_fixture_is_a_single_level_jpeg_slide(large: synthetic.LargeLevel) -> None:
+    ds = pydicom.dcmread(large.path, stop_before_pixels=True)
+    assert (int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows)) == (40000, 40000)
+    assert int(ds.NumberOfFrames) == 157 * 157 == large.tile_map.size
+    assert str(ds.file_meta.TransferSyntaxUID) == synthetic.JPEG_BASELINE
+    # Bigger than the 1 GB budget once read whole and split into frames, as reading it with pydicom does.
+    assert large.path.stat().st_size > 600_000_000
+    header = read_header(large.path)
+    assert len(header.grid) == 157 * 157
+    assert header.missing_tiles == 0
+
+
+@pytest.mark.slow
+def test_single_level_slide_is_reduced_streaming_under_1_gb(large: synthetic.LargeLevel, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", REDUCE, str(large.path), str(tmp_path)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO / "workflow" / "scripts")},
+    )
+    result = json.loads(done.stdout)
+    assert result["peak_mb"] < 1024
+    # 0.25 µm/px to 15 µm/px: JPEG decoded at 1/8, then 3 x 3 box averages, 1666 px; Lanczos does the last 2.5x.
+    assert (result["decode"], result["box"]) == (8, 3)
+    reduced = np.load(tmp_path / "reduced.npy").astype(np.uint32)
+    assert reduced.shape == (40000 // 24, 40000 // 24, 3)
+    with Image.open(tmp_path / "slide.png") as written:
+        assert written.size == (667, 667)
+        assert written.info["dpi"][0] == pytest.approx(25400 / 15.0, rel=1e-3)
+    # Every tile landed where it belongs, reduced right: the reduced pixels wholly inside tile (row, col)
+    # are the rounded 3 x 3 means of that palette tile as libjpeg decodes it at 1/8, read here on its own.
+    header = read_header(large.path)
+    palette = []
+    for index in range(len(large.colours)):
+        frame = header.grid[int(np.argmax(large.tile_map.ravel() == index))]
+        assert frame is not None
+        with Image.open(io.BytesIO(read_frame(large.path, frame, "palette"))) as tile:
+            tile.draft("RGB", (32, 32))
+            palette.append(np.asarray(tile).astype(np.uint32))
+    assert palette[0].shape == (32, 32, 3)
+    compared = 0
+    for row in range(large.tile_map.shape[0]):
+        top, bottom = math.ceil(32 * row / 3), min(32 * (row + 1) // 3, len(reduced))
+        for col in range(large.tile_map.shape[1]):
+            left, right = math.ceil(32 * col / 3), min(32 * (col + 1) // 3, len(reduced[0]))
+            y, x = 3 * top - 32 * row, 3 * left - 32 * col
+            part = palette[large.tile_map[row, col]][y : y + 3 * (bottom - top), x : x + 3 * (right - left)]
+            expected = (part.reshape(bottom - top, 3, right - left, 3, 3).sum(axis=(1, 3)) + 4) // 9
+            assert np.array_equal(reduced[top:bottom, left:right], expected), (row, col)
+            compared += expected.size // 3
+    assert compared > 0.85 * reduced.shape[0] * reduced.shape[1]
