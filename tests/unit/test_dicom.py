@@ -134,6 +134,44 @@ def test_truncated_pixel_data_is_a_decode_error_before_any_decoding(
         read_level(path, item="slide-x")
 
 
+@pytest.mark.parametrize("has_bot", [True, False])
+def test_frames_in_several_fragments_are_joined_by_the_offset_table(
+    demo_build: dict[str, Path], instance_table: pd.DataFrame, tmp_path: Path, has_bot: bool
+) -> None:
+    from pydicom.encaps import encapsulate, generate_frames
+
+    path = level_file(demo_build, instance_table, synthetic.JPEG_BASELINE, 2050, tmp_path / "one")
+    ds = pydicom.dcmread(path)
+    n_frames = int(ds.NumberOfFrames)
+    ds.PixelData = encapsulate(
+        list(generate_frames(ds.PixelData, number_of_frames=n_frames)), fragments_per_frame=3, has_bot=has_bot
+    )
+    split = tmp_path / "split.dcm"
+    ds.save_as(split)
+    if not has_bot:
+        with pytest.raises(DecodeError, match=rf"{3 * n_frames} fragments of pixel data for {n_frames} frames"):
+            read_level(split, item="slide-x")
+        return
+    assert np.array_equal(read_level(split).image.numpy(), read_level(path).image.numpy())
+
+
+def test_a_one_frame_label_in_several_fragments_is_one_frame(
+    demo_build: dict[str, Path], instance_table: pd.DataFrame, tmp_path: Path
+) -> None:
+    from pydicom.encaps import encapsulate, generate_frames
+
+    row = instance_table[instance_table["ImageType"].map(lambda t: t[2] == "LABEL")].iloc[0]
+    path = alone(instance_path(demo_build, instance_table, row), tmp_path / "label")
+    ds = pydicom.dcmread(path)
+    assert int(ds.get("NumberOfFrames", 1)) == 1
+    ds.PixelData = encapsulate(list(generate_frames(ds.PixelData, number_of_frames=1)), fragments_per_frame=4)
+    split = tmp_path / "split.dcm"
+    ds.save_as(split)
+    level = read_level(split)
+    assert level.header.size_px == (int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows))
+    assert np.array_equal(level.image.numpy(), read_level(path).image.numpy())
+
+
 def edge_files(edge_build: dict[str, Path], container: str) -> list[Path]:
     index = pd.read_parquet(edge_build["index"]).set_index("SeriesInstanceUID")
     sm = pd.read_parquet(edge_build["sm_index"]).set_index("ContainerIdentifier")

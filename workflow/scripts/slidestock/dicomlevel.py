@@ -14,6 +14,7 @@ decoded pixels as the rows stream by.
 
 from __future__ import annotations
 
+import bisect
 import io
 import math
 import os
@@ -42,11 +43,14 @@ ITEM, SEQUENCE_END = (0xFFFE, 0xE000), (0xFFFE, 0xE0DD)
 
 @dataclass(frozen=True)
 class Frame:
-    """Where one frame's bytes lie in the file."""
+    """Where one frame's bytes lie in the file: (offset, length) of each of its fragments, most often one."""
 
     index: int
-    offset: int
-    length: int
+    parts: tuple[tuple[int, int], ...]
+
+    @property
+    def length(self) -> int:
+        return sum(length for _, length in self.parts)
 
 
 @dataclass(frozen=True)
@@ -219,7 +223,7 @@ def _locate_frames(
                 raise DecodeError(
                     f"{item}: {available} bytes of pixel data; expected {size * n_frames} for {n_frames} frames"
                 )
-            return [Frame(i, fp.tell() + i * size, size) for i in range(n_frames)]
+            return [Frame(i, ((fp.tell() + i * size, size),)) for i in range(n_frames)]
         fragments = []
         while True:
             tag, length = _item_header(fp, item)
@@ -232,10 +236,36 @@ def _locate_frames(
                 )
             fragments.append((fp.tell(), length))
             fp.seek(length, io.SEEK_CUR)
-    # The first item is the basic offset table; WSI frames are one fragment each.
-    if len(fragments) - 1 != n_frames:
-        raise DecodeError(f"{item}: {len(fragments) - 1} fragments of pixel data; expected one per frame ({n_frames})")
-    return [Frame(i, offset, length) for i, (offset, length) in enumerate(fragments[1:])]
+        if not fragments:
+            raise DecodeError(f"{item}: encapsulated pixel data without a basic offset table item")
+        fp.seek(fragments[0][0])
+        table = fp.read(fragments[0][1])
+    return _group_fragments(fragments[1:], table, n_frames, item)
+
+
+def _group_fragments(fragments: list[tuple[int, int]], table: bytes, n_frames: int, item: str) -> list[Frame]:
+    """Fragments (data offset, length) grouped into frames: one each, by the basic offset table, or all in one."""
+    if len(fragments) == n_frames:
+        return [Frame(i, (fragment,)) for i, fragment in enumerate(fragments)]
+    if n_frames == 1 and fragments:
+        return [Frame(0, tuple(fragments))]
+    starts = list(struct.unpack(f"<{len(table) // 4}I", table[: len(table) // 4 * 4]))
+    if len(starts) != n_frames or not fragments:
+        raise DecodeError(
+            f"{item}: {len(fragments)} fragments of pixel data for {n_frames} frames and {len(starts)} offsets "
+            "in the basic offset table; expected one fragment per frame, or an offset per frame"
+        )
+    # Offsets count from the first fragment's item tag, 8 bytes before its data.
+    first = fragments[0][0] - 8
+    frames: list[list[tuple[int, int]]] = [[] for _ in starts]
+    for offset, length in fragments:
+        frame = bisect.bisect_right(starts, offset - 8 - first) - 1
+        if frame < 0:
+            raise DecodeError(f"{item}: the basic offset table does not start at the first fragment")
+        frames[frame].append((offset, length))
+    if not all(frames):
+        raise DecodeError(f"{item}: the basic offset table leaves a frame without fragments")
+    return [Frame(i, tuple(parts)) for i, parts in enumerate(frames)]
 
 
 def _element_header(fp: io.BufferedReader, implicit: bool) -> tuple[tuple[int, int], int]:
@@ -368,9 +398,16 @@ def _strips(header: LevelHeader, decode: int, threads: int) -> Iterator[np.ndarr
 
 
 def read_frame(path: Path, frame: Frame, item: str) -> bytes:
-    with path.open("rb") as fp:
-        fp.seek(frame.offset)
-        data = fp.read(frame.length)
+    """One frame's bytes (its fragments joined)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _pread_frame(fd, frame, item)
+    finally:
+        os.close(fd)
+
+
+def _pread_frame(fd: int, frame: Frame, item: str) -> bytes:
+    data = b"".join(os.pread(fd, length, offset) for offset, length in frame.parts)
     if len(data) != frame.length:
         raise DecodeError(f"{item}: frame {frame.index + 1} is cut short: {len(data)} of {frame.length} bytes")
     return data
@@ -379,7 +416,7 @@ def read_frame(path: Path, frame: Frame, item: str) -> bytes:
 def _decode_frame(fd: int, frame: Frame, header: LevelHeader, decode: int) -> np.ndarray:
     """One frame as a (rows, columns, 3) array at 1/``decode`` of the tile size."""
     item, syntax = header.item, header.transfer_syntax
-    data = os.pread(fd, frame.length, frame.offset)
+    data = _pread_frame(fd, frame, item)
     expected = (math.ceil(header.tile_px[1] / decode), math.ceil(header.tile_px[0] / decode), 3)
     array: np.ndarray
     try:
