@@ -99,20 +99,35 @@ def write_config(folder: Path, tables: dict[str, Path], endpoint: str) -> Path:
     return path
 
 
+# A small launcher forks the command and reports its ru_maxrss: a process started straight from this
+# one would count this process's RSS at the fork (Linux keeps it across exec) as its own peak.
+LAUNCH = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+"""
+
+
 def measured(argv: list[str], cwd: Path) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (MB) and output of one command (os.wait4: the process itself)."""
+    """Wall seconds, peak RSS (MB) and output of one command (the process itself, not its children)."""
     env = {**os.environ, "TMPDIR": str(cwd / "scratch")}
     (cwd / "scratch").mkdir(exist_ok=True)
-    out = cwd / "snakemake.out"
+    out, usage = cwd / "snakemake.out", cwd / "usage.txt"
     start = time.perf_counter()
     with out.open("w") as handle:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        subprocess.run(
+            [sys.executable, "-c", LAUNCH, str(usage), *argv], cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT
+        )
     seconds = time.perf_counter() - start
     text = out.read_text()
-    if os.waitstatus_to_exitcode(status) != 0:
+    code, peak_kb = (int(v) for v in usage.read_text().split())
+    if code != 0:
         raise SystemExit(f"{' '.join(argv)} failed:\n{text[-3000:]}")
-    return seconds, usage.ru_maxrss / 1024, text
+    return seconds, peak_kb / 1024, text
 
 
 def snakemake(config: Path, *extra: str) -> list[str]:
@@ -138,10 +153,10 @@ def floor(folder: Path, endpoint: str) -> float:
         fetched = fetch_batch(items, endpoint, workers=16, attempts=1)
         assert all(not isinstance(r, Exception) for r in fetched.values())
         for row, item in zip(plan.itertuples(), items, strict=True):
-            level = read_level(item.dest, item=row.slide_id)
-            out = resize_exact(level.image, (int(row.output_columns), int(row.output_rows)))
-            assert level.spacing_xy_um is not None
-            write_image(out, Path(scratch) / f"{row.slide_id}.png", level.spacing_xy_um, "png")
+            size = (int(row.output_columns), int(row.output_rows))
+            level = read_level(item.dest, item=row.slide_id, scale=size[0] / int(row.level_columns))
+            assert level.header.spacing_xy_um is not None
+            write_image(resize_exact(level.image, size), Path(scratch) / f"{row.slide_id}.png", (15.0, 15.0), "png")
         return time.perf_counter() - start
 
 
