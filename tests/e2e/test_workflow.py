@@ -337,3 +337,23 @@ def test_label_and_overview_are_exported_on_request(
     assert sorted(p.name for p in (run.workdir / "results/slides").glob("*.label.png")) == [
         f"{with_them['slide_id']}.label.png"
     ]
+
+
+def test_contact_sheet_max_reruns_the_report_alone(tmp_path: Path, demo_build: dict[str, Path], s3: S3Server) -> None:
+    run = run_in(tmp_path, demo_tables(demo_build), s3, n=2, seed=5)
+    sheet = run.workdir / "results/report/contact_sheet.png"
+    with Image.open(sheet) as png:
+        assert png.size == (2 * 136, 136)
+    config = yaml.safe_load(run.config.read_text())
+    config["report"] = {"contact_sheet_max": 1}
+    run.config.write_text(yaml.safe_dump(config))
+    proc = snakemake(run.workdir, run.config)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-2000:]
+    assert "rule report:" in out
+    assert "rule batch:" not in out
+    with Image.open(sheet) as png:
+        assert png.size == (136, 136)
+    page = (run.workdir / "results/report/index.html").read_text()
+    assert page.count("<figure>") == 1
+    assert "The first 1 of 2 finished slides" in page

@@ -27,7 +27,7 @@ def with_change(path: str, value: Any) -> dict[str, Any]:
     *parents, last = path.split(".")
     node = config
     for key in parents:
-        node = node[key]
+        node = node.setdefault(key, {})
     node[last] = value
     return config
 
@@ -64,6 +64,7 @@ def test_defaults_are_filled_in() -> None:
         "retry_count": 10,
     }
     assert checked["gdc"] == {"api": "https://api.gdc.cancer.gov", "token_file": None, "mode": "range", "parallel": 4}
+    assert checked["report"] == {"contact_sheet_max": 1000}
     assert checked["target"] == {
         "mpp": 10,
         "max_px": None,
@@ -105,7 +106,13 @@ def test_defaults_are_filled_in() -> None:
         ("target.mpp", -1, "config key target.mpp: got -1; expected a number > 0"),
         ("fetch.endpoint", "ftp://x", "config key fetch.endpoint: got 'ftp://x'; expected aws, gcs or"),
         ("cohort.colection_id", ["x"], "config key cohort.colection_id: not a known key; expected one of:"),
-        ("extra", 1, "config key extra: not a known key; expected one of: cohort, fetch, gdc, target"),
+        ("extra", 1, "config key extra: not a known key; expected one of: cohort, fetch, gdc, report, target"),
+        (
+            "report.contact_sheet_max",
+            -1,
+            "config key report.contact_sheet_max: got -1; expected null (every finished slide), or a whole number",
+        ),
+        ("report.contact_sheet_max", "all", "config key report.contact_sheet_max: got 'all'; expected null"),
     ],
 )
 def test_bad_values_name_key_value_and_expectation(path: str, value: Any, message: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from slidestock import plots
-from slidestock.report import ReportInputs, lock_header, render_html, report_frame, summary, write_tables
+from slidestock.report import (
+    ReportInputs,
+    contact_sheet,
+    lock_header,
+    render_html,
+    report_frame,
+    summary,
+    write_tables,
+)
 
 
 def record(slide: str, status: str, fetched: int, error: str | None = None) -> dict[str, Any]:
@@ -102,6 +111,44 @@ def test_page_has_every_section() -> None:
     assert "https://doi.org/10.1/y" in page
     assert "12.5 s" in page
     assert "https://doi.org/10.1148/rg.230180" in page
+
+
+def test_contact_sheets_show_at_most_sheet_max_slides_and_say_so(tmp_path: Path) -> None:
+    import base64
+    import re
+
+    import pyvips
+
+    records, slides = [], []
+    for i in range(5):
+        path = tmp_path / f"s{i}.png"
+        pyvips.Image.black(300, 200, bands=3).new_from_image([40 * i, 0, 0]).pngsave(str(path))
+        row = record(f"s{i}", "done", 100)
+        row["output"].update(size_px=[300, 200], path=str(path))
+        records.append(row)
+        slides.append({"slide_id": f"s{i}", "collection_id": "c", "PatientID": f"p{i}"})
+    frame = report_frame(records, pd.DataFrame(slides))
+
+    def sheet_of(page: str) -> list[str]:
+        section = page[page.index('id="sheet"') : page.index('id="slides"')]
+        return re.findall(r'alt="([^"]+)" src="data:image/jpeg;base64,([^"]+)"', section)
+
+    capped = render_html(frame, replace(inputs(), sheet_max=2), plots_of(frame))
+    shown = sheet_of(capped)
+    assert [alt for alt, _ in shown] == ["s0", "s1"]
+    thumb = pyvips.Image.new_from_buffer(base64.b64decode(shown[1][1]), "")
+    assert (thumb.width, thumb.height) == (160, 107)
+    assert abs(thumb.avg() - 40 / 3) < 1  # s1 is (40, 0, 0)
+    assert "The first 2 of 5 finished slides" in capped
+    assert capped.count("<tr ") == 5  # the table still lists every slide
+
+    whole = render_html(frame, inputs(), plots_of(frame))
+    assert [alt for alt, _ in sheet_of(whole)] == ["s0", "s1", "s2", "s3", "s4"]
+    assert 'id="sheet-note"' not in whole
+
+    contact_sheet([Path(r["output"]["path"]) for r in records[:3]], tmp_path / "sheet.png")
+    sheet = pyvips.Image.new_from_file(str(tmp_path / "sheet.png"))
+    assert (sheet.width, sheet.height, sheet.bands) == (3 * 136, 136, 3)
 
 
 def test_plots_are_deterministic_svg() -> None:

@@ -53,6 +53,7 @@ rule report:
         runtime=30,
     params:
         slides=SLIDES,
+        sheet_max=CONFIG["report"]["contact_sheet_max"],
     script:
         "../scripts/report.py"
 

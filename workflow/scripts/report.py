@@ -15,6 +15,7 @@ from slidestock.report import (
     plot_svgs,
     render_html,
     report_frame,
+    sheet_records,
     summary,
     wall_time_s,
     write_tables,
@@ -31,8 +32,8 @@ write_tables(frame, Path(smk.output.csv), Path(smk.output.parquet))
 svgs = plot_svgs(frame)
 for name, svg in svgs.items():
     Path(getattr(smk.output, f"plot_{name}")).write_text(svg)
-done = frame[frame["status"] == "done"]
-contact_sheet([Path(p) for p in done["output_path"]], Path(smk.output.sheet))
+shown = sheet_records(frame, smk.params.sheet_max)
+contact_sheet([Path(str(row["output_path"])) for row in shown], Path(smk.output.sheet))
 header = lock_header(lock_path)
 software = next((rec["software"] for rec in records if rec.get("software")), {})
 inputs = ReportInputs(
@@ -41,6 +42,7 @@ inputs = ReportInputs(
     cohort_header=header,
     software=software,
     wall_time_s=wall_time_s(records),
+    sheet_max=smk.params.sheet_max,
 )
 Path(smk.output.html).write_text(render_html(frame, inputs, svgs))
 stats = summary(frame)

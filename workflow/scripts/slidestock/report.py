@@ -68,6 +68,7 @@ class ReportInputs:
     cohort_header: Mapping[str, str]
     software: Mapping[str, str]
     wall_time_s: float | None
+    sheet_max: int | None = None  # the most finished slides in the contact sheet; None: all
 
 
 def report_row(record: Mapping[str, Any], slide: Mapping[Hashable, Any]) -> dict[str, Any]:
@@ -213,8 +214,14 @@ def thumbnail_data_uri(path: Path) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
 
 
+def sheet_records(frame: pd.DataFrame, sheet_max: int | None) -> list[dict[Hashable, Any]]:
+    """The rows the contact sheets show: finished slides whose image exists, in table order, at most ``sheet_max``."""
+    done = frame[frame["status"] == "done"].to_dict("records")
+    return [row for row in done if Path(str(row["output_path"])).is_file()][:sheet_max]
+
+
 def contact_sheet(paths: Sequence[Path], out: Path, across: int = 8, cell_px: int = 128) -> None:
-    """All finished images in one PNG grid (for Snakemake's own report)."""
+    """The images in one PNG grid (for Snakemake's own report)."""
     cells = [
         thumbnail(p, cell_px).gravity("centre", cell_px + 8, cell_px + 8, extend="white", background=[255] * 3)
         for p in paths
@@ -322,7 +329,7 @@ def render_html(frame: pd.DataFrame, inputs: ReportInputs, svgs: Mapping[str, st
             '<h2 id="plots-title">Plots</h2><div class="plots">',
             *svgs.values(),
             "</div>",
-            _contact_sheet_html(frame),
+            _contact_sheet_html(frame, inputs.sheet_max),
             _table_html(frame),
             _failures_html(frame),
             _citations_html(frame, inputs.idc_version),
@@ -334,18 +341,23 @@ def render_html(frame: pd.DataFrame, inputs: ReportInputs, svgs: Mapping[str, st
     )
 
 
-def _contact_sheet_html(frame: pd.DataFrame) -> str:
-    figures = []
-    for record in frame[frame["status"] == "done"].to_dict("records"):
-        image = Path(str(record["output_path"]))
-        if not image.exists():
-            continue
-        figures.append(
-            f'<figure><img loading="lazy" alt="{_cell(record["slide_id"])}" src="{thumbnail_data_uri(image)}">'
-            f"<figcaption>{_cell(record['slide_id'])}<br>{_cell(record['output_columns'])} x "
-            f"{_cell(record['output_rows'])} px</figcaption></figure>"
+def _contact_sheet_html(frame: pd.DataFrame, sheet_max: int | None) -> str:
+    shown = sheet_records(frame, sheet_max)
+    figures = [
+        f'<figure><img loading="lazy" alt="{_cell(row["slide_id"])}" '
+        f'src="{thumbnail_data_uri(Path(str(row["output_path"])))}">'
+        f"<figcaption>{_cell(row['slide_id'])}<br>{_cell(row['output_columns'])} x "
+        f"{_cell(row['output_rows'])} px</figcaption></figure>"
+        for row in shown
+    ]
+    finished = int((frame["status"] == "done").sum())
+    note = ""
+    if sheet_max is not None and finished > sheet_max:
+        note = (
+            f'<p id="sheet-note">The first {len(shown):,} of {finished:,} finished slides '
+            "(<code>report.contact_sheet_max</code>); the table below lists every slide.</p>"
         )
-    return f'<h2>Contact sheet</h2><div class="sheet" id="sheet">{"".join(figures)}</div>'
+    return f'<h2>Contact sheet</h2>{note}<div class="sheet" id="sheet">{"".join(figures)}</div>'
 
 
 def _table_html(frame: pd.DataFrame) -> str:
