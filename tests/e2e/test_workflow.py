@@ -255,6 +255,10 @@ def test_batch_size_changes_no_output(first: Run, tmp_path: Path, demo_build: di
     other = run_in(tmp_path, demo_tables(demo_build), s3, top)
     assert sorted(p.name for p in (other.workdir / "results/batches").iterdir()) == ["b00000.tsv", "b00001.tsv"]
     assert other.proc.stderr.count("rule batch:") == 2
+    # Two batches on two cores run at once, one thread each; the single batch of the first run had both.
+    for batch, n in (("b00000", 4), ("b00001", 2)):
+        assert f"{n} to do, on 1 thread\n" in (other.workdir / f"logs/batch/{batch}.log").read_text()
+    assert "6 to do, on 2 threads\n" in (first.workdir / "logs/batch/b00000.log").read_text()
     for name in ("results/cohort/cohort.tsv", "results/report/slides.csv", "results/report/slides.parquet",
                  "results/report/contact_sheet.png"):  # fmt: skip
         assert (other.workdir / name).read_bytes() == (first.workdir / name).read_bytes(), name

@@ -182,3 +182,19 @@ def test_a_failed_slide_leaves_no_image_or_side_files(tmp_path: Path) -> None:
     assert record["status"] == "failed"
     assert record["error"] == "s1: no VOLUME instance"
     assert [p for p in stale if p.exists()] == []
+
+
+def test_batch_table_has_one_line_per_slide_with_hash_or_reason(tmp_path: Path) -> None:
+    from slidestock.pipeline import write_batch_table
+
+    done = record("a", "done", 10)
+    failed = record("b", "failed", 0, "b: frame 3 cannot be decoded\n(broken data)")
+    paths = []
+    for rec in (done, failed):
+        paths.append(tmp_path / f"{rec['slide_id']}.json")
+        paths[-1].write_text(json.dumps(rec))
+    write_batch_table(paths, tmp_path / "b00000.tsv")
+    assert (tmp_path / "b00000.tsv").read_text() == (
+        "slide_id\tstatus\tsha256_or_error\na\tdone\tab\nb\tfailed\tb: frame 3 cannot be decoded (broken data)\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json", "b00000.tsv"]  # no temporary left

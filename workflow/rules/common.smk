@@ -89,6 +89,20 @@ def get_batch_runtime(wildcards, input, attempt):
     return (10 + -(-n_slides // 10)) * attempt
 
 
+def get_batch_threads(wildcards):
+    """Locally, the batches share the cores: each gets cores // batches threads, at least one.
+
+    A large cohort then runs one single-threaded batch per core (separate
+    processes, so Python's lock on the interpreter never serialises them);
+    a small one spreads its few batches over every core. Without a core count
+    (a cluster executor) it is 4; the cluster profile sets it (set-threads).
+    """
+    cores = workflow.resource_settings.cores
+    if not cores:
+        return 4
+    return max(1, cores // len(get_batch_ids()))
+
+
 def get_batch_mem_mb(wildcards, threads, attempt):
     """1 GB plus 1.5 GB per slide decoded at once, more on each attempt."""
     return (1000 + 1500 * threads) * attempt

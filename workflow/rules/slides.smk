@@ -21,7 +21,7 @@ rule batch:
     retries: 2
     conda:
         ENV
-    threads: 4
+    threads: get_batch_threads
     resources:
         mem_mb=get_batch_mem_mb,
         runtime=get_batch_runtime,

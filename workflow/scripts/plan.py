@@ -7,7 +7,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
 
 from slidestock.cohort import instance_levels, read_lock
-from slidestock.config import cohort_connection, target_of
+from slidestock.config import cohort_connection
+from slidestock.levels import target_of
 from slidestock.plan import n_batches, plan_frame, write_batch_plans
 
 smk = snakemake  # noqa: F821

@@ -24,7 +24,7 @@ from slidestock.cohort import (
     idc_index_tables,
 )
 from slidestock.errors import ConfigError
-from slidestock.levels import Target
+from slidestock.levels import target_of
 
 
 def load_schema(path: Path) -> dict[str, Any]:
@@ -78,12 +78,6 @@ def validate_config(config: Mapping[str, Any], schema_path: Path) -> dict[str, A
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  {describe_error(e)}" for e in errors))
     target_of(checked)
     return checked
-
-
-def target_of(config: Mapping[str, Any]) -> Target:
-    """The output target; exactly one of ``target.mpp`` and ``target.max_px``."""
-    target = config["target"]
-    return Target(mpp=target.get("mpp"), max_px=target.get("max_px"))
 
 
 def tables_of(config: Mapping[str, Any], base: Path) -> TablePaths | None:

@@ -10,8 +10,9 @@ its own spacing, and the choice says so.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from slidestock.errors import ConfigError, LevelError
 
@@ -212,3 +213,9 @@ def _tie_note(volumes: Sequence[Level], chosen: Level) -> str:
     if len(twins) < 2:
         return ""
     return f"; {len(twins)} VOLUME instances of this size, took the first by SOPInstanceUID"
+
+
+def target_of(config: Mapping[str, Any]) -> Target:
+    """The output target; exactly one of ``target.mpp`` and ``target.max_px``."""
+    target = config["target"]
+    return Target(mpp=target.get("mpp"), max_px=target.get("max_px"))

@@ -34,7 +34,7 @@ from slidestock.fetch import BatchItem, FetchResult, check_free_disk, fetch_batc
 from slidestock.gdc import BlockCache, GdcClient, RangeNotSupportedError, fetch_ranges
 from slidestock.levels import Level, Target, choose_level, output_size_px
 from slidestock.plan import slide_plan_text
-from slidestock.provenance import SLIDESTOCK_VERSION, sha256_file, software_versions, write_json
+from slidestock.provenance import SLIDESTOCK_VERSION, sha256_file, software_versions, write_json, write_text_atomic
 from slidestock.svs import decode_page, page_levels
 from slidestock.tiff import ReadRange, read_pages, tile_locations
 
@@ -227,7 +227,10 @@ def run_batch(
     of the slides processed here (finished ones are left as they are).
     """
     todo = [job for job in jobs if not is_finished(job)]
-    log.info("%s: %d slides, %d finished before, %d to do", name, len(jobs), len(jobs) - len(todo), len(todo))
+    log.info(
+        "%s: %d slides, %d finished before, %d to do, on %d thread%s",
+        *(name, len(jobs), len(jobs) - len(todo), len(todo), threads, "" if threads == 1 else "s"),
+    )
     if not todo:
         return []
     started = datetime.now(UTC).isoformat(timespec="seconds")
@@ -266,6 +269,16 @@ def run_batch(
 
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             return list(pool.map(one, todo))
+
+
+def write_batch_table(json_paths: Sequence[Path], out: Path) -> None:
+    """A batch's outcome, one line per slide (id, status, image sha256 or the error); written atomically."""
+    lines = ["slide_id\tstatus\tsha256_or_error\n"]
+    for path in json_paths:
+        record = json.loads(path.read_text())
+        detail = (record.get("output") or {}).get("sha256") or record.get("error") or ""
+        lines.append(f"{record['slide_id']}\t{record['status']}\t{' '.join(str(detail).split())}\n")
+    write_text_atomic(out, "".join(lines))
 
 
 def _run_slide(

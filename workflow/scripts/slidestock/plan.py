@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from slidestock.errors import LevelError
 from slidestock.levels import Level, Target, choose_level
 from slidestock.provenance import write_text_atomic
+
+if TYPE_CHECKING:  # batch jobs import this module for its plan files; they need not load pandas
+    import pandas as pd
 
 PLAN_COLUMNS = (
     "slide_id",
@@ -121,6 +122,8 @@ def plan_frame(
     cohort: pd.DataFrame, levels: Mapping[str, Sequence[Level]], target: Target, prefer: str = "idc"
 ) -> pd.DataFrame:
     """``instances.tsv``: one row per cohort slide, in cohort order."""
+    import pandas as pd
+
     rows = [
         gdc_plan_row(slide)
         if uses_gdc(slide, prefer)

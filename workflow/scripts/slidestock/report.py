@@ -21,7 +21,6 @@ import pandas as pd
 import pyvips
 
 from slidestock import plots
-from slidestock.provenance import write_text_atomic
 
 REPORT_COLUMNS: dict[str, str] = {
     # column: pandas dtype of slides.parquet
@@ -111,15 +110,6 @@ def report_row(record: Mapping[str, Any], slide: Mapping[Hashable, Any]) -> dict
 
 def load_records(json_paths: Iterable[Path]) -> list[dict[str, Any]]:
     return [json.loads(Path(p).read_text()) for p in json_paths]
-
-
-def write_batch_table(json_paths: Sequence[Path], out: Path) -> None:
-    """A batch's outcome, one line per slide (id, status, image sha256 or the error); written atomically."""
-    lines = ["slide_id\tstatus\tsha256_or_error\n"]
-    for record in load_records(json_paths):
-        detail = (record.get("output") or {}).get("sha256") or record.get("error") or ""
-        lines.append(f"{record['slide_id']}\t{record['status']}\t{' '.join(str(detail).split())}\n")
-    write_text_atomic(out, "".join(lines))
 
 
 def report_frame(records: Iterable[Mapping[str, Any]], cohort: pd.DataFrame) -> pd.DataFrame:
