@@ -19,7 +19,7 @@ import io
 import math
 import os
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +121,16 @@ def header_spacing_um(ds: pydicom.Dataset) -> tuple[float, float] | None:
     return (col_mm * 1000.0, row_mm * 1000.0)
 
 
+def most_shrink(scale: float | None) -> int:
+    """The largest integer reduction before a resize by ``scale`` that leaves the resize a factor two.
+
+    ``floor(1 / (2 * scale))``, and 1 (none) for no resize or one above 1/4.
+    """
+    if scale is None or not 0 < scale <= 0.25:
+        return 1
+    return math.floor(1 / (2 * scale))
+
+
 def plan_shrink(syntax: str, scale: float | None, tile_px: tuple[int, int], j2k_levels: int = 0) -> tuple[int, int]:
     """(decode shrink, box) for a resize by ``scale``: integer reductions before the Lanczos resize.
 
@@ -130,9 +140,9 @@ def plan_shrink(syntax: str, scale: float | None, tile_px: tuple[int, int], j2k_
     DCT; JPEG 2000 drops up to ``j2k_levels`` wavelet resolution levels, when
     the tile size divides evenly. A box average does the rest.
     """
-    if scale is None or not 0 < scale <= 0.25:
+    most = most_shrink(scale)
+    if most == 1:
         return 1, 1
-    most = math.floor(1 / (2 * scale))
     if syntax in JPEG_SYNTAXES:
         factors = [1, 2, 4, 8]
     elif syntax in JPEG2000_SYNTAXES:
@@ -339,20 +349,32 @@ def reduce_level(header: LevelHeader, scale: float | None = None, threads: int =
     if syntax in JPEG2000_SYNTAXES and first is not None:
         levels = j2k_resolution_levels(read_frame(header.path, first, header.item))
     decode, box = plan_shrink(syntax, scale, header.tile_px, levels)
-    width, height = header.size_px[0] // decode, header.size_px[1] // decode
+    size = (header.size_px[0] // decode, header.size_px[1] // decode)
+    out = box_reduce(_strips(header, decode, threads), size, box, header.item)
+    image = pyvips.Image.new_from_array(out).copy(interpretation="srgb")
+    return DicomLevel(header=header, image=image, decode_shrink=decode, box=box)
+
+
+def box_reduce(strips: Iterable[np.ndarray], size_px: tuple[int, int], box: int, item: str) -> np.ndarray:
+    """An RGB image of ``size_px`` arriving as strips of whole rows, each ``box x box`` block averaged as they go by.
+
+    Returns ``(height // box, width // box, 3)`` uint8; rows and columns past
+    the last whole block are left out. Only one strip (and fewer than ``box``
+    rows carried over) is held at a time.
+    """
+    width, height = size_px
     out = np.empty((height // box, width // box, 3), dtype=np.uint8)
     filled = 0
     carry = np.empty((0, width, 3), dtype=np.uint8)
-    for strip in _strips(header, decode, threads):
+    for strip in strips:
         rows = np.concatenate([carry, strip]) if len(carry) else strip
         n = min(len(rows) // box, len(out) - filled)
         out[filled : filled + n] = _box_average(rows[: n * box], box, len(out[0]))
         filled += n
         carry = rows[n * box :]
     if filled != len(out):
-        raise DecodeError(f"{header.item}: {filled} of {len(out)} rows decoded; expected the whole level")
-    image = pyvips.Image.new_from_array(out).copy(interpretation="srgb")
-    return DicomLevel(header=header, image=image, decode_shrink=decode, box=box)
+        raise DecodeError(f"{item}: {filled} of {len(out)} rows decoded; expected the whole level")
+    return out
 
 
 def _box_average(rows: np.ndarray, box: int, width: int) -> np.ndarray:

@@ -27,7 +27,7 @@ from typing import Any
 
 import pyvips
 
-from slidestock.dicomlevel import read_header, read_level, reduce_level
+from slidestock.dicomlevel import LevelHeader, box_reduce, most_shrink, read_header, read_level, reduce_level
 from slidestock.downsample import resize_exact, tissue_fraction, tissue_mask, write_image
 from slidestock.errors import DecodeError, FetchError, SlidestockError
 from slidestock.fetch import BatchItem, FetchResult, check_free_disk, fetch_batch, s5cmd_binary
@@ -348,15 +348,15 @@ def _fetch_and_downsample(
         )
     record["level"]["icc_profile_bytes"] = len(header.icc_profile or b"")
     record["level"]["backend"] = job.backend
-    shrink = 1
+    size = output_size_px(header.size_px, spacing, job.target)
+    scale = max(size[0] / header.size_px[0], size[1] / header.size_px[1])
     if job.backend == "pyvips":
-        size = output_size_px(header.size_px, spacing, job.target)
-        scale = max(size[0] / header.size_px[0], size[1] / header.size_px[1])
         level = reduce_level(header, scale=scale, threads=job.threads)
         record["level"]["decode_shrink"], record["level"]["box_shrink"] = level.decode_shrink, level.box
         image, shrink = level.image, level.shrink
     else:
-        image = _openslide_whole_level(local, header.size_px)
+        image, shrink = openslide_reduced(local, header, scale)
+        record["level"]["box_shrink"] = shrink
     if header.icc_profile:
         image = image.copy()
         image.set_type(pyvips.GValue.blob_type, "icc-profile-data", header.icc_profile)
@@ -527,21 +527,46 @@ def _openslide_level(path: Path, job: SlideJob, record: dict[str, Any], item: st
     return image
 
 
-def _openslide_whole_level(path: Path, size_px: tuple[int, int]) -> pyvips.Image:
-    """The one level of a downloaded DICOM file, decoded by OpenSlide (``target.backend: openslide``)."""
+# Backend openslide: rows of the level read at once, about this many bytes of RGBA.
+OPENSLIDE_BAND_BYTES = 64 << 20
+
+
+def openslide_reduced(path: Path, header: LevelHeader, scale: float) -> tuple[pyvips.Image, int]:
+    """The one level of a downloaded DICOM file, read by OpenSlide (``target.backend: openslide``).
+
+    Read in bands of whole rows of tiles (no tile is decoded twice), each
+    box-averaged by the largest factor the resize by ``scale`` allows before the
+    next is read, so memory stays near one band whatever the level's size.
+    Returns the reduced image and that factor.
+    """
     import openslide
 
+    (width, height), tile_h = header.size_px, header.tile_px[1]
+    box = most_shrink(scale)
+    rows = tile_h * max(1, OPENSLIDE_BAND_BYTES // (4 * width * tile_h))
     with openslide.OpenSlide(str(path)) as slide:
-        if slide.level_dimensions[0] != size_px:
-            raise DecodeError(f"{path.name}: OpenSlide sees {slide.level_dimensions[0]} px; the header says {size_px}")
-        return openslide_region(slide, 0, size_px)
+        if slide.level_dimensions[0] != header.size_px:
+            raise DecodeError(
+                f"{header.item}: OpenSlide sees {slide.level_dimensions[0]} px; the header says {header.size_px}"
+            )
+        bands = (
+            openslide_region(slide, 0, (width, min(rows, height - y)), origin=(0, y)).numpy()
+            for y in range(0, height, rows)
+        )
+        reduced = box_reduce(bands, header.size_px, box, header.item)
+    return pyvips.Image.new_from_array(reduced).copy(interpretation="srgb"), box
 
 
-def openslide_region(slide: Any, level: int, size_px: tuple[int, int]) -> pyvips.Image:
-    """A whole OpenSlide level as an RGB image; transparent (missing) areas become white."""
+def openslide_region(
+    slide: Any, level: int, size_px: tuple[int, int], origin: tuple[int, int] = (0, 0)
+) -> pyvips.Image:
+    """A region of an OpenSlide level as an RGB image; transparent (missing) areas become white.
+
+    ``origin`` is in level 0 pixels, as OpenSlide takes it.
+    """
     import numpy as np
 
-    rgba = np.ascontiguousarray(np.asarray(slide.read_region((0, 0), level, size_px)))
+    rgba = np.ascontiguousarray(np.asarray(slide.read_region(origin, level, size_px)))
     image = pyvips.Image.new_from_array(rgba).copy(interpretation="srgb")
     flat: pyvips.Image = image.flatten(background=[255, 255, 255]).cast("uchar")
     return flat
