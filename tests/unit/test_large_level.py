@@ -42,6 +42,13 @@ print(json.dumps({"decode": level.decode_shrink, "box": level.box, "peak_mb": pe
 """
 
 
+def in_own_process(code: str, src: Path, out: Path) -> str:
+    """Run ``code`` with the level file and an output folder as arguments, in a fresh interpreter; its stdout."""
+    env = {"PYTHONPATH": str(REPO / "workflow" / "scripts")}
+    argv = [sys.executable, "-c", code, str(src), str(out)]
+    return subprocess.run(argv, check=True, capture_output=True, text=True, env=env).stdout
+
+
 @pytest.fixture(scope="module")
 def large(tmp_path_factory: pytest.TempPathFactory) -> synthetic.LargeLevel:
     return synthetic.write_large_level(tmp_path_factory.mktemp("large") / "level.dcm", (40000, 40000), seed=3)
@@ -61,14 +68,8 @@ def test_large_fixture_is_a_single_level_jpeg_slide(large: synthetic.LargeLevel)
 
 @pytest.mark.slow
 def test_single_level_slide_is_reduced_streaming_under_1_gb(large: synthetic.LargeLevel, tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", REDUCE, str(large.path), str(tmp_path)],
-        check=True,
-        capture_output=True,
-        text=True,
-        env={"PYTHONPATH": str(REPO / "workflow" / "scripts")},
-    )
-    result = json.loads(done.stdout)
+    out = in_own_process(REDUCE, large.path, tmp_path)
+    result = json.loads(out)
     assert result["peak_mb"] < 1024
     # 0.25 µm/px to 15 µm/px: JPEG decoded at 1/8, then 3 x 3 box averages, 1666 px; Lanczos does the last 2.5x.
     assert (result["decode"], result["box"]) == (8, 3)
@@ -117,14 +118,8 @@ print(box, peak_kb // 1024)
 
 def test_openslide_backend_reads_a_single_level_slide_in_bands(tmp_path: Path) -> None:
     level = synthetic.write_large_level(tmp_path / "level.dcm", (12000, 12000), seed=5)
-    done = subprocess.run(
-        [sys.executable, "-c", OPENSLIDE_REDUCE, str(level.path), str(tmp_path)],
-        check=True,
-        capture_output=True,
-        text=True,
-        env={"PYTHONPATH": str(REPO / "workflow" / "scripts")},
-    )
-    box, peak_mb = (int(v) for v in done.stdout.split())
+    out = in_own_process(OPENSLIDE_REDUCE, level.path, tmp_path)
+    box, peak_mb = (int(v) for v in out.split())
     assert box == 8  # 0.25 µm/px to 15 µm/px: 18x, of which 8x by box average, the rest by Lanczos
     # Read whole, the level is 576 MB of RGBA before any copy (1.7 GB peak measured); in bands, about 340 MB.
     assert peak_mb < 500
