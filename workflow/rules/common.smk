@@ -1,5 +1,6 @@
 # Config validation, the cohort's slide list and every input function.
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
@@ -34,11 +35,18 @@ def get_cohort_inputs(wildcards):
     return {key: cohort[key] for key in ("manifest", "sql") if cohort.get(key)}
 
 
+@lru_cache(maxsize=4)
+def _n_planned(path, mtime_ns, size):
+    """Slides in the plan file, counted once per version of it (every batch job asks)."""
+    with open(path) as handle:
+        return sum(1 for _ in handle) - 1
+
+
 def get_batch_ids():
     """``b00000`` ... : the cohort in plan order, ``fetch.batch_size`` slides per batch."""
     planned = Path(checkpoints.plan.get().output.plan)
-    with planned.open() as handle:
-        n_slides = sum(1 for _ in handle) - 1
+    stat = planned.stat()
+    n_slides = _n_planned(str(planned), stat.st_mtime_ns, stat.st_size)
     return [
         batch_name(i) for i in range(n_batches(n_slides, CONFIG["fetch"]["batch_size"]))
     ]
