@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
 import json
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -207,7 +208,7 @@ def thumbnail_data_uri(path: Path) -> str:
 def sheet_records(frame: pd.DataFrame, sheet_max: int | None) -> list[dict[Hashable, Any]]:
     """The rows the contact sheets show: finished slides whose image exists, in table order, at most ``sheet_max``."""
     done = frame[frame["status"] == "done"].to_dict("records")
-    return [row for row in done if Path(str(row["output_path"])).is_file()][:sheet_max]
+    return list(itertools.islice((row for row in done if Path(str(row["output_path"])).is_file()), sheet_max))
 
 
 def contact_sheet(paths: Sequence[Path], out: Path, across: int = 8, cell_px: int = 128) -> None:
