@@ -27,14 +27,16 @@ def edge_s3(edge_build: dict[str, Path]) -> Any:
 
 
 def edge_run(
-    folder: Path, edge_build: dict[str, Path], server: S3Server, mpp: float, fmt: str = "png"
+    folder: Path, edge_build: dict[str, Path], server: S3Server, mpp: float, fmt: str = "png", **target: Any
 ) -> dict[str, dict[str, Any]]:
     tables = {name: edge_build[name] for name in ("index", "sm_index", "sm_instance_index")}
-    target = {"target": {"mpp": mpp, "max_px": None, "format": fmt}}
-    run = run_in(folder, tables, server, target, filter={"collection_id": ["edge_cases"]})
+    top = {"target": {"mpp": mpp, "max_px": None, "format": fmt, **target}}
+    run = run_in(folder, tables, server, top, filter={"collection_id": ["edge_cases"]})
     records = [json.loads(p.read_text()) for p in (run.workdir / "results/slides").glob("*.json")]
+    report = pd.read_csv(run.workdir / "results/report/slides.csv").set_index("slide_id")
     for rec in records:
         rec["image"] = run.workdir / rec["output"]["path"] if rec["output"] else None
+        rec["report"] = report.loc[rec["slide_id"]].to_dict()
     assert list((run.workdir / "scratch").iterdir()) == []
     return {rec["slide_id"].rsplit("_", 1)[0]: rec for rec in records}
 
@@ -64,7 +66,15 @@ def test_base_level_of_sparse_and_uncompressed_slides(
     tmp_path: Path, edge_build: dict[str, Path], edge_s3: S3Server
 ) -> None:
     recs = edge_run(tmp_path, edge_build, edge_s3, mpp=0.5)
-    assert sorted(recs) == ["EDGE-MIXED-01", "EDGE-NOSPACING-01", "EDGE-RAW-01", "EDGE-SPARSE-01"]
+    assert sorted(recs) == ["EDGE-MIXED-01", "EDGE-NOSPACING-01", "EDGE-RAW-01", "EDGE-SPARSE-01", "EDGE-UNSCALED-01"]
+    unscaled = recs.pop("EDGE-UNSCALED-01")  # no spacing on any level, and no fallback configured
+    assert unscaled["status"] == "failed"
+    assert unscaled["error"].endswith(
+        "no pixel spacing on any of its levels; expected one to reach 0.5 µm/px "
+        "(or set target.fallback_max_px to size such slides by their long side)"
+    )
+    assert unscaled["image"] is None
+    assert unscaled["report"]["status"] == "failed"
     for rec in recs.values():
         assert rec["status"] == "done", rec["error"]
         assert rec["output"]["size_px"] == [1300, 1000]
@@ -118,3 +128,32 @@ def test_two_volumes_of_one_size_are_chosen_deterministically(
     assert rec["status"] == "done", rec["error"]
     assert rec["source"]["SOPInstanceUID"] == min(same_series["SOPInstanceUID"])
     assert rec["level"]["reason"].endswith("2 VOLUME instances of this size, took the first by SOPInstanceUID")
+
+
+def test_slide_without_any_spacing_is_sized_by_the_fallback(
+    tmp_path: Path, edge_build: dict[str, Path], edge_s3: S3Server
+) -> None:
+    recs = edge_run(tmp_path, edge_build, edge_s3, mpp=15.0, fallback_max_px=1000)
+    rec = recs.pop("EDGE-UNSCALED-01")
+    assert rec["status"] == "done", rec["error"]
+    assert rec["target"] == {"mpp": 15.0, "max_px": None, "fallback_max_px": 1000, "format": "png"}
+    level = rec["level"]
+    assert level["reason"] == (
+        "none of its 3 VOLUME levels has a pixel spacing: sized by target.fallback_max_px; "
+        "smallest of 3 VOLUME levels with long side >= 1000 px (2600 px)"
+    )
+    assert level["size_px"] == [2600, 2000]
+    assert level["header_spacing_um"] is None
+    assert level["index_spacing_um"] is None
+    # The long side at 1000 px; no resolution is claimed (0: unknown), in the file or the JSON.
+    assert rec["output"]["size_px"] == [1000, 769]
+    assert rec["output"]["spacing_um"] is None
+    with Image.open(rec["image"]) as png:
+        assert png.size == (1000, 769)
+        assert png.info["dpi"] == (0, 0)
+    assert math.isnan(rec["report"]["output_spacing_um"])
+    assert rec["report"]["output_columns"] == 1000
+    # Slides with a spacing are untouched by the fallback: 15 µm/px.
+    for name, other in recs.items():
+        assert other["status"] == "done", name
+        assert other["output"]["spacing_um"][0] == pytest.approx(15.0, rel=0.02), name

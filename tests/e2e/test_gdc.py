@@ -211,3 +211,42 @@ def test_report_shows_page_spacing_and_bytes_against_file_size(ranged: Run, gdc_
         assert row["series_size_bytes"] == (gdc_build["files"] / spec.file_id).stat().st_size
         assert row["fraction_fetched"] == pytest.approx(row["bytes_fetched"] / row["series_size_bytes"], abs=1e-6)
         assert row["level_spacing_um"] == pytest.approx(spec.mpp * spec.base_size_px[0] / row["level_columns"])
+
+
+def test_an_svs_without_any_spacing_is_sized_by_the_fallback_or_skipped(
+    tmp_path: Path, demo_build: dict[str, Path], s3: S3Server
+) -> None:
+    import tifffile
+
+    # A tiled JPEG TIFF with neither an Aperio MPP nor resolution tags.
+    pixels = synthetic.tissue_image((3000, 2000), 6).numpy()
+    folder = tmp_path / "files"
+    folder.mkdir()
+    file_id = "5b1e0f3c-2d4a-4f6b-8c7d-9e0f1a2b3c4d"
+    path = folder / file_id
+    tifffile.imwrite(path, pixels, tile=(256, 256), compression="jpeg", photometric="rgb", metadata=None)
+    md5 = hashlib.md5(path.read_bytes()).hexdigest()
+    manifest = tmp_path / "manifest.tsv"
+    name = "TCGA-L1-Z002-01Z-00-DX1.NOMPP.svs"
+    manifest.write_text(f"id\tfilename\tmd5\tsize\tstate\n{file_id}\t{name}\t{md5}\t{path.stat().st_size}\treleased\n")
+    with gdcserver.serving(folder) as url:
+        outcomes = {}
+        for fallback in (None, 600):
+            top: dict[str, Any] = {
+                "gdc": {"api": url, "mode": "range", "parallel": 2},
+                "target": {"mpp": 15.0, "max_px": None, "format": "png", "fallback_max_px": fallback},
+            }
+            run = run_in(tmp_path / f"run-{fallback}", demo_tables(demo_build), s3, top,
+                         source="gdc_manifest", manifest=str(manifest), filter={})  # fmt: skip
+            (outcomes[fallback],) = records(run).values()
+    skipped, sized = outcomes[None], outcomes[600]
+    assert skipped["status"] == "failed"
+    assert "no pixel spacing on any of its levels; expected one to reach 15 µm/px" in skipped["error"]
+    assert sized["status"] == "done", sized["error"]
+    assert sized["level"]["spacing_um"] is None
+    assert sized["level"]["reason"].startswith("none of its 1 VOLUME levels has a pixel spacing: sized by target.")
+    assert sized["output"]["size_px"] == [600, 400]
+    assert sized["output"]["spacing_um"] is None
+    with Image.open(tmp_path / "run-600" / sized["output"]["path"]) as png:
+        assert png.size == (600, 400)
+        assert png.info["dpi"] == (0, 0)

@@ -68,6 +68,7 @@ def test_defaults_are_filled_in() -> None:
     assert checked["target"] == {
         "mpp": 10,
         "max_px": None,
+        "fallback_max_px": None,
         "format": "png",
         "quality": 90,
         "pyramid": False,
@@ -104,6 +105,7 @@ def test_defaults_are_filled_in() -> None:
             "config key cohort.parquet.mode: got 'stream'; expected in_place",
         ),
         ("target.mpp", -1, "config key target.mpp: got -1; expected a number > 0"),
+        ("target.fallback_max_px", 0, "config key target.fallback_max_px: got 0; expected null (skip slides"),
         ("fetch.endpoint", "ftp://x", "config key fetch.endpoint: got 'ftp://x'; expected aws, gcs or"),
         ("cohort.colection_id", ["x"], "config key cohort.colection_id: not a known key; expected one of:"),
         ("extra", 1, "config key extra: not a known key; expected one of: cohort, fetch, gdc, report, target"),
@@ -119,6 +121,13 @@ def test_bad_values_name_key_value_and_expectation(path: str, value: Any, messag
     with pytest.raises(ConfigError) as info:
         validate_config(with_change(path, value), SCHEMA)
     assert message in str(info.value)
+
+
+def test_fallback_max_px_with_max_px_is_rejected() -> None:
+    config = with_change("target.max_px", 2048)
+    config["target"].update(mpp=None, fallback_max_px=512)
+    with pytest.raises(ConfigError, match=r"target.fallback_max_px: got 512 with mpp=None; expected null"):
+        validate_config(config, SCHEMA)
 
 
 def test_both_mpp_and_max_px_is_rejected() -> None:

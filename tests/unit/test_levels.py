@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from slidestock.errors import ConfigError, LevelError
@@ -84,10 +86,37 @@ def test_missing_spacing_is_derived_from_size_ratio() -> None:
     assert "derived" in choice.reason
 
 
-def test_no_spacing_at_all_is_a_level_error_naming_the_slide() -> None:
+def test_no_spacing_at_all_is_a_level_error_naming_the_slide_and_the_option() -> None:
     levels = [level("a", (4000, 3000), None), level("b", (1000, 750), None)]
-    with pytest.raises(LevelError, match=r"slide-7: none of its 2 VOLUME levels has a pixel spacing"):
+    with pytest.raises(
+        LevelError,
+        match=r"slide-7: no pixel spacing on any of its levels; expected one to reach 15 µm/px "
+        r"\(or set target.fallback_max_px",
+    ):
         choose_level(levels, Target(mpp=15.0), slide="slide-7")
+
+
+def test_no_spacing_at_all_falls_back_to_max_px_when_configured() -> None:
+    levels = [level("a", (4000, 3000), None), level("b", (1000, 750), None), level("c", (250, 188), None)]
+    choice = choose_level(levels, Target(mpp=15.0, fallback_max_px=800), slide="slide-7")
+    assert choice.level.sop_instance_uid == "b"
+    assert choice.output_size_px == (800, 600)
+    assert math.isnan(choice.spacing_um)
+    assert choice.reason == (
+        "none of its 3 VOLUME levels has a pixel spacing: sized by target.fallback_max_px; "
+        "smallest of 3 VOLUME levels with long side >= 800 px (1000 px)"
+    )
+    # A level with a spacing anywhere: the fallback is not used.
+    levels[0] = level("a", (4000, 3000), 0.25)
+    assert choose_level(levels, Target(mpp=15.0, fallback_max_px=800)).output_size_px == (67, 50)
+    # max_px targets need no spacing and no fallback.
+    assert choose_level(levels[1:], Target(max_px=800)).output_size_px == (800, 600)
+
+
+@pytest.mark.parametrize(("mpp", "max_px", "fallback"), [(None, 800, 800), (15.0, None, 0)])
+def test_fallback_max_px_goes_with_mpp_only(mpp: float | None, max_px: int | None, fallback: int) -> None:
+    with pytest.raises(ConfigError, match=rf"target.fallback_max_px: got {fallback} with mpp={mpp}; expected null"):
+        Target(mpp=mpp, max_px=max_px, fallback_max_px=fallback)
 
 
 def test_no_volume_is_a_level_error() -> None:

@@ -42,7 +42,7 @@ def write_image(
 ) -> None:
     """Write ``image`` at ``path`` with its (column, row) spacing as resolution, atomically.
 
-    With no spacing (a label image, say) the image's own resolution is left as it is.
+    With no spacing (a label image, a slide without any) the resolution is written as 0: unknown.
 
     ``quality`` applies to JPEG and WebP; ``pyramid`` writes a tiled, pyramidal
     TIFF. The file appears under its final name only when complete, so no
@@ -50,10 +50,11 @@ def write_image(
     """
     if fmt not in FORMATS:
         raise ConfigError(f"target.format: got {fmt!r}; expected one of {', '.join(FORMATS)}")
-    # libvips resolution is in pixels per millimetre.
-    tagged = (
-        image if spacing_xy_um is None else image.copy(xres=1000.0 / spacing_xy_um[0], yres=1000.0 / spacing_xy_um[1])
-    )
+    # libvips resolution is in pixels per millimetre; 0 says unknown (libvips would write its default, 1).
+    if spacing_xy_um is None:
+        tagged = image.copy(xres=0.0, yres=0.0)
+    else:
+        tagged = image.copy(xres=1000.0 / spacing_xy_um[0], yres=1000.0 / spacing_xy_um[1])
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     icc = ["icc"] if image.get_typeof("icc-profile-data") else []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from slidestock.errors import ConfigError, LevelError
@@ -49,10 +49,15 @@ class Level:
 
 @dataclass(frozen=True)
 class Target:
-    """The requested output: a spacing in µm per pixel, or a long side in pixels."""
+    """The requested output: a spacing in µm per pixel, or a long side in pixels.
+
+    ``fallback_max_px`` (with ``mpp`` only) is the long side of slides that have
+    no pixel spacing on any level; without it such slides are skipped with the reason.
+    """
 
     mpp: float | None = None
     max_px: int | None = None
+    fallback_max_px: int | None = None
 
     def __post_init__(self) -> None:
         if (self.mpp is None) == (self.max_px is None):
@@ -63,9 +68,28 @@ class Target:
             raise ConfigError(f"target.mpp: got {self.mpp!r}; expected a number > 0 (µm per pixel)")
         if self.max_px is not None and self.max_px < 1:
             raise ConfigError(f"target.max_px: got {self.max_px!r}; expected an integer >= 1")
+        if self.fallback_max_px is not None and (self.mpp is None or self.fallback_max_px < 1):
+            raise ConfigError(
+                f"target.fallback_max_px: got {self.fallback_max_px!r} with mpp={self.mpp!r}; expected null, "
+                "or an integer >= 1 together with mpp (max_px sizes every slide already)"
+            )
 
     def describe(self) -> str:
         return f"{self.mpp:g} µm/px" if self.mpp is not None else f"long side {self.max_px} px"
+
+    def without_spacing(self, slide: str) -> Target:
+        """The target of a slide with no pixel spacing on any level: ``max_px`` targets need none.
+
+        An ``mpp`` target falls back to ``fallback_max_px``, or the slide fails with the reason.
+        """
+        if self.mpp is None:
+            return self
+        if self.fallback_max_px is None:
+            raise LevelError(
+                f"{slide}: no pixel spacing on any of its levels; expected one to reach {self.describe()} "
+                "(or set target.fallback_max_px to size such slides by their long side)"
+            )
+        return Target(max_px=self.fallback_max_px)
 
 
 @dataclass(frozen=True)
@@ -116,14 +140,18 @@ def spacings_um(volumes: Sequence[Level]) -> list[tuple[float, bool]]:
     return result
 
 
-def output_size_px(size_px: tuple[int, int], spacing_xy_um: tuple[float, float], target: Target) -> tuple[int, int]:
+def output_size_px(
+    size_px: tuple[int, int], spacing_xy_um: tuple[float, float] | None, target: Target
+) -> tuple[int, int]:
     """Output (columns, rows) for a level of ``size_px`` at (column, row) spacing; never larger.
 
     Each axis is scaled by its own spacing, so a level with non-square pixels
-    comes out square at the target spacing.
+    comes out square at the target spacing. A ``max_px`` target needs no spacing.
     """
     width, height = size_px
     if target.mpp is not None:
+        if spacing_xy_um is None:
+            raise LevelError(f"a {target.describe()} target needs the level's spacing; expected one")
         limit = target.mpp * (1 + _SPACING_TOLERANCE)
         if max(spacing_xy_um) > limit:
             return size_px
@@ -150,12 +178,11 @@ def choose_level(levels: Iterable[Level], target: Target, slide: str = "slide") 
             "(LABEL, OVERVIEW and THUMBNAIL images are never used)"
         )
     spacings = spacings_um(volumes)
+    if not spacings and target.mpp is not None:
+        choice = _choose_by_size(volumes, spacings, target.without_spacing(slide))
+        note = f"none of its {len(volumes)} VOLUME levels has a pixel spacing: sized by target.fallback_max_px; "
+        return replace(choice, reason=note + choice.reason)
     if target.mpp is not None:
-        if not spacings:
-            raise LevelError(
-                f"{slide}: none of its {len(volumes)} VOLUME levels has a pixel spacing; "
-                f"expected at least one to reach {target.describe()}"
-            )
         return _choose_by_spacing(volumes, spacings, target)
     return _choose_by_size(volumes, spacings, target)
 
@@ -218,4 +245,4 @@ def _tie_note(volumes: Sequence[Level], chosen: Level) -> str:
 def target_of(config: Mapping[str, Any]) -> Target:
     """The output target; exactly one of ``target.mpp`` and ``target.max_px``."""
     target = config["target"]
-    return Target(mpp=target.get("mpp"), max_px=target.get("max_px"))
+    return Target(mpp=target.get("mpp"), max_px=target.get("max_px"), fallback_max_px=target.get("fallback_max_px"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import shutil
 import tempfile
 import threading
@@ -131,7 +132,12 @@ def _base_record(job: SlideJob) -> dict[str, Any]:
             "index_spacing_um": float(plan["level_spacing_um"]) if plan["level_spacing_um"] else None,
             "spacing_derived": plan["spacing_derived"] == "true",
         },
-        "target": {"mpp": job.target.mpp, "max_px": job.target.max_px, "format": job.fmt},
+        "target": {
+            "mpp": job.target.mpp,
+            "max_px": job.target.max_px,
+            "fallback_max_px": job.target.fallback_max_px,
+            "format": job.fmt,
+        },
         "output": None,
     }
 
@@ -155,7 +161,7 @@ def output_digest(job: SlideJob) -> str:
     how slides are grouped into jobs, re-does nothing.
     """
     settings = {
-        "target": [job.target.mpp, job.target.max_px],
+        "target": [job.target.mpp, job.target.max_px, job.target.fallback_max_px],
         "format": [job.fmt, job.quality, job.pyramid],
         "tissue_mask": job.tissue_mask,
         "backend": job.backend,
@@ -341,14 +347,10 @@ def _fetch_and_downsample(
     record["level"]["photometric"] = header.photometric
     record["level"]["organization"] = header.organization
     record["level"]["missing_tiles"] = header.missing_tiles
-    if spacing is None:
-        raise SlidestockError(
-            f"{plan['slide_id']}: the level has no pixel spacing in header or index; "
-            "expected one to size the output and write its resolution"
-        )
     record["level"]["icc_profile_bytes"] = len(header.icc_profile or b"")
     record["level"]["backend"] = job.backend
-    size = output_size_px(header.size_px, spacing, job.target)
+    target = _slide_target(job, spacing)
+    size = output_size_px(header.size_px, spacing, target)
     scale = max(size[0] / header.size_px[0], size[1] / header.size_px[1])
     if job.backend == "pyvips":
         level = reduce_level(header, scale=scale, threads=job.threads)
@@ -360,7 +362,7 @@ def _fetch_and_downsample(
     if header.icc_profile:
         image = image.copy()
         image.set_type(pyvips.GValue.blob_type, "icc-profile-data", header.icc_profile)
-    _write_output(job, record, image, spacing, header.size_px, shrink)
+    _write_output(job, target, record, image, spacing, header.size_px, shrink)
     _export_associated(job, record, fetched)
     record["timings_s"] = {"fetch": round(level_fetch.seconds, 3), "downsample": round(time.monotonic() - t0, 3)}
 
@@ -391,24 +393,30 @@ def _export_associated(job: SlideJob, record: dict[str, Any], fetched: Mapping[P
         record["associated"] = exported
 
 
+def _slide_target(job: SlideJob, spacing: tuple[float, float] | None) -> Target:
+    """The target the slide is sized by: the configured one, or for a slide without any spacing its fallback."""
+    return job.target if spacing is not None else job.target.without_spacing(job.plan["slide_id"])
+
+
 def _write_output(
     job: SlideJob,
+    target: Target,
     record: dict[str, Any],
     image: pyvips.Image,
-    spacing: tuple[float, float],
+    spacing: tuple[float, float] | None,
     level_size: tuple[int, int] | None = None,
     shrink: int = 1,
 ) -> None:
-    """Resize ``image`` to the target, write it, and record what was written.
+    """Resize ``image`` to ``target``, write it, and record what was written.
 
-    ``spacing`` is the level's µm/px and ``level_size`` its full size; ``image``
-    is ``level size // shrink`` when the level was reduced while decoding, and
-    covers ``image size * shrink`` level pixels.
+    ``spacing`` is the level's µm/px (None: unknown, the image gets none) and
+    ``level_size`` its full size; ``image`` is ``level size // shrink`` when the
+    level was reduced while decoding, and covers ``image size * shrink`` level pixels.
     """
     level_size = level_size or (image.width, image.height)
-    size = output_size_px(level_size, spacing, job.target)
+    size = output_size_px(level_size, spacing, target)
     covered = (image.width * shrink, image.height * shrink)
-    out_spacing = (spacing[0] * covered[0] / size[0], spacing[1] * covered[1] / size[1])
+    out_spacing = None if spacing is None else (spacing[0] * covered[0] / size[0], spacing[1] * covered[1] / size[1])
     # In memory: the image file and the tissue mask are made from one computation of it.
     output = resize_exact(image, size).copy_memory()
     write_image(output, job.image_path, out_spacing, job.fmt, job.quality, job.pyramid)
@@ -417,7 +425,7 @@ def _write_output(
         "path": str(job.image_path),
         "format": job.fmt,
         "size_px": list(size),
-        "spacing_um": list(out_spacing),
+        "spacing_um": None if out_spacing is None else list(out_spacing),
         "bytes": job.image_path.stat().st_size,
         "sha256": sha256_file(job.image_path),
     }
@@ -464,8 +472,9 @@ def _gdc_fetch_and_downsample(job: SlideJob, record: dict[str, Any]) -> None:
             image = _svs_whole(client, file_id, size, plan["md5"], Path(scratch), job, record, item)
         record["bytes_fetched"] = client.bytes_fetched
         record["gdc"]["requests"] = client.requests
-        spacing = record["level"]["spacing_um"]
-        _write_output(job, record, image, (spacing, spacing))
+        spacing = record["level"]["spacing_um"]  # None when the SVS has none: sized by the fallback
+        xy = None if spacing is None else (spacing, spacing)
+        _write_output(job, _slide_target(job, xy), record, image, xy)
     record["timings_s"] = {"fetch_and_downsample": round(time.monotonic() - t0, 3)}
 
 
@@ -520,7 +529,7 @@ def _openslide_level(path: Path, job: SlideJob, record: dict[str, Any], item: st
         page=index,
         n_levels=len(levels),
         size_px=list(choice.level.size_px),
-        spacing_um=choice.spacing_um,
+        spacing_um=None if math.isnan(choice.spacing_um) else choice.spacing_um,
         spacing_derived=choice.spacing_derived,
         transfer_syntax="openslide",
     )
@@ -585,7 +594,7 @@ def _svs_level(
         page=page.index,
         n_levels=len(levels),
         size_px=list(page.size_px),
-        spacing_um=choice.spacing_um,
+        spacing_um=None if math.isnan(choice.spacing_um) else choice.spacing_um,
         spacing_derived=choice.spacing_derived,
         transfer_syntax=f"tiff-compression-{page.compression}",
         skipped_pages=[f"{p.index}:{p.kind}" for p in pages if p.kind != "level"],

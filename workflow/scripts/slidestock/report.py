@@ -99,7 +99,7 @@ def report_row(record: Mapping[str, Any], slide: Mapping[Hashable, Any]) -> dict
         "fraction_fetched": round(fetched / series_bytes, 6) if series_bytes else None,
         "output_columns": out_size[0],
         "output_rows": out_size[1],
-        "output_spacing_um": round(float(output["spacing_um"][0]), 6) if output else None,
+        "output_spacing_um": round(float(output["spacing_um"][0]), 6) if output.get("spacing_um") else None,
         "tissue_fraction": output.get("tissue_fraction"),
         "output_path": output.get("path"),
         "sha256": output.get("sha256"),

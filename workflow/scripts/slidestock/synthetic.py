@@ -80,6 +80,8 @@ class SlideSpec:
     sparse: bool = False
     # Only the base level carries PixelSpacing (header and index), as some IDC series.
     spacing_on_base_only: bool = False
+    # No level carries PixelSpacing at all (header and index).
+    no_spacing: bool = False
     # An sRGB ICC profile in the optical path, which outputs must carry.
     icc_profile: bool = False
     # A transfer syntax per level (mixed within one series), instead of transfer_syntax.
@@ -511,7 +513,7 @@ def write_series(spec: SlideSpec, root: Path) -> SeriesRecord:
                 number=k + 1,
                 image_type=("ORIGINAL" if k == 0 else "DERIVED", "PRIMARY", "VOLUME", "NONE"),
                 pixels=_to_array(level),
-                spacing_mm=None if k and spec.spacing_on_base_only else spacing_mm,
+                spacing_mm=None if spec.no_spacing or (k and spec.spacing_on_base_only) else spacing_mm,
                 tiled=True,
                 transfer_syntax=spec.level_syntaxes[k] if spec.level_syntaxes else spec.transfer_syntax,
             )
@@ -660,7 +662,6 @@ def sm_index_rows(records: Sequence[SeriesRecord]) -> list[dict[str, Any]]:
     rows = []
     for rec in records:
         base = rec.instances[0]
-        assert base.spacing_um is not None
         rows.append(
             {
                 "SeriesInstanceUID": rec.series_uid,
@@ -668,7 +669,7 @@ def sm_index_rows(records: Sequence[SeriesRecord]) -> list[dict[str, Any]]:
                 "embeddingMedium_CodeMeaning": ["Tissue freezing medium"],
                 "tissueFixative_CodeMeaning": ["Neutral Buffered Formalin"],
                 "staining_usingSubstance_CodeMeaning": ["hematoxylin stain", "water soluble eosin stain"],
-                "min_PixelSpacing_2sf": _round_sf(base.spacing_um / 1000.0),
+                "min_PixelSpacing_2sf": None if base.spacing_um is None else _round_sf(base.spacing_um / 1000.0),
                 "max_TotalPixelMatrixColumns": base.size_px[0],
                 "max_TotalPixelMatrixRows": base.size_px[1],
                 "ObjectiveLensPower": 40,
@@ -720,7 +721,7 @@ def write_tables(records: Sequence[SeriesRecord], out_dir: Path, idc_version: in
 
 
 # Real-world awkwardness, one slide each (small, for the tests): TILED_SPARSE levels with
-# background tiles left out, uncompressed frames, spacing on the base level only.
+# background tiles left out, uncompressed frames, spacing on the base level only or on none.
 EDGE_SLIDES: tuple[SlideSpec, ...] = (
     SlideSpec("edge_cases", "EDGE-01", "EDGE-SPARSE-01", (2600, 2000), n_levels=3, sparse=True, seed=31),
     SlideSpec(
@@ -746,6 +747,7 @@ EDGE_SLIDES: tuple[SlideSpec, ...] = (
     SlideSpec(
         "edge_cases", "EDGE-03", "EDGE-NOSPACING-01", (2600, 2000), n_levels=3, spacing_on_base_only=True, seed=33
     ),
+    SlideSpec("edge_cases", "EDGE-05", "EDGE-UNSCALED-01", (2600, 2000), n_levels=3, no_spacing=True, seed=35),
 )
 
 DICOM_ALL_PREFIX = "idc-open-metadata/bigquery_export/idc_v{version}/dicom_all"
