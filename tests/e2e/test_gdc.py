@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -162,23 +163,28 @@ def test_hostile_file_names_stay_inside_results(
     assert hashlib.sha256(page.encode()).hexdigest()
 
 
+def single_tiff(tmp_path: Path, name: str, seed: int, **options: Any) -> tuple[Path, Path]:
+    """A folder holding one tiled 3000 x 2000 px TIFF (``options`` for tifffile), and a GDC manifest listing it."""
+    import tifffile
+
+    folder = tmp_path / "files"
+    folder.mkdir()
+    file_id = str(uuid.uuid5(uuid.NAMESPACE_URL, name))
+    path = folder / file_id
+    pixels = synthetic.tissue_image((3000, 2000), seed).numpy()
+    tifffile.imwrite(path, pixels, tile=(256, 256), photometric="rgb", metadata=None, **options)
+    md5 = hashlib.md5(path.read_bytes()).hexdigest()
+    manifest = tmp_path / "manifest.tsv"
+    manifest.write_text(f"id\tfilename\tmd5\tsize\tstate\n{file_id}\t{name}\t{md5}\t{path.stat().st_size}\treleased\n")
+    return folder, manifest
+
+
 def test_a_file_our_reader_cannot_decode_falls_back_to_whole_and_openslide(
     tmp_path: Path, demo_build: dict[str, Path], s3: S3Server
 ) -> None:
-    import tifffile
-
     # Tiled, but LZW-compressed: the directory reads, the tiles do not decode here.
-    pixels = synthetic.tissue_image((3000, 2000), 5).numpy()
-    folder = tmp_path / "files"
-    folder.mkdir()
-    file_id = "0d5c2b8e-7a41-4c8e-9f1a-2b3c4d5e6f70"
-    path = folder / file_id
-    tifffile.imwrite(path, pixels, tile=(256, 256), compression="lzw", photometric="rgb",
-                     resolution=(40000, 40000), resolutionunit="CENTIMETER", metadata=None)  # fmt: skip
-    md5 = hashlib.md5(path.read_bytes()).hexdigest()
-    manifest = tmp_path / "manifest.tsv"
-    name = "TCGA-L1-Z001-01Z-00-DX1.LZW.svs"
-    manifest.write_text(f"id\tfilename\tmd5\tsize\tstate\n{file_id}\t{name}\t{md5}\t{path.stat().st_size}\treleased\n")
+    folder, manifest = single_tiff(tmp_path, "TCGA-L1-Z001-01Z-00-DX1.LZW.svs", 5, compression="lzw",
+                                   resolution=(40000, 40000), resolutionunit="CENTIMETER")  # fmt: skip
     with gdcserver.serving(folder) as url:
         run = gdc_run(tmp_path / "run", demo_build, s3, url, manifest, "range")
     (rec,) = records(run).values()
@@ -216,19 +222,8 @@ def test_report_shows_page_spacing_and_bytes_against_file_size(ranged: Run, gdc_
 def test_an_svs_without_any_spacing_is_sized_by_the_fallback_or_skipped(
     tmp_path: Path, demo_build: dict[str, Path], s3: S3Server
 ) -> None:
-    import tifffile
-
     # A tiled JPEG TIFF with neither an Aperio MPP nor resolution tags.
-    pixels = synthetic.tissue_image((3000, 2000), 6).numpy()
-    folder = tmp_path / "files"
-    folder.mkdir()
-    file_id = "5b1e0f3c-2d4a-4f6b-8c7d-9e0f1a2b3c4d"
-    path = folder / file_id
-    tifffile.imwrite(path, pixels, tile=(256, 256), compression="jpeg", photometric="rgb", metadata=None)
-    md5 = hashlib.md5(path.read_bytes()).hexdigest()
-    manifest = tmp_path / "manifest.tsv"
-    name = "TCGA-L1-Z002-01Z-00-DX1.NOMPP.svs"
-    manifest.write_text(f"id\tfilename\tmd5\tsize\tstate\n{file_id}\t{name}\t{md5}\t{path.stat().st_size}\treleased\n")
+    folder, manifest = single_tiff(tmp_path, "TCGA-L1-Z002-01Z-00-DX1.NOMPP.svs", 6, compression="jpeg")
     with gdcserver.serving(folder) as url:
         outcomes = {}
         for fallback in (None, 600):
