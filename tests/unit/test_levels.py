@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from slidestock.errors import ConfigError, LevelError
@@ -101,7 +99,7 @@ def test_no_spacing_at_all_falls_back_to_max_px_when_configured() -> None:
     choice = choose_level(levels, Target(mpp=15.0, fallback_max_px=800), slide="slide-7")
     assert choice.level.sop_instance_uid == "b"
     assert choice.output_size_px == (800, 600)
-    assert math.isnan(choice.spacing_um)
+    assert choice.spacing_um is None
     assert choice.reason == (
         "none of its 3 VOLUME levels has a pixel spacing: sized by target.fallback_max_px; "
         "smallest of 3 VOLUME levels with long side >= 800 px (1000 px)"

@@ -94,10 +94,10 @@ class Target:
 
 @dataclass(frozen=True)
 class LevelChoice:
-    """The chosen level, the spacing used for it, and the planned output size."""
+    """The chosen level, the spacing used for it (None when no level has one), and the planned output size."""
 
     level: Level
-    spacing_um: float
+    spacing_um: float | None
     spacing_derived: bool
     output_size_px: tuple[int, int]
     reason: str
@@ -108,8 +108,8 @@ class LevelChoice:
         return self.output_size_px[0] / self.level.size_px[0]
 
     @property
-    def output_spacing_um(self) -> float:
-        return self.spacing_um / self.scale
+    def output_spacing_um(self) -> float | None:
+        return None if self.spacing_um is None else self.spacing_um / self.scale
 
 
 def volume_levels(levels: Iterable[Level]) -> list[Level]:
@@ -226,12 +226,9 @@ def _choose_by_size(volumes: Sequence[Level], spacings: Sequence[tuple[float, bo
             "output as is (never upsample)"
         )
     level = volumes[i]
-    if spacings:
-        spacing, derived = spacings[i]
-    else:
-        spacing, derived = math.nan, False
+    spacing, derived = spacings[i] if spacings else (None, False)
     reason += _tie_note(volumes, level)
-    return LevelChoice(level, spacing, derived, output_size_px(level.size_px, (spacing, spacing), target), reason)
+    return LevelChoice(level, spacing, derived, output_size_px(level.size_px, None, target), reason)
 
 
 def _tie_note(volumes: Sequence[Level], chosen: Level) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import shutil
 import tempfile
 import threading
@@ -529,7 +528,7 @@ def _openslide_level(path: Path, job: SlideJob, record: dict[str, Any], item: st
         page=index,
         n_levels=len(levels),
         size_px=list(choice.level.size_px),
-        spacing_um=None if math.isnan(choice.spacing_um) else choice.spacing_um,
+        spacing_um=choice.spacing_um,
         spacing_derived=choice.spacing_derived,
         transfer_syntax="openslide",
     )
@@ -594,7 +593,7 @@ def _svs_level(
         page=page.index,
         n_levels=len(levels),
         size_px=list(page.size_px),
-        spacing_um=None if math.isnan(choice.spacing_um) else choice.spacing_um,
+        spacing_um=choice.spacing_um,
         spacing_derived=choice.spacing_derived,
         transfer_syntax=f"tiff-compression-{page.compression}",
         skipped_pages=[f"{p.index}:{p.kind}" for p in pages if p.kind != "level"],

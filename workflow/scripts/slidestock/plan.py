@@ -104,7 +104,7 @@ def plan_row(slide: Mapping[Hashable, Any], levels: Sequence[Level], target: Tar
         instance_size=lv.size_bytes,
         level_columns=lv.size_px[0],
         level_rows=lv.size_px[1],
-        level_spacing_um="" if choice.spacing_um != choice.spacing_um else f"{choice.spacing_um:.9g}",
+        level_spacing_um="" if choice.spacing_um is None else f"{choice.spacing_um:.9g}",
         spacing_derived=str(choice.spacing_derived).lower(),
         output_columns=choice.output_size_px[0],
         output_rows=choice.output_size_px[1],
