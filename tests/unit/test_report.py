@@ -129,7 +129,7 @@ def test_contact_sheets_show_at_most_sheet_max_slides_and_say_so(tmp_path: Path)
         slides.append({"slide_id": f"s{i}", "collection_id": "c", "PatientID": f"p{i}"})
     frame = report_frame(records, pd.DataFrame(slides))
 
-    def sheet_of(page: str) -> list[str]:
+    def sheet_of(page: str) -> list[tuple[str, str]]:
         section = page[page.index('id="sheet"') : page.index('id="slides"')]
         return re.findall(r'alt="([^"]+)" src="data:image/jpeg;base64,([^"]+)"', section)
 
