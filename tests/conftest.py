@@ -42,3 +42,15 @@ def gdc_build() -> dict[str, Path]:
 def edge_build() -> dict[str, Path]:
     """Awkward slides (TILED_SPARSE, uncompressed, spacing on the base only) in their own tables."""
     return synthetic.build(FIXTURES / "edge", synthetic.EDGE_SLIDES)
+
+
+@pytest.fixture(scope="session")
+def fidelity_build() -> dict[str, Path]:
+    """Slides shaped like what users bring: a TCGA pyramid with rounded index spacings, a one-level slide."""
+    return synthetic.build(FIXTURES / "fidelity", synthetic.FIDELITY_SLIDES)
+
+
+@pytest.fixture(scope="session")
+def fidelity_svs() -> dict[str, Path]:
+    """The one-level fidelity slide's pixels as a GDC SVS file, with its manifest."""
+    return synthetic.build_gdc(FIXTURES / "fidelity-gdc", (synthetic.FIDELITY_SVS,))

@@ -272,11 +272,12 @@ def test_shrink_on_decode_gives_the_same_picture(
     full, shrunk = read_level(path), read_level(path, scale=1 / 15, threads=2)
     width, height = full.header.size_px
     assert (shrunk.decode_shrink, shrunk.box) == (4, 1)
-    assert (shrunk.image.width, shrunk.image.height) == (width // 4, height // 4)
+    # The whole level: 2050 / 4 = 512.5 -> 513 columns, the last standing for half a pixel.
+    assert (shrunk.image.width, shrunk.image.height) == (-(-width // 4), -(-height // 4))
     assert shrunk.header.size_px == (full.image.width, full.image.height)
     size = (round(width / 15), round(height / 15))
     a = resize_exact(full.image, size).numpy().astype(int)
-    b = resize_exact(shrunk.image, size).numpy().astype(int)
+    b = resize_exact(shrunk.image, size, (width / 4, height / 4)).numpy().astype(int)
     assert np.abs(a - b).mean() < 2.0
 
 
@@ -287,4 +288,26 @@ def test_box_average_is_the_rounded_block_mean(edge_build: dict[str, Path], tmp_
     assert (reduced.decode_shrink, reduced.box) == (1, 5)
     height, width = full.shape[0] // 5, full.shape[1] // 5
     blocks = full[: height * 5, : width * 5].reshape(height, 5, width, 5, 3).sum(axis=(1, 3))
-    assert np.array_equal(reduced.image.numpy(), ((blocks + 12) // 25).astype(np.uint8))
+    image = reduced.image.numpy()
+    assert np.array_equal(image[:height, :width], ((blocks + 12) // 25).astype(np.uint8))
+    # A level of 2600 x 2000 px: the last column of blocks is 2600 - 5 * 520 = 0 wide, the rows end exactly.
+    assert image.shape[:2] == (-(-full.shape[0] // 5), -(-full.shape[1] // 5))
+
+
+def test_box_reduce_averages_the_pixels_a_cut_block_has() -> None:
+    from slidestock.dicomlevel import box_reduce
+
+    rng = np.random.default_rng(7)
+    pixels = rng.integers(0, 256, size=(11, 13, 3), dtype=np.uint8)
+    out = box_reduce([pixels[:6], pixels[6:]], (13, 11), 4, "test")
+    assert out.shape == (3, 4, 3)
+    wide = pixels.astype(float)
+    for row, col in [(0, 0), (1, 2), (2, 1), (0, 3), (2, 3)]:
+        block = wide[row * 4 : row * 4 + 4, col * 4 : col * 4 + 4]
+        assert np.array_equal(out[row, col], np.floor(block.mean(axis=(0, 1)) + 0.5)), (row, col)
+    # The last column and row standing for a quarter and a half of a pixel: weighted means.
+    weighted = box_reduce([pixels], (13, 11), 4, "test", edge_share=(0.25, 0.5))
+    weights = np.outer([1, 1, 0.5], [1.0, 0.25])[:, :, None]
+    corner = (wide[8:11, 12:13] * weights[:, 1:]).sum(axis=(0, 1)) / weights[:, 1:].sum()
+    assert np.array_equal(weighted[2, 3], np.floor(corner + 0.5))
+    assert np.array_equal(weighted[:2, :3], out[:2, :3])

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from slidestock.errors import ConfigError, LevelError
-from slidestock.levels import Level, Target, choose_level, output_size_px, spacings_um, volume_levels
+from slidestock.levels import (
+    Level,
+    Target,
+    choose_level,
+    output_size_px,
+    rounding_interval,
+    spacings_um,
+    volume_levels,
+)
 
 VOLUME = ("DERIVED", "PRIMARY", "VOLUME", "NONE")
 
@@ -31,11 +41,58 @@ def test_picks_coarsest_level_not_coarser_than_target() -> None:
     assert choice.spacing_um == 4.0
 
 
-def test_target_equal_to_a_level_takes_that_level_unscaled() -> None:
-    choice = choose_level(PYRAMID, Target(mpp=16.0))
+def test_target_equal_to_an_exact_level_takes_that_level_unscaled() -> None:
+    exact = [replace(lv, spacing_exact=True) for lv in PYRAMID]
+    choice = choose_level(exact, Target(mpp=16.0))
     assert choice.level.sop_instance_uid == "l3"
     assert choice.output_size_px == (625, 468)
     assert choice.scale == 1.0
+
+
+def test_rounding_interval_of_two_significant_figures() -> None:
+    assert rounding_interval(8.0) == pytest.approx((7.95, 8.05))
+    assert rounding_interval(16.0) == pytest.approx((15.5, 16.5))
+    assert rounding_interval(0.25) == pytest.approx((0.245, 0.255))
+    assert rounding_interval(0.2527) == (0.2527, 0.2527)  # four figures: not rounded
+
+
+# TCGA: a 0.2527 µm base in 4.002x steps; idc-index publishes 0.00025 / 0.001 / 0.004 / 0.016 mm.
+TCGA_HEADERS = {"t0": 0.2527, "t1": 1.0108, "t2": 4.0471, "t3": 16.19}
+TCGA = [
+    level("t0", (100000, 80000), 0.25),
+    level("t1", (25000, 20000), 1.0),
+    level("t2", (6244, 4995), 4.0),
+    level("t3", (1561, 1248), 16.0),
+]
+
+
+@pytest.mark.parametrize(
+    ("mpp", "chosen", "read"),
+    [(4.0, "t1", ["t2", "t1"]), (16.0, "t2", ["t3", "t2"]), (8.0, "t2", ["t2"]), (17.0, "t3", ["t3"])],
+)
+def test_rounded_index_spacings_are_settled_by_the_header(mpp: float, chosen: str, read: list[str]) -> None:
+    asked: list[str] = []
+
+    def header(lv: Level) -> tuple[float, float]:
+        asked.append(lv.sop_instance_uid)
+        return (TCGA_HEADERS[lv.sop_instance_uid],) * 2
+
+    choice = choose_level(TCGA, Target(mpp=mpp), header_spacing=header)
+    assert choice.level.sop_instance_uid == chosen
+    assert asked == read  # the straddling level, then the chosen one; nothing else
+    assert choice.spacing_source == "header"
+    assert choice.spacing_um == TCGA_HEADERS[chosen]
+    assert choice.spacing_um <= mpp
+    # Without a reader a straddling level counts as too coarse: never coarser than the target.
+    assert choose_level(TCGA, Target(mpp=mpp)).spacing_um <= mpp
+
+
+def test_header_spacing_fills_an_index_without_one() -> None:
+    # b's spacing derived from a's rounded 0.25 µm is 1.0 +- 0.02 µm: its header settles it.
+    levels = [level("a", (4000, 3000), 0.25), level("b", (1000, 750), None)]
+    headers = {"a": (0.2505, 0.2505), "b": (1.002, 1.002)}
+    choice = choose_level(levels, Target(mpp=1.01), header_spacing=lambda lv: headers[lv.sop_instance_uid])
+    assert (choice.level.sop_instance_uid, choice.spacing_source, choice.spacing_um) == ("b", "header", 1.002)
 
 
 def test_order_of_levels_does_not_matter() -> None:

@@ -8,6 +8,8 @@ sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
 
 from slidestock.cohort import instance_levels, read_lock
 from slidestock.config import cohort_connection
+from slidestock.errors import UnreachableError
+from slidestock.headers import HeaderReader
 from slidestock.levels import target_of
 from slidestock.plan import n_batches, plan_frame, write_batch_plans
 
@@ -20,7 +22,19 @@ version = int(lock["idc_version"].iloc[0]) if len(lock) else 0
 # The endpoint is read from the config, not a parameter: changing it re-runs nothing.
 config = {"cohort": smk.params.cohort, "fetch": smk.config["fetch"]}
 levels = instance_levels(cohort_connection(config, version, Path.cwd()), idc["SeriesInstanceUID"].tolist())
-plan = plan_frame(lock, levels, target_of({"target": smk.params.target}), smk.params.prefer)
+target = target_of({"target": smk.params.target})
+# Headers are read where idc-index's rounded spacings cannot decide the level, and for the output size.
+reader = HeaderReader(smk.config["fetch"]["endpoint"], attempts=smk.config["fetch"]["attempts"])
+try:
+    plan = plan_frame(lock, levels, target, smk.params.prefer, reader if target.mpp is not None else None)
+except UnreachableError as err:
+    message = (
+        f"plan: cannot read instance headers from the slide bucket: {err}. "
+        "Check the network or proxy, or fetch.endpoint."
+    )
+    logging.error("%s", message)
+    sys.exit(message)
+logging.info("read %d headers (%d bytes) to settle rounded index spacings", reader.requests, reader.bytes_fetched)
 plan.to_csv(smk.output.plan, sep="\t", index=False, lineterminator="\n")
 changed = write_batch_plans(plan, Path(smk.params.batch_plans), smk.params.batch_size)
 total = n_batches(len(plan), smk.params.batch_size)

@@ -92,8 +92,9 @@ class LevelHeader:
 class DicomLevel:
     """A level reduced by ``decode_shrink * box`` (1 for full size), and its header.
 
-    The image is ``size_px // shrink``: the last, partial pixel of each axis
-    is dropped rather than mixed with tile padding.
+    The image is ``ceil(size_px / shrink)``: it covers the whole level, and its
+    last column and row average the level pixels that remain (fewer than
+    ``shrink``), never tile padding.
     """
 
     header: LevelHeader
@@ -349,61 +350,111 @@ def reduce_level(header: LevelHeader, scale: float | None = None, threads: int =
     if syntax in JPEG2000_SYNTAXES and first is not None:
         levels = j2k_resolution_levels(read_frame(header.path, first, header.item))
     decode, box = plan_shrink(syntax, scale, header.tile_px, levels)
-    size = (header.size_px[0] // decode, header.size_px[1] // decode)
-    out = box_reduce(_strips(header, decode, threads), size, box, header.item)
+    size = (-(-header.size_px[0] // decode), -(-header.size_px[1] // decode))
+    edge = (_edge_share(header.size_px[0], decode), _edge_share(header.size_px[1], decode))
+    out = box_reduce(_strips(header, decode, threads), size, box, header.item, edge)
     image = pyvips.Image.new_from_array(out).copy(interpretation="srgb")
     return DicomLevel(header=header, image=image, decode_shrink=decode, box=box)
 
 
-def box_reduce(strips: Iterable[np.ndarray], size_px: tuple[int, int], box: int, item: str) -> np.ndarray:
+def _edge_share(length_px: int, decode: int) -> float:
+    """How much of a full pixel the last pixel of an axis decoded at 1/``decode`` stands for."""
+    rest = length_px % decode
+    return rest / decode if rest else 1.0
+
+
+def box_reduce(
+    strips: Iterable[np.ndarray],
+    size_px: tuple[int, int],
+    box: int,
+    item: str,
+    edge_share: tuple[float, float] = (1.0, 1.0),
+) -> np.ndarray:
     """An RGB image of ``size_px`` arriving as strips of whole rows, each ``box x box`` block averaged as they go by.
 
-    Returns ``(height // box, width // box, 3)`` uint8; rows and columns past
-    the last whole block are left out. Only one strip (and fewer than ``box``
-    rows carried over) is held at a time.
+    Returns ``(ceil(height / box), ceil(width / box), 3)`` uint8, covering the
+    whole image: a last block cut short by the image's edge averages the pixels
+    it has. ``edge_share`` is the weight of the image's last column and row
+    when they stand for less than a full pixel (a level decoded at a reduced
+    scale whose size is no multiple of it). Only one strip (and fewer than
+    ``box`` rows carried over) is held at a time.
     """
     width, height = size_px
-    out = np.empty((height // box, width // box, 3), dtype=np.uint8)
+    out = np.empty((-(-height // box), -(-width // box), 3), dtype=np.uint8)
+    column_weights = np.ones(width)
+    column_weights[-1] = edge_share[0]
+    # Blocks of whole-weight rows are summed in integers; the last block (cut short, or
+    # holding a partial row) is weighted at the end.
+    fast_blocks = (height - (edge_share[1] < 1.0)) // box
     filled = 0
     carry = np.empty((0, width, 3), dtype=np.uint8)
     for strip in strips:
         rows = np.concatenate([carry, strip]) if len(carry) else strip
-        n = min(len(rows) // box, len(out) - filled)
-        out[filled : filled + n] = _box_average(rows[: n * box], box, len(out[0]))
-        filled += n
-        carry = rows[n * box :]
+        n = min(len(rows) // box, fast_blocks - filled)
+        if n > 0:
+            sums = rows[: n * box].reshape(n, box, width, 3).sum(axis=1, dtype=np.uint32)
+            out[filled : filled + n] = _horizontal_average(sums, box, column_weights, float(box))
+        filled += max(n, 0)
+        carry = rows[max(n, 0) * box :]
+    if filled < len(out):
+        row_weights = np.ones(len(carry))
+        if len(carry) == height - filled * box and len(carry):
+            row_weights[-1] = edge_share[1]
+        sums = (carry.astype(np.float64) * row_weights[:, None, None]).sum(axis=0)[None]
+        out[filled:] = _horizontal_average(sums, box, column_weights, float(row_weights.sum()))
+        filled += 1 if len(carry) else 0
     if filled != len(out):
         raise DecodeError(f"{item}: {filled} of {len(out)} rows decoded; expected the whole level")
     return out
 
 
-def _box_average(rows: np.ndarray, box: int, width: int) -> np.ndarray:
-    """Each ``box x box`` block of ``rows`` (a multiple of ``box`` of them) as its rounded mean."""
-    if box == 1:
-        return rows[:, :width]
-    n = len(rows) // box
-    vertical = rows[:, : width * box].reshape(n, box, width * box, 3).sum(axis=1, dtype=np.uint32)
-    blocks = vertical.reshape(n, width, box, 3).sum(axis=2)
-    area = box * box
-    averaged: np.ndarray = ((blocks + area // 2) // area).astype(np.uint8)
-    return averaged
+def _horizontal_average(sums: np.ndarray, box: int, column_weights: np.ndarray, row_weight: float) -> np.ndarray:
+    """Rows of column sums (over ``row_weight`` rows' worth) as block means along the columns."""
+    n, width = sums.shape[:2]
+    full = int((width - (column_weights[-1] < 1.0)) // box)
+    out = np.empty((n, -(-width // box), 3), dtype=np.uint8)
+    if full:
+        blocks = sums[:, : full * box].reshape(n, full, box, 3).sum(axis=2)
+        if blocks.dtype.kind == "u":
+            area = box * int(row_weight)
+            out[:, :full] = (blocks + area // 2) // area
+        else:
+            out[:, :full] = _round_half_up(blocks / (box * row_weight))
+    if out.shape[1] > full:
+        weights = column_weights[full * box :]
+        rest = (sums[:, full * box :].astype(np.float64) * weights[None, :, None]).sum(axis=1)
+        out[:, full] = _round_half_up(rest / (weights.sum() * row_weight))
+    return out
+
+
+def _round_half_up(values: np.ndarray) -> np.ndarray:
+    """As the integer blocks round: half up, not to even."""
+    rounded: np.ndarray = np.clip(np.floor(values + 0.5), 0, 255)
+    return rounded
 
 
 def _strips(header: LevelHeader, decode: int, threads: int) -> Iterator[np.ndarray]:
-    """The level's rows of tiles, decoded at 1/``decode`` and cropped to ``size_px // decode``.
+    """The level's rows of tiles, decoded at 1/``decode`` and cropped to ``ceil(size_px / decode)``.
 
-    The next row is decoded while the caller reduces this one.
+    The next row is decoded while the caller reduces this one. Where the
+    level's size is no multiple of ``decode``, the tiles on its right and
+    bottom edges are decoded at full size and reduced here from their real
+    pixels alone: a decoder's reduction would mix in the tile's padding.
     """
     tile_w, tile_h = (math.ceil(v / decode) for v in header.tile_px)
-    width, height = header.size_px[0] // decode, header.size_px[1] // decode
+    width, height = (-(-v // decode) for v in header.size_px)
     across = header.across
+    ragged = (header.size_px[0] % decode != 0, header.size_px[1] % decode != 0)
     fd = os.open(header.path, os.O_RDONLY)
     try:
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
 
             def submit(row: int) -> list[Future[np.ndarray] | None]:
                 cells = header.grid[row * across : (row + 1) * across]
-                return [None if f is None else pool.submit(_decode_frame, fd, f, header, decode) for f in cells]
+                return [
+                    None if f is None else pool.submit(_decode_cell, fd, f, header, decode, (col, row), ragged)
+                    for col, f in enumerate(cells)
+                ]
 
             pending = submit(0)
             for row in range(header.down):
@@ -417,6 +468,24 @@ def _strips(header: LevelHeader, decode: int, threads: int) -> Iterator[np.ndarr
                 yield strip[: min(tile_h, height - row * tile_h), :width]
     finally:
         os.close(fd)
+
+
+def _decode_cell(
+    fd: int, frame: Frame, header: LevelHeader, decode: int, cell: tuple[int, int], ragged: tuple[bool, bool]
+) -> np.ndarray:
+    """One tile at 1/``decode``: by the decoder, or for a ragged edge tile exactly from its real pixels."""
+    col, row = cell
+    edge = (ragged[0] and col == header.across - 1) or (ragged[1] and row == header.down - 1)
+    if not edge:
+        return _decode_frame(fd, frame, header, decode)
+    tile = _decode_frame(fd, frame, header, 1)
+    real_w = min(header.tile_px[0], header.size_px[0] - col * header.tile_px[0])
+    real_h = min(header.tile_px[1], header.size_px[1] - row * header.tile_px[1])
+    reduced = box_reduce([tile[:real_h, :real_w]], (real_w, real_h), decode, header.item)
+    padded = np.full((math.ceil(header.tile_px[1] / decode), math.ceil(header.tile_px[0] / decode), 3), BACKGROUND,
+                     dtype=np.uint8)  # fmt: skip
+    padded[: reduced.shape[0], : reduced.shape[1]] = reduced
+    return padded
 
 
 def read_frame(path: Path, frame: Frame, item: str) -> bytes:

@@ -14,20 +14,29 @@ from slidestock.errors import ConfigError
 FORMATS = {"png": "png", "jpeg": "jpg", "tiff": "tiff", "webp": "webp"}
 
 
-def resize_exact(image: pyvips.Image, size_px: tuple[int, int]) -> pyvips.Image:
+def resize_exact(
+    image: pyvips.Image, size_px: tuple[int, int], extent_px: tuple[float, float] | None = None
+) -> pyvips.Image:
     """Resize to exactly ``size_px`` (columns, rows) with an antialiasing Lanczos-3 filter.
 
-    A size equal to the input's returns the input: we never upsample and
-    never resample for nothing.
+    ``extent_px`` is how many of ``image``'s pixels the level spans (its
+    size by default): a level reduced by ``s`` whose size is no multiple of
+    ``s`` spans ``size / s``, its last pixel standing for a part of one. The
+    scale is taken against that extent, so output pixel ``x`` is centred at
+    ``(x + 0.5) * extent / size`` of the level, whatever the reduction. A size
+    equal to the input's returns the input: we never upsample and never
+    resample for nothing.
     """
     width, height = size_px
-    if (width, height) == (image.width, image.height):
+    extent_w, extent_h = extent_px or (image.width, image.height)
+    if (width, height) == (image.width, image.height) == (extent_w, extent_h):
         return image
     if width > image.width or height > image.height:
         raise ValueError(f"resize to {width} x {height} px from {image.width} x {image.height} px would upsample")
-    resized: pyvips.Image = image.resize(width / image.width, vscale=height / image.height, kernel="lanczos3")
+    resized: pyvips.Image = image.resize(width / extent_w, vscale=height / extent_h, kernel="lanczos3")
     if (resized.width, resized.height) != (width, height):
-        # libvips rounds its output size; pin it to the planned one (at most a pixel).
+        # libvips rounds its output size from the image's; pin it to the planned one (at most a pixel).
+        resized = resized.crop(0, 0, min(width, resized.width), min(height, resized.height))
         resized = resized.embed(0, 0, width, height, extend="copy")
     return resized
 

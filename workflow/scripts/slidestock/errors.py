@@ -30,3 +30,7 @@ class FetchError(SlidestockError):
 
 class DecodeError(SlidestockError):
     """A downloaded level cannot be read as the DICOM WSI it should be."""
+
+
+class UnreachableError(FetchError):
+    """A server could not be reached at all (name resolution, refused, timed out): the same for every slide."""

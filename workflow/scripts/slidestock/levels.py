@@ -10,7 +10,7 @@ its own spacing, and the choice says so.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,6 +27,9 @@ class Level:
 
     ``size_px`` is (columns, rows) of the total pixel matrix; ``spacing_um`` is
     µm per pixel along the columns, ``None`` when the index has no spacing.
+    ``spacing_exact`` is False for index values, which idc-index rounds to two
+    significant figures (a level of 8.015 µm/px is indexed as 0.008 mm), and
+    True for spacings read from the file itself (a DICOM header, an SVS page).
     """
 
     sop_instance_uid: str
@@ -36,6 +39,7 @@ class Level:
     spacing_um: float | None
     transfer_syntax: str
     size_bytes: int
+    spacing_exact: bool = False
 
     @property
     def flavor(self) -> str:
@@ -92,15 +96,45 @@ class Target:
         return Target(max_px=self.fallback_max_px)
 
 
+# Where a level's spacing came from: the index (maybe rounded), the instance's own header
+# (exact), or derived from another level's spacing and the size ratio.
+INDEX, HEADER, DERIVED = "index", "header", "derived"
+# (column, row) spacing in µm from an instance's header, None when the header has none.
+HeaderSpacing = Callable[[Level], tuple[float, float] | None]
+
+
+@dataclass(frozen=True)
+class Spacing:
+    """A level's spacing in µm/px along (columns, rows), and where it came from."""
+
+    xy_um: tuple[float, float]
+    source: str
+    exact: bool
+
+    @property
+    def um(self) -> float:
+        return self.xy_um[0]
+
+    @property
+    def bounds_um(self) -> tuple[float, float]:
+        """The interval the true spacing lies in: the value itself when exact, else its rounding interval."""
+        return (self.um, self.um) if self.exact else rounding_interval(self.um)
+
+
 @dataclass(frozen=True)
 class LevelChoice:
-    """The chosen level, the spacing used for it (None when no level has one), and the planned output size."""
+    """The chosen level, the spacing used for it (None when no level has one), and the planned output size.
+
+    ``spacing_um`` is the column spacing; ``spacing_xy_um`` both, as the output size was computed from them.
+    """
 
     level: Level
     spacing_um: float | None
     spacing_derived: bool
     output_size_px: tuple[int, int]
     reason: str
+    spacing_source: str = ""
+    spacing_xy_um: tuple[float, float] | None = None
 
     @property
     def scale(self) -> float:
@@ -119,25 +153,58 @@ def volume_levels(levels: Iterable[Level]) -> list[Level]:
     return sorted(volumes, key=lambda lv: (-lv.size_px[0], -lv.size_px[1], lv.sop_instance_uid))
 
 
-def spacings_um(volumes: Sequence[Level]) -> list[tuple[float, bool]]:
-    """Spacing of each level and whether it was derived.
+def rounding_interval(spacing_um: float, figures: int = 2) -> tuple[float, float]:
+    """Where a spacing published rounded to ``figures`` significant figures may truly lie.
+
+    idc-index rounds ``PixelSpacing_0`` so: 0.008 mm stands for anything in
+    [7.95, 8.05] µm. A value with more significant figures than that was not
+    rounded, and is its own interval.
+    """
+    if not spacing_um > 0 or not math.isfinite(spacing_um):
+        return (spacing_um, spacing_um)
+    unit = 10.0 ** (math.floor(math.log10(spacing_um)) - figures + 1)
+    steps = spacing_um / unit
+    if abs(steps - round(steps)) > 1e-6 * steps:
+        return (spacing_um, spacing_um)
+    return (spacing_um - unit / 2, spacing_um + unit / 2)
+
+
+def level_spacings(volumes: Sequence[Level], headers: Mapping[int, Spacing] | None = None) -> list[Spacing | None]:
+    """Each level's spacing: its header's where read, else the index's, else derived.
 
     A missing spacing is derived from the finest level that has one and the
-    ratio of their column counts, since levels of one volume cover the same
-    area.
+    ratio of their sizes, since levels of one volume cover the same area; it is
+    as exact as the spacing it comes from. ``None`` for all when no level has one.
     """
-    known = [lv for lv in volumes if lv.spacing_um is not None]
-    if not known:
-        return []
-    ref = known[0]
-    assert ref.spacing_um is not None
-    result = []
-    for lv in volumes:
-        if lv.spacing_um is not None:
-            result.append((lv.spacing_um, False))
+    headers = headers or {}
+    own: list[Spacing | None] = []
+    for i, lv in enumerate(volumes):
+        if i in headers:
+            own.append(headers[i])
+        elif lv.spacing_um is not None:
+            own.append(Spacing((lv.spacing_um, lv.spacing_um), INDEX, lv.spacing_exact))
         else:
-            result.append((ref.spacing_um * ref.size_px[0] / lv.size_px[0], True))
-    return result
+            own.append(None)
+    known = [i for i, sp in enumerate(own) if sp is not None]
+    if not known:
+        return own
+    ref, ref_spacing = volumes[known[0]], own[known[0]]
+    assert ref_spacing is not None
+    (ref_x, ref_y), (ref_w, ref_h) = ref_spacing.xy_um, ref.size_px
+    return [
+        sp
+        if sp is not None
+        else Spacing((ref_x * ref_w / lv.size_px[0], ref_y * ref_h / lv.size_px[1]), DERIVED, ref_spacing.exact)
+        for lv, sp in zip(volumes, own, strict=True)
+    ]
+
+
+def spacings_um(volumes: Sequence[Level]) -> list[tuple[float, bool]]:
+    """Column spacing of each level and whether it was derived (empty when no level has one)."""
+    found = level_spacings(volumes)
+    if all(sp is None for sp in found):
+        return []
+    return [(sp.um, sp.source == DERIVED) for sp in found if sp is not None]
 
 
 def output_size_px(
@@ -169,48 +236,115 @@ def _scaled(length_px: int, scale: float) -> int:
     return max(1, math.floor(length_px * scale + 0.5))
 
 
-def choose_level(levels: Iterable[Level], target: Target, slide: str = "slide") -> LevelChoice:
-    """Apply the level rule of DESIGN.md to one slide's instances."""
+def choose_level(
+    levels: Iterable[Level], target: Target, slide: str = "slide", header_spacing: HeaderSpacing | None = None
+) -> LevelChoice:
+    """Apply the level rule of DESIGN.md to one slide's instances.
+
+    The rule is about each level's true spacing. Where an index value cannot
+    decide (the target lies inside its rounding interval), ``header_spacing``
+    reads that instance's own header; the chosen level's header is read too, so
+    that the planned output size is the one the batch will produce. Without a
+    reader, an undecided level counts as too coarse: never a level coarser than
+    the target.
+    """
     volumes = volume_levels(levels)
     if not volumes:
         raise LevelError(
             f"{slide}: no VOLUME instance among its levels; expected at least one "
             "(LABEL, OVERVIEW and THUMBNAIL images are never used)"
         )
-    spacings = spacings_um(volumes)
-    if not spacings and target.mpp is not None:
+    if target.mpp is None:
+        return _choose_by_size(volumes, level_spacings(volumes), target)
+    headers = _resolve_undecided(volumes, target.mpp, header_spacing)
+    spacings = level_spacings(volumes, headers)
+    if all(sp is None for sp in spacings):
         choice = _choose_by_size(volumes, spacings, target.without_spacing(slide))
         note = f"none of its {len(volumes)} VOLUME levels has a pixel spacing: sized by target.fallback_max_px; "
         return replace(choice, reason=note + choice.reason)
-    if target.mpp is not None:
-        return _choose_by_spacing(volumes, spacings, target)
-    return _choose_by_size(volumes, spacings, target)
+    choice, i = _choose_by_spacing(volumes, spacings, target)
+    if header_spacing is None or i in headers:
+        return choice
+    chosen = _read_headers(volumes, [i], header_spacing)
+    if not chosen:
+        return choice
+    # An exact spacing within its rounding interval never changes the choice; it sizes the output.
+    choice, _ = _choose_by_spacing(volumes, level_spacings(volumes, {**headers, **chosen}), target)
+    return choice
 
 
-def _choose_by_spacing(volumes: Sequence[Level], spacings: Sequence[tuple[float, bool]], target: Target) -> LevelChoice:
+def _limit(mpp: float) -> float:
+    return mpp * (1 + _SPACING_TOLERANCE)
+
+
+def _read_headers(volumes: Sequence[Level], indices: Iterable[int], read: HeaderSpacing) -> dict[int, Spacing]:
+    """The header spacings of these levels, for those whose header has one."""
+    found = {}
+    for i in indices:
+        xy = read(volumes[i])
+        if xy is not None:
+            found[i] = Spacing(xy, HEADER, True)
+    return found
+
+
+def _resolve_undecided(volumes: Sequence[Level], mpp: float, read: HeaderSpacing | None) -> dict[int, Spacing]:
+    """Header spacings of the levels whose rounded index value straddles the target.
+
+    Reading one level's header can make spacings derived from it exact, so
+    this repeats until every level is decided or has been read.
+    """
+    headers: dict[int, Spacing] = {}
+    if read is None:
+        return headers
+    asked: set[int] = set()
+    while True:
+        spacings = level_spacings(volumes, headers)
+        undecided = [
+            i
+            for i, sp in enumerate(spacings)
+            if sp is not None and i not in asked and sp.bounds_um[0] <= _limit(mpp) < sp.bounds_um[1]
+        ]
+        if not undecided:
+            return headers
+        asked.update(undecided)
+        headers.update(_read_headers(volumes, undecided, read))
+
+
+def _choose_by_spacing(
+    volumes: Sequence[Level], spacings: Sequence[Spacing | None], target: Target
+) -> tuple[LevelChoice, int]:
     assert target.mpp is not None
-    limit = target.mpp * (1 + _SPACING_TOLERANCE)
-    fine_enough = [i for i, (sp, _) in enumerate(spacings) if sp <= limit]
+    known = [(i, sp) for i, sp in enumerate(spacings) if sp is not None]
+    # Fine enough for sure: even the top of a rounded value's interval is within the target.
+    fine_enough = [(i, sp) for i, sp in known if sp.bounds_um[1] <= _limit(target.mpp)]
     if fine_enough:
-        i = max(fine_enough, key=lambda j: (spacings[j][0], -j))
-        spacing, derived = spacings[i]
+        i, spacing = max(fine_enough, key=lambda pair: (pair[1].um, -pair[0]))
         reason = (
             f"coarsest of {len(volumes)} VOLUME levels with spacing <= {target.mpp:g} µm/px "
-            f"({spacing:.4g} µm/px{', derived from size ratio' if derived else ''})"
+            f"({spacing.um:.6g} µm/px, {_source_text(spacing)})"
         )
     else:
-        i = min(range(len(spacings)), key=lambda j: (spacings[j][0], j))
-        spacing, derived = spacings[i]
+        i, spacing = min(known, key=lambda pair: (pair[1].um, pair[0]))
         reason = (
-            f"finest level is {spacing:.4g} µm/px, coarser than the target {target.mpp:g} µm/px: "
-            "output at the level's own spacing (never upsample)"
+            f"finest level is {spacing.um:.6g} µm/px ({_source_text(spacing)}), coarser than the target "
+            f"{target.mpp:g} µm/px: output at the level's own spacing (never upsample)"
         )
     level = volumes[i]
     reason += _tie_note(volumes, level)
-    return LevelChoice(level, spacing, derived, output_size_px(level.size_px, (spacing, spacing), target), reason)
+    size = output_size_px(level.size_px, spacing.xy_um, target)
+    choice = LevelChoice(level, spacing.um, spacing.source == DERIVED, size, reason, spacing.source, spacing.xy_um)
+    return choice, i
 
 
-def _choose_by_size(volumes: Sequence[Level], spacings: Sequence[tuple[float, bool]], target: Target) -> LevelChoice:
+def _source_text(spacing: Spacing) -> str:
+    if spacing.source == HEADER:
+        return "from its header"
+    if spacing.source == DERIVED:
+        return "derived from size ratio"
+    return "from the index" if spacing.exact else "from the index, rounded to 2 significant figures"
+
+
+def _choose_by_size(volumes: Sequence[Level], spacings: Sequence[Spacing | None], target: Target) -> LevelChoice:
     assert target.max_px is not None
     large_enough = [i for i, lv in enumerate(volumes) if lv.long_side_px >= target.max_px]
     if large_enough:
@@ -226,9 +360,12 @@ def _choose_by_size(volumes: Sequence[Level], spacings: Sequence[tuple[float, bo
             "output as is (never upsample)"
         )
     level = volumes[i]
-    spacing, derived = spacings[i] if spacings else (None, False)
+    spacing = spacings[i] if spacings else None
     reason += _tie_note(volumes, level)
-    return LevelChoice(level, spacing, derived, output_size_px(level.size_px, None, target), reason)
+    size = output_size_px(level.size_px, None, target)
+    if spacing is None:
+        return LevelChoice(level, None, False, size, reason)
+    return LevelChoice(level, spacing.um, spacing.source == DERIVED, size, reason, spacing.source, spacing.xy_um)
 
 
 def _tie_note(volumes: Sequence[Level], chosen: Level) -> str:

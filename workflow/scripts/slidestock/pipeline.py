@@ -128,7 +128,9 @@ def _base_record(job: SlideJob) -> dict[str, Any]:
             "n_levels": int(plan["n_levels"] or 0),
             "transfer_syntax": plan["transfer_syntax"] or None,
             "size_px": [int(plan["level_columns"]), int(plan["level_rows"])] if plan["level_columns"] else None,
-            "index_spacing_um": float(plan["level_spacing_um"]) if plan["level_spacing_um"] else None,
+            "index_spacing_um": float(plan["index_spacing_um"]) if plan["index_spacing_um"] else None,
+            "plan_spacing_um": list(xy) if (xy := _plan_spacing(plan)) else None,
+            "spacing_source": plan["spacing_source"] or None,
             "spacing_derived": plan["spacing_derived"] == "true",
         },
         "target": {
@@ -147,10 +149,11 @@ def side_path(job: SlideJob, name: str) -> Path:
 
 
 def _plan_spacing(plan: Mapping[str, str]) -> tuple[float, float] | None:
+    """The (column, row) spacing the plan sized the output by: the header's where it read one."""
     if not plan["level_spacing_um"]:
         return None
-    spacing = float(plan["level_spacing_um"])
-    return (spacing, spacing)
+    column = float(plan["level_spacing_um"])
+    return (column, float(plan["level_row_spacing_um"] or column))
 
 
 def output_digest(job: SlideJob) -> str:
@@ -409,15 +412,17 @@ def _write_output(
     """Resize ``image`` to ``target``, write it, and record what was written.
 
     ``spacing`` is the level's µm/px (None: unknown, the image gets none) and
-    ``level_size`` its full size; ``image`` is ``level size // shrink`` when the
-    level was reduced while decoding, and covers ``image size * shrink`` level pixels.
+    ``level_size`` its full size; ``image`` is ``ceil(level size / shrink)`` when
+    the level was reduced while decoding, and always covers the whole level.
     """
     level_size = level_size or (image.width, image.height)
     size = output_size_px(level_size, spacing, target)
-    covered = (image.width * shrink, image.height * shrink)
-    out_spacing = None if spacing is None else (spacing[0] * covered[0] / size[0], spacing[1] * covered[1] / size[1])
+    out_spacing = (
+        None if spacing is None else (spacing[0] * level_size[0] / size[0], spacing[1] * level_size[1] / size[1])
+    )
+    extent = (level_size[0] / shrink, level_size[1] / shrink)
     # In memory: the image file and the tissue mask are made from one computation of it.
-    output = resize_exact(image, size).copy_memory()
+    output = resize_exact(image, size, extent).copy_memory()
     write_image(output, job.image_path, out_spacing, job.fmt, job.quality, job.pyramid)
     record["scale"] = [size[0] / level_size[0], size[1] / level_size[1]]
     record["output"] = {

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from slidestock.errors import LevelError
-from slidestock.levels import Level, Target, choose_level
+from slidestock.errors import FetchError, LevelError, UnreachableError
+from slidestock.levels import HeaderSpacing, Level, Target, choose_level
 from slidestock.provenance import write_text_atomic
 
 if TYPE_CHECKING:  # batch jobs import this module for its plan files; they need not load pandas
     import pandas as pd
+
+    from slidestock.headers import HeaderReader
 
 PLAN_COLUMNS = (
     "slide_id",
@@ -25,6 +28,9 @@ PLAN_COLUMNS = (
     "level_columns",
     "level_rows",
     "level_spacing_um",
+    "level_row_spacing_um",
+    "spacing_source",
+    "index_spacing_um",
     "spacing_derived",
     "n_levels",
     "output_columns",
@@ -79,8 +85,17 @@ def gdc_plan_row(slide: Mapping[Hashable, Any]) -> dict[str, object]:
     return row
 
 
-def plan_row(slide: Mapping[Hashable, Any], levels: Sequence[Level], target: Target) -> dict[str, object]:
-    """The plan of one slide; a slide no level can serve gets status ``failed`` and the reason."""
+def plan_row(
+    slide: Mapping[Hashable, Any],
+    levels: Sequence[Level],
+    target: Target,
+    reader: HeaderReader | None = None,
+) -> dict[str, object]:
+    """The plan of one slide; a slide no level can serve gets status ``failed`` and the reason.
+
+    With a ``reader``, headers are read where the index's rounded spacings
+    cannot decide the level, and for the chosen level's exact output size.
+    """
     row: dict[str, object] = {c: "" for c in PLAN_COLUMNS}
     row["slide_id"] = slide["slide_id"]
     row["SeriesInstanceUID"] = slide["SeriesInstanceUID"]
@@ -90,10 +105,16 @@ def plan_row(slide: Mapping[Hashable, Any], levels: Sequence[Level], target: Tar
     if unavailable:
         row.update(status="failed", reason=unavailable)
         return row
+    header_spacing = None if reader is None else _header_spacing(slide, reader)
     try:
-        choice = choose_level(levels, target, slide=str(slide["slide_id"]))
+        choice = choose_level(levels, target, slide=str(slide["slide_id"]), header_spacing=header_spacing)
     except LevelError as err:
         row.update(status="failed", reason=str(err))
+        return row
+    except UnreachableError:
+        raise  # the store cannot be reached at all: the same for every slide, so the plan stops
+    except FetchError as err:
+        row.update(status="failed", reason=f"{slide['slide_id']}: {err}")
         return row
     lv = choice.level
     row.update(
@@ -104,7 +125,10 @@ def plan_row(slide: Mapping[Hashable, Any], levels: Sequence[Level], target: Tar
         instance_size=lv.size_bytes,
         level_columns=lv.size_px[0],
         level_rows=lv.size_px[1],
-        level_spacing_um="" if choice.spacing_um is None else f"{choice.spacing_um:.9g}",
+        level_spacing_um=_number(choice.spacing_xy_um and choice.spacing_xy_um[0]),
+        level_row_spacing_um=_number(choice.spacing_xy_um and choice.spacing_xy_um[1]),
+        spacing_source=choice.spacing_source,
+        index_spacing_um=_number(lv.spacing_um),
         spacing_derived=str(choice.spacing_derived).lower(),
         output_columns=choice.output_size_px[0],
         output_rows=choice.output_size_px[1],
@@ -118,18 +142,36 @@ def plan_row(slide: Mapping[Hashable, Any], levels: Sequence[Level], target: Tar
     return row
 
 
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.9g}"
+
+
+def _header_spacing(slide: Mapping[Hashable, Any], reader: HeaderReader) -> HeaderSpacing:
+    def read(level: Level) -> tuple[float, float] | None:
+        url = object_url(slide["aws_bucket"], slide["crdc_series_uuid"], level.crdc_instance_uuid)
+        return reader.spacing_xy_um(url)
+
+    return read
+
+
 def plan_frame(
-    cohort: pd.DataFrame, levels: Mapping[str, Sequence[Level]], target: Target, prefer: str = "idc"
+    cohort: pd.DataFrame,
+    levels: Mapping[str, Sequence[Level]],
+    target: Target,
+    prefer: str = "idc",
+    reader: HeaderReader | None = None,
+    parallel: int = 16,
 ) -> pd.DataFrame:
-    """``instances.tsv``: one row per cohort slide, in cohort order."""
+    """``instances.tsv``: one row per cohort slide, in cohort order; headers read ``parallel`` at a time."""
     import pandas as pd
 
-    rows = [
-        gdc_plan_row(slide)
-        if uses_gdc(slide, prefer)
-        else plan_row(slide, levels.get(slide["SeriesInstanceUID"], ()), target)
-        for slide in cohort.to_dict("records")
-    ]
+    def row(slide: Mapping[Hashable, Any]) -> dict[str, object]:
+        if uses_gdc(slide, prefer):
+            return gdc_plan_row(slide)
+        return plan_row(slide, levels.get(slide["SeriesInstanceUID"], ()), target, reader)
+
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        rows = list(pool.map(row, cohort.to_dict("records")))
     return pd.DataFrame(rows, columns=list(PLAN_COLUMNS))
 
 

@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-SLIDESTOCK_VERSION = "0.2.0"
+SLIDESTOCK_VERSION = "0.3.0"
 _PACKAGES = (
     "snakemake",
     "idc-index",

@@ -750,6 +750,15 @@ EDGE_SLIDES: tuple[SlideSpec, ...] = (
     SlideSpec("edge_cases", "EDGE-05", "EDGE-UNSCALED-01", (2600, 2000), n_levels=3, no_spacing=True, seed=35),
 )
 
+# Shaped like what users bring (issue 15): a TCGA pyramid, whose 0.2527 µm base gives levels of
+# 1.011, 4.047 and 16.19 µm that idc-index rounds to 1, 4 and 16 µm; and a one-level slide of
+# 0.499 µm (indexed 0.5) whose size is no multiple of 8, with a GDC twin of the same pixels.
+FIDELITY_SLIDES: tuple[SlideSpec, ...] = (
+    SlideSpec("fidelity", "TCGA-F1-A001", "TCGA-F1-A001-01Z-00-DX1", (8200, 6150), base_spacing_um=0.2527, seed=41),
+    SlideSpec("fidelity", "FID-02", "FID-ONELEVEL-01", (2220, 2967), base_spacing_um=0.499, n_levels=1, seed=42),
+)
+
+
 DICOM_ALL_PREFIX = "idc-open-metadata/bigquery_export/idc_v{version}/dicom_all"
 
 
@@ -846,6 +855,8 @@ GDC_SLIDES: tuple[SvsSpec, ...] = (
     SvsSpec("TCGA-G1-A002-01Z-00-DX1", (6400, 9000), seed=22),
     SvsSpec("TCGA-G2-A003-01Z-00-DX1", (9600, 7200), n_levels=2, seed=23),
 )
+# The GDC twin of FIDELITY_SLIDES' one-level slide: the same pixels as an SVS.
+FIDELITY_SVS = SvsSpec("FID-ONELEVEL-01", (2220, 2967), mpp=0.499, n_levels=1, seed=42)
 _APERIO = "Aperio Image Library v12.0.15"
 
 

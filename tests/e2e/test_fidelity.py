@@ -1,0 +1,90 @@
+"""What users bring: idc-index's rounded spacings, levels whose size is no multiple of the shrink."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from slidestock.s3server import S3Server, serving
+from tests.e2e.runs import run_in
+
+pytestmark = pytest.mark.e2e
+
+TCGA, ONE_LEVEL = "TCGA-F1-A001-01Z-00-DX1", "FID-ONELEVEL-01"
+
+
+@pytest.fixture(scope="module")
+def fidelity_s3(fidelity_build: dict[str, Path]) -> Iterator[S3Server]:
+    with serving(fidelity_build["s3_root"]) as server:
+        yield server
+
+
+def fidelity_run(folder: Path, build: dict[str, Path], server: S3Server, mpp: float) -> dict[str, dict[str, Any]]:
+    """Run the workflow at ``mpp``; each slide's JSON record with its plan row and its image's size."""
+    tables = {name: build[name] for name in ("index", "sm_index", "sm_instance_index")}
+    top = {"target": {"mpp": mpp, "max_px": None, "format": "png"}}
+    run = run_in(folder, tables, server, top, filter={"collection_id": ["fidelity"]})
+    plan = pd.read_csv(run.workdir / "results/cohort/instances.tsv", sep="\t", dtype=str).set_index("slide_id")
+    records = {}
+    for path in (run.workdir / "results/slides").glob("*.json"):
+        record = json.loads(path.read_text())
+        record["plan"] = plan.loc[record["slide_id"]].to_dict()
+        with Image.open(run.workdir / record["output"]["path"]) as image:
+            record["image_size"] = image.size
+        records[record["slide_id"].rsplit("_", 1)[0]] = record
+    return records
+
+
+def test_level_rule_holds_against_header_spacing(
+    tmp_path: Path, fidelity_build: dict[str, Path], fidelity_s3: S3Server
+) -> None:
+    # Index: 0.001 / 0.004 / 0.016 mm. Headers: 1.0108 / 4.0471 / 16.188 µm. The target 4 µm/px
+    # lies inside 0.004 mm's rounding interval and below the true 4.0471: the 1.0108 µm level.
+    recs = fidelity_run(tmp_path / "mpp4", fidelity_build, fidelity_s3, 4.0)
+    tcga = recs[TCGA]
+    assert tcga["status"] == "done", tcga["error"]
+    assert tcga["level"]["size_px"] == [2050, 1537]
+    assert tcga["level"]["header_spacing_um"][0] == pytest.approx(0.2527 * 8200 / 2050, rel=1e-9)
+    assert tcga["plan"]["spacing_source"] == "header"
+    assert tcga["plan"]["index_spacing_um"] == "1"
+    assert float(tcga["plan"]["level_spacing_um"]) == pytest.approx(1.0108, rel=1e-9)
+    assert "from its header" in tcga["plan"]["reason"]
+    # 2050 px * 1.0108 / 4 = 518.04 -> 518; 1537 px * 1.0108 / 4 = 388.4 -> 388
+    assert tcga["output"]["size_px"] == [518, 388] == list(tcga["image_size"])
+    assert [tcga["plan"]["output_columns"], tcga["plan"]["output_rows"]] == ["518", "388"]
+    extents_um = (2050 * 1.0108, 1537 * 1.0108)
+    for spacing, extent_um, size in zip(tcga["output"]["spacing_um"], extents_um, (518, 388), strict=True):
+        assert spacing == pytest.approx(extent_um / size, rel=1e-9)
+        assert abs(extent_um - 4.0 * size) < 4.0 / 2  # under half an output pixel over the image
+
+
+def test_plan_output_size_is_what_the_batch_writes(
+    tmp_path: Path, fidelity_build: dict[str, Path], fidelity_s3: S3Server
+) -> None:
+    # Index 0.5 µm, header 0.499 µm: 2220 * 0.499 / 4 = 276.9 -> 277 (the index would say 278).
+    recs = fidelity_run(tmp_path / "mpp4", fidelity_build, fidelity_s3, 4.0)
+    one = recs[ONE_LEVEL]
+    assert one["status"] == "done", one["error"]
+    assert one["plan"]["spacing_source"] == "header"
+    assert [int(one["plan"]["output_columns"]), int(one["plan"]["output_rows"])] == [277, 370]
+    assert one["output"]["size_px"] == [277, 370] == list(one["image_size"])
+    # The whole level is covered: the effective spacing is the level's extent over the output size.
+    assert one["output"]["spacing_um"] == pytest.approx([2220 * 0.499 / 277, 2967 * 0.499 / 370], rel=1e-9)
+
+
+def test_target_just_below_a_rounded_level_takes_the_finer_level(
+    tmp_path: Path, fidelity_build: dict[str, Path], fidelity_s3: S3Server
+) -> None:
+    # 16 µm/px: the index's 0.016 mm level is really 16.19 µm, coarser than the target.
+    tcga = fidelity_run(tmp_path / "mpp16", fidelity_build, fidelity_s3, 16.0)[TCGA]
+    assert tcga["level"]["size_px"] == [512, 384]
+    spacing = 0.2527 * 8200 / 512
+    assert tcga["level"]["header_spacing_um"][0] == pytest.approx(spacing, rel=1e-9)
+    assert tcga["output"]["size_px"] == [round(512 * spacing / 16), round(384 * spacing / 16)] == [130, 97]
+    assert tcga["plan"]["spacing_source"] == "header"

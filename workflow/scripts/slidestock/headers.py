@@ -1,0 +1,115 @@
+"""An instance's header, read from its bucket with a few ranged GETs (the plan step).
+
+idc-index publishes pixel spacings rounded to two significant figures; where
+that cannot decide the level rule, and for the chosen level's exact output
+size, the plan reads the instance's own header: the first few KB of the
+object, more only when the header is longer (a large ICC profile, say).
+Nothing past the shared functional groups is read.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from threading import Lock
+
+import pydicom
+from pydicom.filereader import read_partial
+
+from slidestock.dicomlevel import header_spacing_um
+from slidestock.errors import FetchError, UnreachableError
+from slidestock.fetch import endpoint_url, source_url
+
+log = logging.getLogger(__name__)
+
+# Growing prefix sizes: most WSI headers fit in the first; one with a large ICC profile in a later one.
+PREFIX_BYTES = (64 << 10, 1 << 20, 8 << 20)
+SHARED_GROUPS = 0x52009229
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_TRANSIENT = (500, 502, 503, 504, 429)
+
+
+def http_url(url: str, endpoint: str) -> str:
+    """The anonymous HTTPS address of ``s3://bucket/key`` at the endpoint (path style for custom endpoints)."""
+    bucket, _, key = source_url(url, endpoint).removeprefix("s3://").partition("/")
+    custom = endpoint_url(endpoint)
+    if custom is None:
+        return f"https://{bucket}.s3.amazonaws.com/{key}"
+    return f"{custom.rstrip('/')}/{bucket}/{key}"
+
+
+@dataclass
+class HeaderReader:
+    """Reads instance headers over HTTP with retries; counts the bytes and requests, for the record."""
+
+    endpoint: str
+    attempts: int = 3
+    backoff_s: float = 1.0
+    timeout_s: float = 30.0
+    bytes_fetched: int = 0
+    requests: int = 0
+    _lock: Lock = field(default_factory=Lock, repr=False)
+
+    def prefix(self, url: str, length: int) -> bytes:
+        """The first ``length`` bytes of the object (fewer if it is shorter)."""
+        address = http_url(url, self.endpoint)
+        last = ""
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return self._get(address, length)
+            except urllib.error.HTTPError as err:
+                if err.code not in _TRANSIENT:
+                    raise FetchError(f"{url}: HTTP {err.code} {err.reason} for its header") from None
+                last = f"HTTP {err.code}"
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as err:
+                last = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
+            log.warning("%s: header read, attempt %d/%d failed: %s", url, attempt, self.attempts, last)
+            if attempt < self.attempts:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+        raise UnreachableError(f"{address}: {self.attempts} attempts to read the header failed; last: {last}")
+
+    def _get(self, address: str, length: int) -> bytes:
+        headers = {"Range": f"bytes=0-{length - 1}", "User-Agent": "slidestock"}
+        with urllib.request.urlopen(urllib.request.Request(address, headers=headers), timeout=self.timeout_s) as answer:
+            # 206, or 200 with a Content-Range (rclone's S3 answers so): the range asked for.
+            match = _CONTENT_RANGE.match(answer.headers.get("Content-Range", ""))
+            if match and int(match.group(1)) != 0:
+                raise ConnectionError(f"Content-Range {answer.headers['Content-Range']!r} for bytes 0-{length - 1}")
+            # A server that ignores Range sends the whole object: read only what was asked for.
+            body: bytes = answer.read(length)
+        with self._lock:
+            self.bytes_fetched += len(body)
+            self.requests += 1
+        return body
+
+    def spacing_xy_um(self, url: str) -> tuple[float, float] | None:
+        """The header's (column, row) spacing in µm, ``None`` when the header has none.
+
+        Reads growing prefixes until the header up to the shared functional
+        groups is complete.
+        """
+        for length in PREFIX_BYTES:
+            data = self.prefix(url, length)
+            parsed = parse_prefix(data)
+            if parsed is not None or len(data) < length:
+                return None if parsed is None else header_spacing_um(parsed)
+        raise FetchError(f"{url}: no complete header in the first {PREFIX_BYTES[-1]} bytes; expected DICOM WSI")
+
+
+def parse_prefix(data: bytes) -> pydicom.Dataset | None:
+    """The header in ``data`` up to the shared functional groups, or ``None`` when ``data`` ends before them.
+
+    pydicom stops quietly at the end of the bytes, so a complete header is one
+    whose parse stopped at an element past the shared functional groups.
+    """
+    stream = io.BytesIO(data)
+    try:
+        ds = read_partial(stream, stop_when=lambda tag, vr, length: tag > SHARED_GROUPS)
+    except (pydicom.errors.InvalidDicomError, EOFError, ValueError, OSError):
+        return None
+    return ds if stream.tell() < len(data) else None
