@@ -7,12 +7,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
+from slidestock import synthetic
+from slidestock.downsample import resize_exact
 from slidestock.s3server import S3Server, serving
-from tests.e2e.runs import run_in
+from tests.e2e.runs import run_in, snakemake, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -88,3 +91,35 @@ def test_target_just_below_a_rounded_level_takes_the_finer_level(
     assert tcga["level"]["header_spacing_um"][0] == pytest.approx(spacing, rel=1e-9)
     assert tcga["output"]["size_px"] == [round(512 * spacing / 16), round(384 * spacing / 16)] == [130, 97]
     assert tcga["plan"]["spacing_source"] == "header"
+
+
+def test_a_missing_table_stops_the_dry_run(tmp_path: Path, fidelity_build: dict[str, Path]) -> None:
+    tables = {name: fidelity_build[name] for name in ("index", "sm_index", "sm_instance_index")}
+    tables["sm_instance_index"] = tmp_path / "nowhere" / "sm_instance_index.parquet"
+    config = write_config(tmp_path / "config.yaml", tables, "http://127.0.0.1:9")
+    proc = snakemake(tmp_path, config, "-n")
+    assert proc.returncode != 0
+    said = proc.stdout + proc.stderr
+    assert "Missing input files for rule cohort" in said
+    assert str(tables["sm_instance_index"]) in said
+    assert not (tmp_path / "results").exists()
+
+
+def test_edge_frames_stored_short_are_placed_and_said(
+    tmp_path: Path, fidelity_build: dict[str, Path], fidelity_s3: S3Server
+) -> None:
+    # Level 1 of FID-SHORTEDGE-01 is 375 x 275 px in 256 px tiles, its edge frames stored 119 and 19 px short.
+    short = fidelity_run(tmp_path / "mpp4", fidelity_build, fidelity_s3, 4.0)["FID-SHORTEDGE-01"]
+    assert short["status"] == "done", short["error"]
+    assert short["level"]["size_px"] == [375, 275]
+    (warning,) = short["warnings"]
+    assert warning.startswith("3 frames stored smaller than the 256 x 256 px tile (first: frame 2, about 119 x 256 px)")
+    # Against the fixture's own pixels for that level, resized the same way: edges in place, not stretched.
+    spec = next(s for s in synthetic.FIDELITY_SLIDES if s.container_id == "FID-SHORTEDGE-01")
+    level = resize_exact(synthetic.tissue_image(spec.base_size_px, spec.seed), (375, 275))
+    expected = resize_exact(level, tuple(short["output"]["size_px"])).numpy().astype(int)
+    with Image.open(tmp_path / "mpp4" / short["output"]["path"]) as image:
+        got = np.asarray(image.convert("RGB")).astype(int)
+    assert np.abs(got - expected).mean() < 3.0
+    assert np.abs(got[-1] - expected[-1]).mean() < 6.0
+    assert np.abs(got[:, -1] - expected[:, -1]).mean() < 6.0

@@ -49,7 +49,8 @@ def test_a_prefix_that_ends_inside_the_header_is_incomplete(instances: list[tupl
     data = instances[0][1].read_bytes()
     assert parse_prefix(data[:600]) is None
     complete = parse_prefix(data[: PREFIX_BYTES[0]])
-    assert complete is not None and "SharedFunctionalGroupsSequence" in complete
+    assert complete is not None
+    assert "SharedFunctionalGroupsSequence" in complete
 
 
 def test_missing_object_fails_that_slide_and_a_closed_port_is_unreachable(

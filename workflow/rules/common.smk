@@ -30,9 +30,15 @@ wildcard_constraints:
 
 
 def get_cohort_inputs(wildcards):
-    """Files the cohort is read from: a changed manifest or query re-runs it."""
+    """Files the cohort is read from: a changed manifest, query or table re-runs it.
+
+    As inputs, a missing one stops the run before any job (a dry run too), naming it.
+    """
     cohort = CONFIG["cohort"]
-    return {key: cohort[key] for key in ("manifest", "sql") if cohort.get(key)}
+    files = {key: cohort[key] for key in ("manifest", "sql") if cohort.get(key)}
+    tables = cohort.get("tables") or {}
+    files.update({f"table_{name}": path for name, path in tables.items() if path})
+    return files
 
 
 @lru_cache(maxsize=4)

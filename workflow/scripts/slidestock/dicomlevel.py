@@ -101,6 +101,7 @@ class DicomLevel:
     image: pyvips.Image
     decode_shrink: int = 1
     box: int = 1
+    warnings: tuple[str, ...] = ()
 
     @property
     def shrink(self) -> int:
@@ -352,9 +353,18 @@ def reduce_level(header: LevelHeader, scale: float | None = None, threads: int =
     decode, box = plan_shrink(syntax, scale, header.tile_px, levels)
     size = (-(-header.size_px[0] // decode), -(-header.size_px[1] // decode))
     edge = (_edge_share(header.size_px[0], decode), _edge_share(header.size_px[1], decode))
-    out = box_reduce(_strips(header, decode, threads), size, box, header.item, edge)
+    notes: list[tuple[int, int, int]] = []
+    out = box_reduce(_strips(header, decode, threads, notes), size, box, header.item, edge)
     image = pyvips.Image.new_from_array(out).copy(interpretation="srgb")
-    return DicomLevel(header=header, image=image, decode_shrink=decode, box=box)
+    warnings: tuple[str, ...] = ()
+    if notes:
+        first_frame, width, height = min(notes)
+        warnings = (
+            f"{len(set(notes))} frames stored smaller than the {header.tile_px[0]} x {header.tile_px[1]} px tile "
+            f"(first: frame {first_frame}, about {width} x {height} px): placed at their tile's corner, "
+            "the rest filled as background",
+        )
+    return DicomLevel(header=header, image=image, decode_shrink=decode, box=box, warnings=warnings)
 
 
 def _edge_share(length_px: int, decode: int) -> float:
@@ -433,7 +443,7 @@ def _round_half_up(values: np.ndarray) -> np.ndarray:
     return rounded
 
 
-def _strips(header: LevelHeader, decode: int, threads: int) -> Iterator[np.ndarray]:
+def _strips(header: LevelHeader, decode: int, threads: int, notes: list[tuple[int, int, int]]) -> Iterator[np.ndarray]:
     """The level's rows of tiles, decoded at 1/``decode`` and cropped to ``ceil(size_px / decode)``.
 
     The next row is decoded while the caller reduces this one. Where the
@@ -452,7 +462,7 @@ def _strips(header: LevelHeader, decode: int, threads: int) -> Iterator[np.ndarr
             def submit(row: int) -> list[Future[np.ndarray] | None]:
                 cells = header.grid[row * across : (row + 1) * across]
                 return [
-                    None if f is None else pool.submit(_decode_cell, fd, f, header, decode, (col, row), ragged)
+                    None if f is None else pool.submit(_decode_cell, fd, f, header, decode, (col, row), ragged, notes)
                     for col, f in enumerate(cells)
                 ]
 
@@ -471,14 +481,20 @@ def _strips(header: LevelHeader, decode: int, threads: int) -> Iterator[np.ndarr
 
 
 def _decode_cell(
-    fd: int, frame: Frame, header: LevelHeader, decode: int, cell: tuple[int, int], ragged: tuple[bool, bool]
+    fd: int,
+    frame: Frame,
+    header: LevelHeader,
+    decode: int,
+    cell: tuple[int, int],
+    ragged: tuple[bool, bool],
+    notes: list[tuple[int, int, int]],
 ) -> np.ndarray:
     """One tile at 1/``decode``: by the decoder, or for a ragged edge tile exactly from its real pixels."""
     col, row = cell
     edge = (ragged[0] and col == header.across - 1) or (ragged[1] and row == header.down - 1)
     if not edge:
-        return _decode_frame(fd, frame, header, decode)
-    tile = _decode_frame(fd, frame, header, 1)
+        return _decode_frame(fd, frame, header, decode, notes)
+    tile = _decode_frame(fd, frame, header, 1, notes)
     real_w = min(header.tile_px[0], header.size_px[0] - col * header.tile_px[0])
     real_h = min(header.tile_px[1], header.size_px[1] - row * header.tile_px[1])
     reduced = box_reduce([tile[:real_h, :real_w]], (real_w, real_h), decode, header.item)
@@ -504,8 +520,15 @@ def _pread_frame(fd: int, frame: Frame, item: str) -> bytes:
     return data
 
 
-def _decode_frame(fd: int, frame: Frame, header: LevelHeader, decode: int) -> np.ndarray:
-    """One frame as a (rows, columns, 3) array at 1/``decode`` of the tile size."""
+def _decode_frame(
+    fd: int, frame: Frame, header: LevelHeader, decode: int, notes: list[tuple[int, int, int]] | None = None
+) -> np.ndarray:
+    """One frame as a (rows, columns, 3) array at 1/``decode`` of the tile size.
+
+    A frame stored smaller than the tile (some converters write edge frames at
+    the size of the pixels they hold; DICOM asks for whole tiles) is placed at
+    its tile's corner and the rest filled as background, with a note in ``notes``.
+    """
     item, syntax = header.item, header.transfer_syntax
     data = _pread_frame(fd, frame, item)
     expected = (math.ceil(header.tile_px[1] / decode), math.ceil(header.tile_px[0] / decode), 3)
@@ -524,11 +547,22 @@ def _decode_frame(fd: int, frame: Frame, header: LevelHeader, decode: int) -> np
             array = np.frombuffer(data, dtype=np.uint8).reshape(expected)
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as err:
         raise DecodeError(f"{item}: frame {frame.index + 1} cannot be decoded ({syntax}): {err}") from err
-    if array.shape != expected:
-        raise DecodeError(
-            f"{item}: frame {frame.index + 1} decodes to {_describe(array.shape)}; expected {_describe(expected)}"
-        )
-    return array
+    if array.shape == expected:
+        return array
+    if (
+        notes is not None
+        and array.ndim == 3
+        and array.shape[2] == 3
+        and all(0 < got <= want for got, want in zip(array.shape[:2], expected[:2], strict=True))
+    ):
+        notes.append((frame.index + 1, array.shape[1] * decode, array.shape[0] * decode))
+        tile = np.full(expected, BACKGROUND, dtype=np.uint8)
+        tile[: array.shape[0], : array.shape[1]] = array
+        return tile
+    raise DecodeError(
+        f"{item}: frame {frame.index + 1} decodes to {_describe(array.shape)}; expected {_describe(expected)} "
+        "(the file is malformed)"
+    )
 
 
 def _describe(shape: Sequence[int]) -> str:

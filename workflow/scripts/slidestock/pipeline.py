@@ -357,6 +357,9 @@ def _fetch_and_downsample(
     if job.backend == "pyvips":
         level = reduce_level(header, scale=scale, threads=job.threads)
         record["level"]["decode_shrink"], record["level"]["box_shrink"] = level.decode_shrink, level.box
+        for warning in level.warnings:
+            log.warning("%s: %s", plan["slide_id"], warning)
+        record["warnings"] = list(level.warnings)
         image, shrink = level.image, level.shrink
     else:
         image, shrink = openslide_reduced(local, header, scale)

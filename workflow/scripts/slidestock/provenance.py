@@ -18,6 +18,7 @@ _PACKAGES = (
     "idc-index-data",
     "duckdb",
     "pydicom",
+    "pillow",
     "pyvips",
     "pyvips-binary",
     "imagecodecs",
@@ -49,7 +50,7 @@ def software_versions(s5cmd: str | None = None) -> dict[str, str]:
     versions = {"slidestock": SLIDESTOCK_VERSION}
     versions.update({name: package_version(name) for name in _PACKAGES})
     versions["libvips"] = ".".join(str(pyvips.version(i)) for i in range(3))
-    versions["openjpeg"] = _openjpeg_version()
+    versions.update(_codec_versions())
     versions["openslide"] = _openslide_version()
     if s5cmd is not None:
         proc = subprocess.run([s5cmd, "version"], capture_output=True, text=True, check=False)
@@ -57,10 +58,17 @@ def software_versions(s5cmd: str | None = None) -> dict[str, str]:
     return versions
 
 
-def _openjpeg_version() -> str:
+def _codec_versions() -> dict[str, str]:
+    """The JPEG and JPEG 2000 libraries of each decoder: Pillow's decode DICOM frames, imagecodecs' SVS tiles."""
     import imagecodecs
+    from PIL import features
 
-    return str(imagecodecs.jpeg2k_version())
+    return {
+        "pillow-libjpeg-turbo": str(features.version("libjpeg_turbo")),
+        "pillow-openjpeg": str(features.version("jpg_2000")),
+        "imagecodecs-libjpeg-turbo": str(imagecodecs.jpeg8_version()),
+        "imagecodecs-openjpeg": str(imagecodecs.jpeg2k_version()),
+    }
 
 
 def _openslide_version() -> str:

@@ -88,6 +88,8 @@ class SlideSpec:
     level_syntaxes: tuple[str, ...] | None = None
     # A second VOLUME instance (RESAMPLED) the size of level 2: two candidates for one level.
     second_volume: bool = False
+    # Edge frames stored at the size of the pixels they hold, not Rows x Columns (seen in converter output).
+    short_edge_frames: bool = False
 
     @property
     def key(self) -> str:
@@ -205,11 +207,12 @@ def encode_frame(tile: np.ndarray, transfer_syntax: str) -> bytes:
 
 
 def tile_frames(
-    level: np.ndarray, transfer_syntax: str, tile_px: int = TILE_PX, sparse: bool = False
+    level: np.ndarray, transfer_syntax: str, tile_px: int = TILE_PX, sparse: bool = False, short_edges: bool = False
 ) -> tuple[list[bytes], list[tuple[int, int]]]:
     """Cut a level into frames (row-major, edge tiles padded) and their 1-based (column, row) positions.
 
-    With ``sparse``, tiles holding only background are left out (TILED_SPARSE).
+    With ``sparse``, tiles holding only background are left out (TILED_SPARSE);
+    with ``short_edges``, edge tiles are encoded at the size of the pixels they hold.
     """
     rows, cols = level.shape[:2]
     frames, positions = [], []
@@ -221,7 +224,7 @@ def tile_frames(
             tile = np.empty((tile_px, tile_px, 3), dtype=np.uint8)
             tile[...] = BACKGROUND_RGB
             tile[: part.shape[0], : part.shape[1]] = part
-            frames.append(encode_frame(tile, transfer_syntax))
+            frames.append(encode_frame(np.ascontiguousarray(part) if short_edges else tile, transfer_syntax))
             positions.append((x + 1, y + 1))
     return frames, positions
 
@@ -387,7 +390,7 @@ def _write_instance(
     rows, cols = pixels.shape[:2]
     positions: list[tuple[int, int]] | None = None
     if tiled:
-        frames, positions = tile_frames(pixels, transfer_syntax, sparse=spec.sparse)
+        frames, positions = tile_frames(pixels, transfer_syntax, sparse=spec.sparse, short_edges=spec.short_edge_frames)
         tile = (TILE_PX, TILE_PX)
         positions = positions if spec.sparse else None
     else:
@@ -756,6 +759,7 @@ EDGE_SLIDES: tuple[SlideSpec, ...] = (
 FIDELITY_SLIDES: tuple[SlideSpec, ...] = (
     SlideSpec("fidelity", "TCGA-F1-A001", "TCGA-F1-A001-01Z-00-DX1", (8200, 6150), base_spacing_um=0.2527, seed=41),
     SlideSpec("fidelity", "FID-02", "FID-ONELEVEL-01", (2220, 2967), base_spacing_um=0.499, n_levels=1, seed=42),
+    SlideSpec("fidelity", "FID-03", "FID-SHORTEDGE-01", (1500, 1100), n_levels=2, short_edge_frames=True, seed=43),
 )
 
 
