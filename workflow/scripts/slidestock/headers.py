@@ -28,7 +28,7 @@ from slidestock.fetch import endpoint_url, source_url
 log = logging.getLogger(__name__)
 
 # Growing prefix sizes: most WSI headers fit in the first; one with a large ICC profile in a later one.
-PREFIX_BYTES = (64 << 10, 1 << 20, 8 << 20)
+PREFIX_BYTES = (16 << 10, 1 << 20, 8 << 20)
 SHARED_GROUPS = 0x52009229
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _TRANSIENT = (500, 502, 503, 504, 429)
