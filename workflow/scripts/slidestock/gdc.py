@@ -16,15 +16,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from slidestock.errors import FetchError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BLOCK_BYTES = 16 * 1024
 # Tiles closer than this are fetched in one request: a few wasted bytes beat a round trip.
@@ -35,6 +36,29 @@ _TRANSIENT = (500, 502, 503, 504, 429)
 
 class RangeNotSupportedError(FetchError):
     """The server answered a Range request with the whole file."""
+
+
+def retrying(
+    what: str, action: Callable[[], T], attempts: int, backoff_s: float, exhausted: type[FetchError] = FetchError
+) -> T:
+    """``action()``, tried ``attempts`` times with exponential backoff on network errors and 5xx/429.
+
+    Other HTTP errors (404, 403) fail at once; when every attempt failed, ``exhausted`` says the last reason.
+    """
+    last = ""
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except urllib.error.HTTPError as err:
+            if err.code not in _TRANSIENT:
+                raise FetchError(f"{what}: HTTP {err.code} {err.reason}") from None
+            last = f"HTTP {err.code}"
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as err:
+            last = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
+        log.warning("%s: attempt %d/%d failed: %s", what, attempt, attempts, last)
+        if attempt < attempts:
+            time.sleep(backoff_s * 2 ** (attempt - 1))
+    raise exhausted(f"{what}: {attempts} attempts failed; last: {last}")
 
 
 @dataclass
@@ -61,21 +85,8 @@ class GdcClient:
             self.bytes_fetched += n_bytes
             self.requests += 1
 
-    def _retrying(self, what: str, action: Any) -> Any:
-        last = ""
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return action()
-            except urllib.error.HTTPError as err:
-                if err.code not in _TRANSIENT:
-                    raise FetchError(f"{what}: HTTP {err.code} {err.reason}") from None
-                last = f"HTTP {err.code}"
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as err:
-                last = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
-            log.warning("%s: attempt %d/%d failed: %s", what, attempt, self.attempts, last)
-            if attempt < self.attempts:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-        raise FetchError(f"{what}: {self.attempts} attempts failed; last: {last}")
+    def _retrying(self, what: str, action: Callable[[], T]) -> T:
+        return retrying(what, action, self.attempts, self.backoff_s)
 
     def metadata(self, file_id: str) -> dict[str, Any]:
         """``file_name``, ``file_size``, ``md5sum`` of a file, from ``/files/{id}``."""

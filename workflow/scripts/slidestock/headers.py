@@ -10,10 +10,7 @@ Nothing past the shared functional groups is read.
 from __future__ import annotations
 
 import io
-import logging
 import re
-import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from threading import Lock
@@ -24,14 +21,12 @@ from pydicom.filereader import read_partial
 from slidestock.dicomlevel import header_spacing_um
 from slidestock.errors import FetchError, UnreachableError
 from slidestock.fetch import endpoint_url, source_url
-
-log = logging.getLogger(__name__)
+from slidestock.gdc import retrying
 
 # Growing prefix sizes: most WSI headers fit in the first; one with a large ICC profile in a later one.
 PREFIX_BYTES = (16 << 10, 1 << 20, 8 << 20)
 SHARED_GROUPS = 0x52009229
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
-_TRANSIENT = (500, 502, 503, 504, 429)
 
 
 def http_url(url: str, endpoint: str) -> str:
@@ -56,22 +51,13 @@ class HeaderReader:
     _lock: Lock = field(default_factory=Lock, repr=False)
 
     def prefix(self, url: str, length: int) -> bytes:
-        """The first ``length`` bytes of the object (fewer if it is shorter)."""
+        """The first ``length`` bytes of the object (fewer if it is shorter).
+
+        When every attempt fails for the network's sake, :class:`UnreachableError`: the same for every slide.
+        """
         address = http_url(url, self.endpoint)
-        last = ""
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return self._get(address, length)
-            except urllib.error.HTTPError as err:
-                if err.code not in _TRANSIENT:
-                    raise FetchError(f"{url}: HTTP {err.code} {err.reason} for its header") from None
-                last = f"HTTP {err.code}"
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as err:
-                last = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
-            log.warning("%s: header read, attempt %d/%d failed: %s", url, attempt, self.attempts, last)
-            if attempt < self.attempts:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-        raise UnreachableError(f"{address}: {self.attempts} attempts to read the header failed; last: {last}")
+        what = f"header of {address}"
+        return retrying(what, lambda: self._get(address, length), self.attempts, self.backoff_s, UnreachableError)
 
     def _get(self, address: str, length: int) -> bytes:
         headers = {"Range": f"bytes=0-{length - 1}", "User-Agent": "slidestock"}
