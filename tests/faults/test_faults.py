@@ -134,8 +134,9 @@ def test_503_and_a_stalled_server_fail_only_their_slides(
         assert not (tmp_path / "run" / f"results/slides/{slide}.png").exists()
     # Each attempt: for the 503, s5cmd's HEAD and GET, each retried once (retry_count 1); the stalled
     # HEAD never returns. Two attempts, then the slides are given up: bounded.
-    assert proxy.requests_for(keys[answers_503]) == 8
-    assert proxy.requests_for(keys[stalls]) == 2
+    # Before them, the plan's header read of each: one GET per attempt (2), then decided on the index alone.
+    assert proxy.requests_for(keys[answers_503]) == 8 + 2
+    assert proxy.requests_for(keys[stalls]) == 2 + 2
     assert_nothing_partial(tmp_path / "run")
 
 

@@ -24,7 +24,8 @@ config = {"cohort": smk.params.cohort, "fetch": smk.config["fetch"]}
 levels = instance_levels(cohort_connection(config, version, Path.cwd()), idc["SeriesInstanceUID"].tolist())
 target = target_of({"target": smk.params.target})
 # Headers are read where idc-index's rounded spacings cannot decide the level, and for the output size.
-reader = HeaderReader(smk.config["fetch"]["endpoint"], attempts=smk.config["fetch"]["attempts"])
+fetch = smk.config["fetch"]
+reader = HeaderReader(fetch["endpoint"], attempts=fetch["attempts"], timeout_s=min(30.0, fetch["timeout"]))
 try:
     plan = plan_frame(lock, levels, target, smk.params.prefer, reader if target.mpp is not None else None)
 except UnreachableError as err:

@@ -43,22 +43,27 @@ def retrying(
 ) -> T:
     """``action()``, tried ``attempts`` times with exponential backoff on network errors and 5xx/429.
 
-    Other HTTP errors (404, 403) fail at once; when every attempt failed, ``exhausted`` says the last reason.
+    Other HTTP errors (404, 403) fail at once. When every attempt failed to
+    connect at all (refused, name resolution, connect timeout), ``exhausted``
+    says the last reason; any other last failure is a :class:`FetchError`.
     """
     last = ""
+    never_connected = True
     for attempt in range(1, attempts + 1):
         try:
             return action()
         except urllib.error.HTTPError as err:
             if err.code not in _TRANSIENT:
                 raise FetchError(f"{what}: HTTP {err.code} {err.reason}") from None
-            last = f"HTTP {err.code}"
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as err:
-            last = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
+            last, never_connected = f"HTTP {err.code}", False
+        except urllib.error.URLError as err:  # raised before a connection was made
+            last = f"{type(err).__name__}: {err.reason}"
+        except (ConnectionError, TimeoutError, OSError) as err:
+            last, never_connected = f"{type(err).__name__}: {err}", False
         log.warning("%s: attempt %d/%d failed: %s", what, attempt, attempts, last)
         if attempt < attempts:
             time.sleep(backoff_s * 2 ** (attempt - 1))
-    raise exhausted(f"{what}: {attempts} attempts failed; last: {last}")
+    raise (exhausted if never_connected else FetchError)(f"{what}: {attempts} attempts failed; last: {last}")
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -105,16 +106,19 @@ def plan_row(
     if unavailable:
         row.update(status="failed", reason=unavailable)
         return row
-    header_spacing = None if reader is None else _header_spacing(slide, reader)
+    slide_id = str(slide["slide_id"])
     try:
-        choice = choose_level(levels, target, slide=str(slide["slide_id"]), header_spacing=header_spacing)
+        try:
+            choice = choose_level(levels, target, slide_id, None if reader is None else _header_spacing(slide, reader))
+        except UnreachableError:
+            raise  # the store cannot be reached at all: the same for every slide, so the plan stops
+        except FetchError as err:
+            # This object's header could not be read: decide on the index alone (never coarser than
+            # the target) and say so; the batch then meets the object's trouble itself.
+            choice = choose_level(levels, target, slide_id)
+            choice = replace(choice, reason=f"{choice.reason}; header not read ({err}): decided on the index alone")
     except LevelError as err:
         row.update(status="failed", reason=str(err))
-        return row
-    except UnreachableError:
-        raise  # the store cannot be reached at all: the same for every slide, so the plan stops
-    except FetchError as err:
-        row.update(status="failed", reason=f"{slide['slide_id']}: {err}")
         return row
     lv = choice.level
     row.update(
