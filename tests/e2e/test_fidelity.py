@@ -28,6 +28,14 @@ def fidelity_s3(fidelity_build: dict[str, Path]) -> Iterator[S3Server]:
         yield server
 
 
+@pytest.fixture(scope="module")
+def at_4um(
+    tmp_path_factory: pytest.TempPathFactory, fidelity_build: dict[str, Path], fidelity_s3: S3Server
+) -> dict[str, dict[str, Any]]:
+    """Every fidelity slide at 4 µm/px."""
+    return fidelity_run(tmp_path_factory.mktemp("mpp4"), fidelity_build, fidelity_s3, 4.0)
+
+
 def fidelity_run(folder: Path, build: dict[str, Path], server: S3Server, mpp: float) -> dict[str, dict[str, Any]]:
     """Run the workflow at ``mpp``; each slide's JSON record with its plan row and its image's size."""
     tables = {name: build[name] for name in ("index", "sm_index", "sm_instance_index")}
@@ -40,17 +48,15 @@ def fidelity_run(folder: Path, build: dict[str, Path], server: S3Server, mpp: fl
         record["plan"] = plan.loc[record["slide_id"]].to_dict()
         with Image.open(run.workdir / record["output"]["path"]) as image:
             record["image_size"] = image.size
+            record["pixels"] = np.asarray(image.convert("RGB")).astype(int)
         records[record["slide_id"].rsplit("_", 1)[0]] = record
     return records
 
 
-def test_level_rule_holds_against_header_spacing(
-    tmp_path: Path, fidelity_build: dict[str, Path], fidelity_s3: S3Server
-) -> None:
+def test_level_rule_holds_against_header_spacing(at_4um: dict[str, dict[str, Any]]) -> None:
     # Index: 0.001 / 0.004 / 0.016 mm. Headers: 1.0108 / 4.0471 / 16.188 µm. The target 4 µm/px
     # lies inside 0.004 mm's rounding interval and below the true 4.0471: the 1.0108 µm level.
-    recs = fidelity_run(tmp_path / "mpp4", fidelity_build, fidelity_s3, 4.0)
-    tcga = recs[TCGA]
+    tcga = at_4um[TCGA]
     assert tcga["status"] == "done", tcga["error"]
     assert tcga["level"]["size_px"] == [2050, 1537]
     assert tcga["level"]["header_spacing_um"][0] == pytest.approx(0.2527 * 8200 / 2050, rel=1e-9)
@@ -67,12 +73,9 @@ def test_level_rule_holds_against_header_spacing(
         assert abs(extent_um - 4.0 * size) < 4.0 / 2  # under half an output pixel over the image
 
 
-def test_plan_output_size_is_what_the_batch_writes(
-    tmp_path: Path, fidelity_build: dict[str, Path], fidelity_s3: S3Server
-) -> None:
+def test_plan_output_size_is_what_the_batch_writes(at_4um: dict[str, dict[str, Any]]) -> None:
     # Index 0.5 µm, header 0.499 µm: 2220 * 0.499 / 4 = 276.9 -> 277 (the index would say 278).
-    recs = fidelity_run(tmp_path / "mpp4", fidelity_build, fidelity_s3, 4.0)
-    one = recs[ONE_LEVEL]
+    one = at_4um[ONE_LEVEL]
     assert one["status"] == "done", one["error"]
     assert one["plan"]["spacing_source"] == "header"
     assert [int(one["plan"]["output_columns"]), int(one["plan"]["output_rows"])] == [277, 370]
@@ -105,21 +108,36 @@ def test_a_missing_table_stops_the_dry_run(tmp_path: Path, fidelity_build: dict[
     assert not (tmp_path / "results").exists()
 
 
-def test_edge_frames_stored_short_are_placed_and_said(
-    tmp_path: Path, fidelity_build: dict[str, Path], fidelity_s3: S3Server
-) -> None:
+def level_pixels(container: str, level_px: tuple[int, int], output_px: tuple[int, int]) -> np.ndarray:
+    """The fixture's own pixels of a level, resized to the output as the workflow resizes."""
+    spec = next(s for s in synthetic.FIDELITY_SLIDES if s.container_id == container)
+    level = resize_exact(synthetic.tissue_image(spec.base_size_px, spec.seed), level_px)
+    expected: np.ndarray = resize_exact(level, output_px).numpy().astype(int)
+    return expected
+
+
+def test_edge_frames_stored_short_are_placed_and_said(at_4um: dict[str, dict[str, Any]]) -> None:
     # Level 1 of FID-SHORTEDGE-01 is 375 x 275 px in 256 px tiles, its edge frames stored 119 and 19 px short.
-    short = fidelity_run(tmp_path / "mpp4", fidelity_build, fidelity_s3, 4.0)["FID-SHORTEDGE-01"]
+    short = at_4um["FID-SHORTEDGE-01"]
     assert short["status"] == "done", short["error"]
     assert short["level"]["size_px"] == [375, 275]
     (warning,) = short["warnings"]
     assert warning.startswith("3 frames stored smaller than the 256 x 256 px tile (first: frame 2, about 119 x 256 px)")
-    # Against the fixture's own pixels for that level, resized the same way: edges in place, not stretched.
-    spec = next(s for s in synthetic.FIDELITY_SLIDES if s.container_id == "FID-SHORTEDGE-01")
-    level = resize_exact(synthetic.tissue_image(spec.base_size_px, spec.seed), (375, 275))
-    expected = resize_exact(level, tuple(short["output"]["size_px"])).numpy().astype(int)
-    with Image.open(tmp_path / "mpp4" / short["output"]["path"]) as image:
-        got = np.asarray(image.convert("RGB")).astype(int)
+    # Against the fixture's own pixels for that level: edges in place, not stretched.
+    got, expected = short["pixels"], level_pixels("FID-SHORTEDGE-01", (375, 275), tuple(short["output"]["size_px"]))
     assert np.abs(got - expected).mean() < 3.0
     assert np.abs(got[-1] - expected[-1]).mean() < 6.0
     assert np.abs(got[:, -1] - expected[:, -1]).mean() < 6.0
+
+
+def test_rgb_label_over_ycbcr_frames_is_decoded_as_the_data_say_and_said(at_4um: dict[str, dict[str, Any]]) -> None:
+    labelled = at_4um["FID-RGBLABEL-01"]
+    assert labelled["status"] == "done", labelled["error"]
+    assert labelled["level"]["photometric"] == "RGB"
+    assert labelled["warnings"] == [
+        "PhotometricInterpretation is RGB, but the JPEG frames hold YCbCr (their own markers say so): decoded as YCbCr"
+    ]
+    expected = level_pixels("FID-RGBLABEL-01", (300, 225), tuple(labelled["output"]["size_px"]))
+    assert np.abs(labelled["pixels"] - expected).mean() < 3.0
+    # The other slides' labels agree with their frames: no warning.
+    assert at_4um[TCGA]["warnings"] == at_4um[ONE_LEVEL]["warnings"] == []

@@ -351,20 +351,59 @@ def reduce_level(header: LevelHeader, scale: float | None = None, threads: int =
     if syntax in JPEG2000_SYNTAXES and first is not None:
         levels = j2k_resolution_levels(read_frame(header.path, first, header.item))
     decode, box = plan_shrink(syntax, scale, header.tile_px, levels)
+    label_note = _label_disagreement(header, first)
     size = (-(-header.size_px[0] // decode), -(-header.size_px[1] // decode))
     edge = (_edge_share(header.size_px[0], decode), _edge_share(header.size_px[1], decode))
     notes: list[tuple[int, int, int]] = []
     out = box_reduce(_strips(header, decode, threads, notes), size, box, header.item, edge)
     image = pyvips.Image.new_from_array(out).copy(interpretation="srgb")
-    warnings: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = (label_note,) if label_note else ()
     if notes:
         first_frame, width, height = min(notes)
-        warnings = (
+        warnings += (
             f"{len(set(notes))} frames stored smaller than the {header.tile_px[0]} x {header.tile_px[1]} px tile "
             f"(first: frame {first_frame}, about {width} x {height} px): placed at their tile's corner, "
             "the rest filled as background",
         )
     return DicomLevel(header=header, image=image, decode_shrink=decode, box=box, warnings=warnings)
+
+
+def jpeg_colour_model(data: bytes) -> str:
+    """``YCbCr`` or ``RGB``: what a JPEG's own markers say its three components hold, as libjpeg reads them.
+
+    A JFIF (APP0) stream is YCbCr; an Adobe (APP14) marker says so by its
+    transform flag; otherwise components named R, G, B are RGB and any others YCbCr.
+    """
+    at = 2
+    while at + 4 <= len(data) and data[at] == 0xFF:
+        marker, length = data[at + 1], int.from_bytes(data[at + 2 : at + 4], "big")
+        body = data[at + 4 : at + 2 + length]
+        if marker == 0xE0 and body.startswith(b"JFIF\0"):
+            return "YCbCr"
+        if marker == 0xEE and body.startswith(b"Adobe") and len(body) >= 12:
+            return "YCbCr" if body[11] else "RGB"
+        if marker in (0xC0, 0xC1, 0xC2) and len(body) >= 15:
+            ids = bytes(body[6 + 3 * i] for i in range(3))
+            return "RGB" if ids == b"RGB" else "YCbCr"
+        at += 2 + length
+    return "YCbCr"
+
+
+def _label_disagreement(header: LevelHeader, first: Frame | None) -> str:
+    """A warning when a JPEG level's PhotometricInterpretation and its frames' own markers disagree.
+
+    The frames are decoded as their markers say (as every JPEG decoder does); the record says the label was wrong.
+    """
+    if header.transfer_syntax not in JPEG_SYNTAXES or first is None:
+        return ""
+    data = jpeg_colour_model(read_frame(header.path, first, header.item))
+    label = "RGB" if header.photometric == "RGB" else "YCbCr" if header.photometric.startswith("YBR") else ""
+    if not label or label == data:
+        return ""
+    return (
+        f"PhotometricInterpretation is {header.photometric}, but the JPEG frames hold {data} (their own markers say "
+        f"so): decoded as {data}"
+    )
 
 
 def _edge_share(length_px: int, decode: int) -> float:

@@ -90,6 +90,8 @@ class SlideSpec:
     second_volume: bool = False
     # Edge frames stored at the size of the pixels they hold, not Rows x Columns (seen in converter output).
     short_edge_frames: bool = False
+    # PhotometricInterpretation as another converter labels it (e.g. RGB over JFIF YCbCr frames).
+    photometric: str | None = None
 
     @property
     def key(self) -> str:
@@ -301,7 +303,7 @@ def _dataset(
     ds.SpecimenDescriptionSequence = DicomSequence([specimen])
     ds.ImageType = list(image_type)
     ds.SamplesPerPixel = 3
-    ds.PhotometricInterpretation = PHOTOMETRIC[UID(transfer_syntax)]
+    ds.PhotometricInterpretation = spec.photometric or PHOTOMETRIC[UID(transfer_syntax)]
     ds.PlanarConfiguration = 0
     ds.Rows, ds.Columns = tile_px[1], tile_px[0]
     ds.BitsAllocated = 8
@@ -760,6 +762,7 @@ FIDELITY_SLIDES: tuple[SlideSpec, ...] = (
     SlideSpec("fidelity", "TCGA-F1-A001", "TCGA-F1-A001-01Z-00-DX1", (8200, 6150), base_spacing_um=0.2527, seed=41),
     SlideSpec("fidelity", "FID-02", "FID-ONELEVEL-01", (2220, 2967), base_spacing_um=0.499, n_levels=1, seed=42),
     SlideSpec("fidelity", "FID-03", "FID-SHORTEDGE-01", (1500, 1100), n_levels=2, short_edge_frames=True, seed=43),
+    SlideSpec("fidelity", "FID-04", "FID-RGBLABEL-01", (1200, 900), n_levels=2, photometric="RGB", seed=44),
 )
 
 
