@@ -163,15 +163,17 @@ def test_hostile_file_names_stay_inside_results(
     assert hashlib.sha256(page.encode()).hexdigest()
 
 
-def single_tiff(tmp_path: Path, name: str, seed: int, **options: Any) -> tuple[Path, Path]:
-    """A folder holding one tiled 3000 x 2000 px TIFF (``options`` for tifffile), and a GDC manifest listing it."""
+def single_tiff(
+    tmp_path: Path, name: str, seed: int, size_px: tuple[int, int] = (3000, 2000), **options: Any
+) -> tuple[Path, Path]:
+    """A folder holding one tiled TIFF (``options`` for tifffile), and a GDC manifest listing it."""
     import tifffile
 
     folder = tmp_path / "files"
     folder.mkdir()
     file_id = str(uuid.uuid5(uuid.NAMESPACE_URL, name))
     path = folder / file_id
-    pixels = synthetic.tissue_image((3000, 2000), seed).numpy()
+    pixels = synthetic.tissue_image(size_px, seed).numpy()
     tifffile.imwrite(path, pixels, tile=(256, 256), photometric="rgb", metadata=None, **options)
     md5 = hashlib.md5(path.read_bytes()).hexdigest()
     manifest = tmp_path / "manifest.tsv"
@@ -245,3 +247,21 @@ def test_an_svs_without_any_spacing_is_sized_by_the_fallback_or_skipped(
     with Image.open(tmp_path / "run-600" / sized["output"]["path"]) as png:
         assert png.size == (600, 400)
         assert png.info["dpi"] == (0, 0)
+
+
+def test_a_file_smaller_than_its_directory_reads_is_fetched_whole(
+    tmp_path: Path, demo_build: dict[str, Path], s3: S3Server
+) -> None:
+    # A 240 x 160 px single-page TIFF: a few KB, less than the 16 KB blocks its directory is read in.
+    folder, manifest = single_tiff(tmp_path, "TCGA-L1-Z003-01Z-00-DX1.TINY.svs", 7, (240, 160), compression="jpeg",
+                                   resolution=(40000, 40000), resolutionunit="CENTIMETER")  # fmt: skip
+    size = int(manifest.read_text().splitlines()[1].split("\t")[3])
+    with gdcserver.serving(folder) as url:
+        run = gdc_run(tmp_path / "run", demo_build, s3, url, manifest, "range")
+    (rec,) = records(run).values()
+    assert rec["status"] == "done", rec["error"]
+    assert rec["gdc"]["mode"] == f"whole (a file of {size} bytes: no larger than its directory reads)"
+    assert rec["gdc"]["md5_verified"] is True
+    # The file once, plus the /files metadata answer (well under a block): never more than the file in ranges.
+    assert size <= rec["bytes_fetched"] < size + 1024
+    assert rec["output"]["size_px"] == [4, 3]  # 240 x 160 px at 0.25 µm/px -> 15 µm/px

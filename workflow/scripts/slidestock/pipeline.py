@@ -31,7 +31,7 @@ from slidestock.dicomlevel import LevelHeader, box_reduce, most_shrink, read_hea
 from slidestock.downsample import resize_exact, tissue_fraction, tissue_mask, write_image
 from slidestock.errors import DecodeError, FetchError, SlidestockError
 from slidestock.fetch import BatchItem, FetchResult, check_free_disk, fetch_batch, s5cmd_binary
-from slidestock.gdc import BlockCache, GdcClient, RangeNotSupportedError, fetch_ranges
+from slidestock.gdc import BLOCK_BYTES, BlockCache, GdcClient, RangeNotSupportedError, fetch_ranges
 from slidestock.levels import Level, Target, choose_level, output_size_px
 from slidestock.plan import slide_plan_text
 from slidestock.provenance import SLIDESTOCK_VERSION, sha256_file, software_versions, write_json, write_text_atomic
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 # Files written beside a slide's image: {slide}.<name>.png
 SIDE_FILES = ("mask", "label", "overview")
 TileGetter = Callable[[list[tuple[int, int]]], list[bytes]]
+# GDC files up to this size are downloaded whole: range reads of their directory and tiles would move as much.
+SMALL_FILE_BYTES = 4 * BLOCK_BYTES
 
 
 @dataclass(frozen=True)
@@ -465,7 +467,11 @@ def _gdc_fetch_and_downsample(job: SlideJob, record: dict[str, Any]) -> None:
     record["source"]["gdc_file_id"] = file_id
     record["gdc"] = {"mode": job.gdc.mode, "file_size_bytes": size}
     with tempfile.TemporaryDirectory(prefix="slidestock-", dir=job.tmpdir) as scratch:
-        if job.gdc.mode == "range":
+        if job.gdc.mode == "range" and size <= SMALL_FILE_BYTES:
+            # The directory reads alone would move about this much: the file whole costs no more.
+            record["gdc"]["mode"] = f"whole (a file of {size} bytes: no larger than its directory reads)"
+            image = _svs_whole(client, file_id, size, plan["md5"], Path(scratch), job, record, item)
+        elif job.gdc.mode == "range":
             try:
                 cache = BlockCache(client, file_id, size)
                 parallel = job.gdc.parallel
