@@ -15,7 +15,7 @@ import pytest
 
 from slidestock.s3server import S3Server
 from slidestock.synthetic import DICOM_ALL_PREFIX
-from tests.e2e.runs import Run, demo_tables, run_in
+from tests.e2e.runs import Run, demo_tables, run_in, snakemake, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -35,11 +35,15 @@ def reference(tmp_path_factory: pytest.TempPathFactory, demo_build: dict[str, Pa
     return run_in(tmp_path_factory.mktemp("idc"), demo_tables(demo_build), s3)
 
 
-@pytest.mark.parametrize("mode", ["in_place", "sync"])
+@pytest.mark.parametrize("mode", ["in_place", "sync", "local folder", "local glob"])
 def test_parquet_export_gives_the_same_cohort_and_plan(
     mode: str, reference: Run, tmp_path: Path, demo_build: dict[str, Path], s3: S3Server
 ) -> None:
     parquet = {"url": f"s3://{DICOM_ALL_PREFIX.format(version=25)}/", "mode": mode, "cache": "export"}
+    if mode.startswith("local"):
+        # Staged on a shared disk: read where it is, nothing synced, no S3 involved for the cohort.
+        folder = demo_build["dicom_all"]
+        parquet = {"url": str(folder) if mode == "local folder" else str(folder / "0000*.parquet")}
     run = run_in(tmp_path, demo_tables(demo_build), s3, source="idc_parquet", parquet=parquet)
     assert lock_body(run) == lock_body(reference)
     plans = ("results/cohort/instances.tsv",)
@@ -48,6 +52,18 @@ def test_parquet_export_gives_the_same_cohort_and_plan(
     assert image_hashes(run) == image_hashes(reference)
     synced = sorted(p.name for p in (run.workdir / "export").glob("*.parquet"))
     assert synced == (["000000000000.parquet", "000000000001.parquet"] if mode == "sync" else [])
+
+
+def test_a_local_export_folder_without_parquet_files_says_so(
+    tmp_path: Path, demo_build: dict[str, Path], s3: S3Server
+) -> None:
+    (tmp_path / "empty").mkdir()
+    config = write_config(tmp_path / "config.yaml", demo_tables(demo_build), s3.url, source="idc_parquet",
+                          parquet={"url": str(tmp_path / "empty")})  # fmt: skip
+    proc = snakemake(tmp_path, config)
+    assert proc.returncode != 0
+    log = (tmp_path / "logs/cohort/cohort.log").read_text()
+    assert f"cohort.parquet.url: no .parquet files at {str(tmp_path / 'empty')!r}" in log
 
 
 def test_idc_manifest(reference: Run, tmp_path: Path, demo_build: dict[str, Path], s3: S3Server) -> None:

@@ -16,6 +16,7 @@ from slidestock.cohort import (
     select_cohort,
 )
 from slidestock.config import cohort_connection
+from slidestock.errors import SlidestockError
 from slidestock.provenance import SLIDESTOCK_VERSION, package_version
 
 smk = snakemake  # noqa: F821
@@ -23,9 +24,14 @@ logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s
 
 # The endpoint is read from the config, not a parameter: changing it re-runs nothing.
 config = {"cohort": smk.params.cohort, "fetch": smk.config["fetch"]}
-spec = CohortSpec.from_config(smk.params.cohort, Path.cwd())
-version = resolve_idc_version(spec.idc_version)
-selected = select_cohort(cohort_connection(config, version, Path.cwd()), spec, version)
+try:
+    spec = CohortSpec.from_config(smk.params.cohort, Path.cwd())
+    version = resolve_idc_version(spec.idc_version)
+    selected = select_cohort(cohort_connection(config, version, Path.cwd()), spec, version)
+except SlidestockError as err:
+    # One line in the log and the terminal, not a traceback: the message names the key and what to do.
+    logging.error("%s", err)
+    sys.exit(f"cohort: {err}")
 frame = lock_frame(selected, version)
 header = {
     "slidestock cohort lock": f"{len(frame)} slides",

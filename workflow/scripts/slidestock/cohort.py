@@ -11,6 +11,7 @@ The result is the lock file ``cohort.tsv``: same config, same bytes.
 from __future__ import annotations
 
 import difflib
+import glob
 import hashlib
 import json
 import logging
@@ -212,8 +213,23 @@ class ParquetSource:
     cache: Path
     endpoint: str
 
+    @property
+    def local(self) -> bool:
+        """A folder or glob on this machine (an export staged on a cluster's shared disk), not an s3:// URL."""
+        return not self.url.startswith("s3://")
+
     def files(self) -> str | list[str]:
-        """What DuckDB reads: an S3 glob, or the synced local files."""
+        """What DuckDB reads: an S3 glob, the synced local files, or the local folder's (or glob's) files."""
+        if self.local:
+            folder = Path(self.url)
+            pattern = str(folder / "*.parquet") if folder.is_dir() else self.url
+            found = sorted(glob.glob(pattern))
+            if not found:
+                raise CohortError(
+                    f"cohort.parquet.url: no .parquet files at {self.url!r}; expected a folder (or glob) "
+                    "of the export's dicom_all Parquet files"
+                )
+            return found
         if self.mode == "in_place":
             return self.url.rstrip("/") + "/*.parquet"
         from slidestock.fetch import sync_prefix
@@ -255,7 +271,7 @@ def _load_httpfs(con: duckdb.DuckDBPyConnection, endpoint: str) -> None:
 def connect_parquet(source: ParquetSource) -> duckdb.DuckDBPyConnection:
     """A connection whose idc-index views come from the IDC Parquet export."""
     con = duckdb.connect()
-    if source.mode == "in_place":
+    if source.mode == "in_place" and not source.local:
         _load_httpfs(con, source.endpoint)
     try:
         return parquet_views(con, source.files())
