@@ -46,9 +46,10 @@ def fidelity_run(folder: Path, build: dict[str, Path], server: S3Server, mpp: fl
     for path in (run.workdir / "results/slides").glob("*.json"):
         record = json.loads(path.read_text())
         record["plan"] = plan.loc[record["slide_id"]].to_dict()
-        with Image.open(run.workdir / record["output"]["path"]) as image:
-            record["image_size"] = image.size
-            record["pixels"] = np.asarray(image.convert("RGB")).astype(int)
+        if record["output"]:
+            with Image.open(run.workdir / record["output"]["path"]) as image:
+                record["image_size"] = image.size
+                record["pixels"] = np.asarray(image.convert("RGB")).astype(int)
         records[record["slide_id"].rsplit("_", 1)[0]] = record
     return records
 
@@ -141,3 +142,35 @@ def test_rgb_label_over_ycbcr_frames_is_decoded_as_the_data_say_and_said(at_4um:
     assert np.abs(labelled["pixels"] - expected).mean() < 3.0
     # The other slides' labels agree with their frames: no warning.
     assert at_4um[TCGA]["warnings"] == at_4um[ONE_LEVEL]["warnings"] == []
+
+
+def test_a_concatenated_level_is_fetched_whole_and_read_as_one(
+    at_4um: dict[str, dict[str, Any]], fidelity_build: dict[str, Path]
+) -> None:
+    concat = at_4um["FID-CONCAT-01"]
+    assert concat["status"] == "done", concat["error"]
+    assert concat["level"]["concatenation_parts"] == 2
+    assert "a DICOM concatenation of 2 instances" in concat["plan"]["reason"]
+    # Both parts fetched, and nothing else: their sizes in the index add up to the bytes fetched.
+    instances = pd.read_parquet(fidelity_build["sm_instance_index"])
+    part_sizes = [int(s) for s in concat["plan"]["part_sizes"].split()]
+    assert len(part_sizes) == 2
+    assert sorted(part_sizes) == sorted(instances[instances["TotalPixelMatrixColumns"] == 400]["instance_size"])
+    assert concat["bytes_fetched"] == sum(part_sizes) == int(concat["plan"]["instance_size"])
+    # The second part's tiles are there (not background): the image matches the fixture's pixels everywhere.
+    expected = level_pixels("FID-CONCAT-01", (400, 300), tuple(concat["output"]["size_px"]))
+    assert np.abs(concat["pixels"] - expected).mean() < 3.0
+    assert np.abs(concat["pixels"][-20:] - expected[-20:]).mean() < 3.0
+
+
+def test_a_fluorescence_series_is_skipped_with_the_reason(at_4um: dict[str, dict[str, Any]]) -> None:
+    fluo = at_4um["FID-FLUO-01"]
+    assert fluo["status"] == "failed"
+    assert fluo["output"] is None
+    assert fluo["bytes_fetched"] == 0
+    assert fluo["error"].startswith("FID-FLUO-01_")
+    assert (
+        "a fluorescence or multi-channel series (2 optical path(s), PhotometricInterpretation MONOCHROME2)"
+        in (fluo["error"])
+    )
+    assert "illuminationType_CodeMeaning: [Brightfield illumination]" in fluo["error"]

@@ -18,7 +18,7 @@ import pydicom
 import pytest
 
 from slidestock import synthetic
-from slidestock.dicomlevel import plan_shrink, read_level
+from slidestock.dicomlevel import plan_shrink, read_concatenation, read_header, read_level, reduce_level
 from slidestock.errors import DecodeError
 
 
@@ -311,3 +311,35 @@ def test_box_reduce_averages_the_pixels_a_cut_block_has() -> None:
     corner = (wide[8:11, 12:13] * weights[:, 1:]).sum(axis=(0, 1)) / weights[:, 1:].sum()
     assert np.array_equal(weighted[2, 3], np.floor(corner + 0.5))
     assert np.array_equal(weighted[:2, :3], out[:2, :3])
+
+
+def fidelity_files(build: dict[str, Path], container: str) -> list[Path]:
+    index = pd.read_parquet(build["index"]).set_index("SeriesInstanceUID")
+    sm = pd.read_parquet(build["sm_index"]).set_index("ContainerIdentifier")
+    uuid = index.loc[sm.loc[container, "SeriesInstanceUID"], "crdc_series_uuid"]
+    return sorted((build["s3_root"] / synthetic.BUCKET / uuid).glob("*.dcm"))
+
+
+def test_a_fluorescence_channel_is_refused_with_the_reason(fidelity_build: dict[str, Path]) -> None:
+    for path in fidelity_files(fidelity_build, "FID-FLUO-01"):
+        with pytest.raises(DecodeError, match=r"MONOCHROME2 with 1 sample\(s\) per pixel: one channel of a fluor"):
+            read_header(path)
+
+
+def test_concatenation_parts_read_together_make_the_level(fidelity_build: dict[str, Path]) -> None:
+
+    files = fidelity_files(fidelity_build, "FID-CONCAT-01")
+    parts = [p for p in files if pydicom.dcmread(p, stop_before_pixels=True).TotalPixelMatrixColumns == 1600]
+    assert len(parts) == 2
+    for part in parts:
+        with pytest.raises(DecodeError, match=r"part [12] of a concatenation of 2 instances holds 1[78] of the"):
+            read_header(part)
+    # Either order on input: the parts are laid out by ConcatenationFrameOffsetNumber.
+    header = read_concatenation(list(reversed(parts)), "concat")
+    assert len(header.grid) == 7 * 5
+    assert [f.file for f in header.grid if f is not None] == [0] * 17 + [1] * 18
+
+    image = reduce_level(header).image.numpy().astype(int)
+    level = synthetic.tissue_image((1600, 1200), 45).numpy().astype(int)
+    assert image.shape == level.shape
+    assert np.abs(image - level).mean() < 3.0  # JPEG's loss only: every tile of both parts in its place

@@ -27,7 +27,7 @@ target = target_of({"target": smk.params.target})
 fetch = smk.config["fetch"]
 reader = HeaderReader(fetch["endpoint"], attempts=fetch["attempts"], timeout_s=min(30.0, fetch["timeout"]))
 try:
-    plan = plan_frame(lock, levels, target, smk.params.prefer, reader if target.mpp is not None else None)
+    plan = plan_frame(lock, levels, target, smk.params.prefer, reader)
 except UnreachableError as err:
     message = (
         f"plan: cannot read instance headers from the slide bucket: {err}. "

@@ -21,7 +21,7 @@ import os
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +43,14 @@ ITEM, SEQUENCE_END = (0xFFFE, 0xE000), (0xFFFE, 0xE0DD)
 
 @dataclass(frozen=True)
 class Frame:
-    """Where one frame's bytes lie in the file: (offset, length) of each of its fragments, most often one."""
+    """Where one frame's bytes lie: (offset, length) of each of its fragments (most often one) in file ``file``.
+
+    ``file`` indexes :attr:`LevelHeader.paths`: 0 but for the later parts of a concatenation.
+    """
 
     index: int
     parts: tuple[tuple[int, int], ...]
+    file: int = 0
 
     @property
     def length(self) -> int:
@@ -74,6 +78,12 @@ class LevelHeader:
     organization: str
     icc_profile: bytes | None
     grid: tuple[Frame | None, ...]
+    # Every file the frames are in: ``path`` alone, or the parts of a concatenation in order.
+    paths: tuple[Path, ...] = ()
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return self.paths or (self.path,)
 
     @property
     def across(self) -> int:
@@ -155,6 +165,16 @@ def plan_shrink(syntax: str, scale: float | None, tile_px: tuple[int, int], j2k_
     return decode, most // decode
 
 
+@dataclass(frozen=True)
+class _Part:
+    """One instance's header and its frames, before they are laid out as a level."""
+
+    ds: pydicom.Dataset
+    header: LevelHeader
+    frames: list[Frame]
+    positions: list[tuple[int, int]] | None
+
+
 def read_header(path: Path, item: str | None = None) -> LevelHeader:
     """Read a single-instance DICOM WSI level's header and locate its frames (one focal plane, one optical path).
 
@@ -162,7 +182,68 @@ def read_header(path: Path, item: str | None = None) -> LevelHeader:
     uncompressed RGB frames. Nothing of the pixel data is read but the item
     headers that delimit its frames.
     """
-    item = item or str(path)
+    part = _read_part(path, item or str(path))
+    if "ConcatenationUID" in part.ds and part.header.organization == "TILED_FULL":
+        total = part.header.across * part.header.down
+        if len(part.frames) != total:
+            raise DecodeError(
+                f"{part.header.item}: part {part.ds.get('InConcatenationNumber', '?')} of a concatenation of "
+                f"{part.ds.get('InConcatenationTotalNumber', '?')} instances holds {len(part.frames)} of the level's "
+                f"{total} frames; expected all its parts to be read together"
+            )
+    return _laid_out(part.header, part.frames, part.positions)
+
+
+def read_concatenation(paths: Sequence[Path], item: str) -> LevelHeader:
+    """A level written as a DICOM concatenation: its parts' frames laid out as one level.
+
+    The parts share a ConcatenationUID, size and tiling; each holds the frames
+    from its ConcatenationFrameOffsetNumber on.
+    """
+    parts = sorted((_read_part(path, f"{item} part {k + 1}") for k, path in enumerate(paths)),
+                   key=lambda p: int(p.ds.get("ConcatenationFrameOffsetNumber", 0)))  # fmt: skip
+    first = parts[0]
+    uids = {str(p.ds.get("ConcatenationUID", "")) for p in parts}
+    shapes = {(p.header.size_px, p.header.tile_px, p.header.transfer_syntax, p.header.organization) for p in parts}
+    if len(uids) != 1 or "" in uids or len(shapes) != 1:
+        raise DecodeError(
+            f"{item}: {len(parts)} instances planned as one concatenated level, but their ConcatenationUIDs "
+            f"{sorted(uids)} or sizes and tilings differ; expected the parts of one level"
+        )
+    frames: list[Frame] = []
+    positions: list[tuple[int, int]] | None = [] if first.positions is not None else None
+    for k, part in enumerate(parts):
+        offset = int(part.ds.get("ConcatenationFrameOffsetNumber", 0))
+        if offset != len(frames):
+            raise DecodeError(f"{item}: part {k + 1} starts at frame {offset + 1}; expected frame {len(frames) + 1}")
+        frames += [Frame(offset + f.index, f.parts, k) for f in part.frames]
+        if positions is not None and part.positions is not None:
+            positions += part.positions
+    header = replace(first.header, item=item, paths=tuple(p.header.path for p in parts))
+    return _laid_out(header, frames, positions)
+
+
+def _laid_out(header: LevelHeader, frames: list[Frame], positions: list[tuple[int, int]] | None) -> LevelHeader:
+    """The frames placed on the level's tile grid: in order (TILED_FULL), or by their plane positions."""
+    across, down = header.across, header.down
+    (width, height), (tile_w, tile_h) = header.size_px, header.tile_px
+    if header.organization == "TILED_FULL":
+        if len(frames) != across * down:
+            raise DecodeError(
+                f"{header.item}: {len(frames)} frames; expected {across} x {down} = {across * down} tiles "
+                f"for {width} x {height} px in {tile_w} x {tile_h} px tiles"
+            )
+        return replace(header, grid=tuple(frames))
+    assert positions is not None
+    grid: list[Frame | None] = [None] * (across * down)
+    for frame, (col, row) in zip(frames, positions, strict=True):
+        if 0 <= col < across and 0 <= row < down and grid[row * across + col] is None:
+            grid[row * across + col] = frame
+    return replace(header, grid=tuple(grid))
+
+
+def _read_part(path: Path, item: str) -> _Part:
+    """One instance's header and frames."""
     try:
         with path.open("rb") as fp:
             ds = pydicom.dcmread(fp, stop_before_pixels=True)
@@ -173,6 +254,12 @@ def read_header(path: Path, item: str | None = None) -> LevelHeader:
     if syntax not in JPEG_SYNTAXES | JPEG2000_SYNTAXES | NATIVE_SYNTAXES:
         raise DecodeError(
             f"{item}: transfer syntax {syntax} is not supported; expected JPEG baseline, JPEG 2000 or uncompressed"
+        )
+    photometric, samples = str(ds.get("PhotometricInterpretation", "")), int(ds.get("SamplesPerPixel", 3))
+    if photometric.startswith("MONOCHROME") or samples != 3:
+        raise DecodeError(
+            f"{item}: {photometric or 'no photometric interpretation'} with {samples} sample(s) per pixel: one "
+            "channel of a fluorescence or multi-channel series; expected a brightfield RGB level"
         )
     organization = str(ds.get("DimensionOrganizationType", "TILED_FULL"))
     if organization not in ("TILED_FULL", "TILED_SPARSE"):
@@ -185,37 +272,24 @@ def read_header(path: Path, item: str | None = None) -> LevelHeader:
         raise DecodeError(f"{item}: no usable matrix, tile or frame sizes in the header: {err}") from err
     if min(width, height, *tile_px, n_frames) < 1:
         raise DecodeError(f"{item}: {width} x {height} px in {tile_px} px tiles, {n_frames} frames; expected sizes > 0")
-    across, down = math.ceil(width / tile_px[0]), math.ceil(height / tile_px[1])
-    if organization == "TILED_FULL" and n_frames != across * down:
-        raise DecodeError(
-            f"{item}: {n_frames} frames; expected {across} x {down} = {across * down} tiles "
-            f"for {width} x {height} px in {tile_px[0]} x {tile_px[1]} px tiles"
-        )
-    if syntax in NATIVE_SYNTAXES and (
-        int(ds.get("PlanarConfiguration", 0)) != 0 or str(ds.get("PhotometricInterpretation")) != "RGB"
-    ):
-        raise DecodeError(f"{item}: uncompressed frames must be RGB, interleaved; found {ds.PhotometricInterpretation}")
+    if syntax in NATIVE_SYNTAXES and (int(ds.get("PlanarConfiguration", 0)) != 0 or photometric != "RGB"):
+        raise DecodeError(f"{item}: uncompressed frames must be RGB, interleaved; found {photometric}")
     frames = _locate_frames(path, pixel_start, syntax, n_frames, tile_px, item)
-    if organization == "TILED_FULL":
-        grid: list[Frame | None] = list(frames)
-    else:
-        grid = [None] * (across * down)
-        for frame, (col, row) in zip(frames, _sparse_positions(ds, n_frames, tile_px, item), strict=True):
-            if 0 <= col < across and 0 <= row < down and grid[row * across + col] is None:
-                grid[row * across + col] = frame
-    return LevelHeader(
+    positions = _sparse_positions(ds, n_frames, tile_px, item) if organization == "TILED_SPARSE" else None
+    header = LevelHeader(
         path=path,
         item=item,
         size_px=(width, height),
         tile_px=tile_px,
         spacing_xy_um=header_spacing_um(ds),
         transfer_syntax=syntax,
-        photometric=str(ds.get("PhotometricInterpretation", "")),
+        photometric=photometric,
         sop_instance_uid=str(ds.SOPInstanceUID),
         organization=organization,
         icc_profile=_icc_profile(ds),
-        grid=tuple(grid),
+        grid=(),
     )
+    return _Part(ds, header, frames, positions)
 
 
 def _locate_frames(
@@ -349,7 +423,7 @@ def reduce_level(header: LevelHeader, scale: float | None = None, threads: int =
     levels = 0
     first = next((frame for frame in header.grid if frame is not None), None)
     if syntax in JPEG2000_SYNTAXES and first is not None:
-        levels = j2k_resolution_levels(read_frame(header.path, first, header.item))
+        levels = j2k_resolution_levels(read_frame(header.files[first.file], first, header.item))
     decode, box = plan_shrink(syntax, scale, header.tile_px, levels)
     label_note = _label_disagreement(header, first)
     size = (-(-header.size_px[0] // decode), -(-header.size_px[1] // decode))
@@ -396,7 +470,7 @@ def _label_disagreement(header: LevelHeader, first: Frame | None) -> str:
     """
     if header.transfer_syntax not in JPEG_SYNTAXES or first is None:
         return ""
-    data = jpeg_colour_model(read_frame(header.path, first, header.item))
+    data = jpeg_colour_model(read_frame(header.files[first.file], first, header.item))
     label = "RGB" if header.photometric == "RGB" else "YCbCr" if header.photometric.startswith("YBR") else ""
     if not label or label == data:
         return ""
@@ -494,14 +568,16 @@ def _strips(header: LevelHeader, decode: int, threads: int, notes: list[tuple[in
     width, height = (-(-v // decode) for v in header.size_px)
     across = header.across
     ragged = (header.size_px[0] % decode != 0, header.size_px[1] % decode != 0)
-    fd = os.open(header.path, os.O_RDONLY)
+    fds = [os.open(path, os.O_RDONLY) for path in header.files]
     try:
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
 
             def submit(row: int) -> list[Future[np.ndarray] | None]:
                 cells = header.grid[row * across : (row + 1) * across]
                 return [
-                    None if f is None else pool.submit(_decode_cell, fd, f, header, decode, (col, row), ragged, notes)
+                    None
+                    if f is None
+                    else pool.submit(_decode_cell, fds[f.file], f, header, decode, (col, row), ragged, notes)
                     for col, f in enumerate(cells)
                 ]
 
@@ -516,7 +592,8 @@ def _strips(header: LevelHeader, decode: int, threads: int, notes: list[tuple[in
                         strip[:, col * tile_w : (col + 1) * tile_w] = tile
                 yield strip[: min(tile_h, height - row * tile_h), :width]
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
 
 
 def _decode_cell(

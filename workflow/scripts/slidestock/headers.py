@@ -73,18 +73,22 @@ class HeaderReader:
             self.requests += 1
         return body
 
-    def spacing_xy_um(self, url: str) -> tuple[float, float] | None:
-        """The header's (column, row) spacing in µm, ``None`` when the header has none.
+    def dataset(self, url: str) -> pydicom.Dataset | None:
+        """The instance's header up to the shared functional groups (``None`` for an object that holds none).
 
-        Reads growing prefixes until the header up to the shared functional
-        groups is complete.
+        Reads growing prefixes until the header is complete.
         """
         for length in PREFIX_BYTES:
             data = self.prefix(url, length)
             parsed = parse_prefix(data)
             if parsed is not None or len(data) < length:
-                return None if parsed is None else header_spacing_um(parsed)
+                return parsed
         raise FetchError(f"{url}: no complete header in the first {PREFIX_BYTES[-1]} bytes; expected DICOM WSI")
+
+    def spacing_xy_um(self, url: str) -> tuple[float, float] | None:
+        """The header's (column, row) spacing in µm, ``None`` when the header has none."""
+        parsed = self.dataset(url)
+        return None if parsed is None else header_spacing_um(parsed)
 
 
 def parse_prefix(data: bytes) -> pydicom.Dataset | None:

@@ -27,7 +27,15 @@ from typing import Any
 
 import pyvips
 
-from slidestock.dicomlevel import LevelHeader, box_reduce, most_shrink, read_header, read_level, reduce_level
+from slidestock.dicomlevel import (
+    LevelHeader,
+    box_reduce,
+    most_shrink,
+    read_concatenation,
+    read_header,
+    read_level,
+    reduce_level,
+)
 from slidestock.downsample import resize_exact, tissue_fraction, tissue_mask, write_image
 from slidestock.errors import DecodeError, FetchError, SlidestockError
 from slidestock.fetch import BatchItem, FetchResult, check_free_disk, fetch_batch, s5cmd_binary
@@ -197,6 +205,12 @@ def _level_file(job: SlideJob, kind: str = "") -> Path:
     return job.tmpdir / f"{job.plan['slide_id']}{'.' + kind if kind else ''}.dcm"
 
 
+def _parts(plan: Mapping[str, str]) -> list[tuple[str, int]]:
+    """(URL, size) of each part of a level planned as a DICOM concatenation, in frame order; [] for one instance."""
+    urls, sizes = plan.get("part_urls", "").split(), plan.get("part_sizes", "").split()
+    return [(url, int(size)) for url, size in zip(urls, sizes, strict=True)]
+
+
 def _batch_items(jobs: Sequence[SlideJob]) -> list[BatchItem]:
     """Every IDC object the jobs need: the chosen level and the associated images asked for."""
     items = []
@@ -204,7 +218,11 @@ def _batch_items(jobs: Sequence[SlideJob]) -> list[BatchItem]:
         plan = job.plan
         if plan["status"] != "planned" or plan["url"].startswith("gdc:"):
             continue
-        items.append(BatchItem(plan["url"], _level_file(job), int(plan["instance_size"])))
+        parts = _parts(plan)
+        if parts:
+            items += [BatchItem(url, _level_file(job, f"part{k + 1}"), size) for k, (url, size) in enumerate(parts)]
+        else:
+            items.append(BatchItem(plan["url"], _level_file(job), int(plan["instance_size"])))
         items += [
             BatchItem(plan[f"{kind}_url"], _level_file(job, kind), int(plan[f"{kind}_size"]))
             for kind in job.associated
@@ -320,7 +338,8 @@ def _run_slide(
         for stale in (job.image_path, *(side_path(job, name) for name in SIDE_FILES)):
             stale.unlink(missing_ok=True)
     finally:
-        for kind in ("", *job.associated):
+        parts = [f"part{k + 1}" for k in range(len(_parts(job.plan)))]
+        for kind in ("", *parts, *job.associated):
             _level_file(job, kind).unlink(missing_ok=True)
     return record
 
@@ -338,13 +357,20 @@ def _fetch_and_downsample(
     job: SlideJob, record: dict[str, Any], fetched: Mapping[Path, FetchResult | FetchError]
 ) -> None:
     plan = job.plan
-    local = _level_file(job)
-    level_fetch = _prefetched(fetched, local)
+    n_parts = len(_parts(plan))
+    files = [_level_file(job, f"part{k + 1}") for k in range(n_parts)] if n_parts else [_level_file(job)]
+    results = [_prefetched(fetched, path) for path in files]
+    local = files[0]
+    level_fetch = FetchResult(local, sum(r.bytes_fetched for r in results), max(r.seconds for r in results),
+                              max(r.attempts for r in results))  # fmt: skip
     log.info("%s: %d bytes fetched (attempt %d)", plan["url"], level_fetch.bytes_fetched, level_fetch.attempts)
     record["bytes_fetched"] = level_fetch.bytes_fetched
     record["fetch_attempts"] = level_fetch.attempts
     t0 = time.monotonic()
-    header = read_header(local, item=f"{plan['slide_id']} ({plan['url']})")
+    item = f"{plan['slide_id']} ({plan['url']})"
+    header = read_concatenation(files, item) if n_parts else read_header(local, item=item)
+    if n_parts:
+        record["level"]["concatenation_parts"] = n_parts
     # The header's full-precision spacing beats the index's two significant figures.
     spacing = header.spacing_xy_um or _plan_spacing(plan)
     record["level"]["header_spacing_um"] = header.spacing_xy_um and list(header.spacing_xy_um)

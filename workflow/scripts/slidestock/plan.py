@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slidestock.errors import FetchError, LevelError, UnreachableError
-from slidestock.levels import HeaderSpacing, Level, Target, choose_level
+from slidestock.levels import Level, LevelChoice, Target, choose_level, volume_levels
 from slidestock.provenance import write_text_atomic
 
 if TYPE_CHECKING:  # batch jobs import this module for its plan files; they need not load pandas
     import pandas as pd
+    import pydicom
 
     from slidestock.headers import HeaderReader
 
@@ -38,6 +39,8 @@ PLAN_COLUMNS = (
     "output_rows",
     "transfer_syntax",
     "md5",
+    "part_urls",
+    "part_sizes",
     "label_url",
     "label_size",
     "overview_url",
@@ -95,7 +98,10 @@ def plan_row(
     """The plan of one slide; a slide no level can serve gets status ``failed`` and the reason.
 
     With a ``reader``, headers are read where the index's rounded spacings
-    cannot decide the level, and for the chosen level's exact output size.
+    cannot decide the level (``mpp`` targets), for the chosen level's exact
+    output size, and for instances the same size as the chosen one: the parts
+    of a DICOM concatenation (all fetched), or the channels of a fluorescence
+    series (skipped with the reason).
     """
     row: dict[str, object] = {c: "" for c in PLAN_COLUMNS}
     row["slide_id"] = slide["slide_id"]
@@ -107,9 +113,13 @@ def plan_row(
         row.update(status="failed", reason=unavailable)
         return row
     slide_id = str(slide["slide_id"])
+    headers = None if reader is None else _SlideHeaders(slide, reader)
+    spacing = None if headers is None or target.mpp is None else headers.spacing
+    parts: list[Level] = []
     try:
         try:
-            choice = choose_level(levels, target, slide_id, None if reader is None else _header_spacing(slide, reader))
+            choice = choose_level(levels, target, slide_id, spacing)
+            parts = [] if headers is None else _same_level_parts(slide_id, levels, choice, headers)
         except UnreachableError:
             raise  # the store cannot be reached at all: the same for every slide, so the plan stops
         except FetchError as err:
@@ -121,12 +131,21 @@ def plan_row(
         row.update(status="failed", reason=str(err))
         return row
     lv = choice.level
+    if len(parts) > 1:
+        row.update(
+            part_urls=" ".join(object_url(slide["aws_bucket"], slide["crdc_series_uuid"], p.crdc_instance_uuid)
+                               for p in parts),
+            part_sizes=" ".join(str(p.size_bytes) for p in parts),
+        )  # fmt: skip
+        lv = parts[0]
+        choice = replace(choice, reason=f"{choice.reason.split('; ')[0]}; a DICOM concatenation of {len(parts)} "
+                         "instances (one ConcatenationUID): all fetched and read as one level")  # fmt: skip
     row.update(
         status="planned",
         reason=choice.reason,
         SOPInstanceUID=lv.sop_instance_uid,
         url=object_url(slide["aws_bucket"], slide["crdc_series_uuid"], lv.crdc_instance_uuid),
-        instance_size=lv.size_bytes,
+        instance_size=sum(p.size_bytes for p in parts) if len(parts) > 1 else lv.size_bytes,
         level_columns=lv.size_px[0],
         level_rows=lv.size_px[1],
         level_spacing_um=_number(choice.spacing_xy_um and choice.spacing_xy_um[0]),
@@ -150,12 +169,64 @@ def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.9g}"
 
 
-def _header_spacing(slide: Mapping[Hashable, Any], reader: HeaderReader) -> HeaderSpacing:
-    def read(level: Level) -> tuple[float, float] | None:
-        url = object_url(slide["aws_bucket"], slide["crdc_series_uuid"], level.crdc_instance_uuid)
-        return reader.spacing_xy_um(url)
+class _SlideHeaders:
+    """One slide's instance headers, each read once, on demand."""
 
-    return read
+    def __init__(self, slide: Mapping[Hashable, Any], reader: HeaderReader) -> None:
+        self.slide, self.reader = slide, reader
+        self.read: dict[str, pydicom.Dataset | None] = {}
+
+    def dataset(self, level: Level) -> pydicom.Dataset | None:
+        if level.crdc_instance_uuid not in self.read:
+            url = object_url(self.slide["aws_bucket"], self.slide["crdc_series_uuid"], level.crdc_instance_uuid)
+            self.read[level.crdc_instance_uuid] = self.reader.dataset(url)
+        return self.read[level.crdc_instance_uuid]
+
+    def spacing(self, level: Level) -> tuple[float, float] | None:
+        from slidestock.dicomlevel import header_spacing_um
+
+        found = self.dataset(level)
+        return None if found is None else header_spacing_um(found)
+
+
+def _same_level_parts(
+    slide_id: str, levels: Sequence[Level], choice: LevelChoice, headers: _SlideHeaders
+) -> list[Level]:
+    """The parts of the chosen level when it is a DICOM concatenation, in frame order; [] otherwise.
+
+    Several VOLUME instances of the chosen size are, by their headers, the
+    parts of one concatenated level, the channels (optical paths) of a
+    fluorescence series (a :class:`LevelError`: not rendered), or volumes of
+    their own (ORIGINAL and RESAMPLED: the first by UID is taken).
+    """
+    twins = [lv for lv in volume_levels(levels) if lv.size_px == choice.level.size_px]
+    known = [(lv, headers.read.get(lv.crdc_instance_uuid)) for lv in twins if lv.crdc_instance_uuid in headers.read]
+    found = [(lv, headers.dataset(lv)) for lv in twins] if len(twins) > 1 else known
+    sets = [(lv, ds) for lv, ds in found if ds is not None]
+    photometric = sorted({str(ds.get("PhotometricInterpretation", "")) for _, ds in sets})
+    paths = {_optical_path(ds) for _, ds in sets}
+    if any(p.startswith("MONOCHROME") for p in photometric) or len(paths) > 1:
+        raise LevelError(
+            f"{slide_id}: a fluorescence or multi-channel series ({len(paths)} optical path(s), "
+            f"PhotometricInterpretation {', '.join(photometric)}); expected a brightfield RGB slide: slidestock "
+            "does not render channels (select brightfield slides with cohort.filter illuminationType_CodeMeaning: "
+            "[Brightfield illumination])"
+        )
+    chosen = dict(sets).get(choice.level)
+    uid = None if chosen is None else chosen.get("ConcatenationUID")
+    if uid is None:
+        return []
+    parts = [
+        (int(ds.get("ConcatenationFrameOffsetNumber", 0)), lv) for lv, ds in sets if ds.get("ConcatenationUID") == uid
+    ]
+    return [lv for _, lv in sorted(parts, key=lambda pair: pair[0])]
+
+
+def _optical_path(ds: pydicom.Dataset) -> str:
+    try:
+        return str(ds.OpticalPathSequence[0].OpticalPathIdentifier)
+    except (AttributeError, IndexError):
+        return ""
 
 
 def plan_frame(

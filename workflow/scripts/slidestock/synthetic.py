@@ -92,6 +92,10 @@ class SlideSpec:
     short_edge_frames: bool = False
     # PhotometricInterpretation as another converter labels it (e.g. RGB over JFIF YCbCr frames).
     photometric: str | None = None
+    # Levels at least this wide are written as a DICOM concatenation of two instances (0: never).
+    concatenate_from_px: int = 0
+    # Fluorescence: this many channels, one MONOCHROME2 instance per optical path and level (0: brightfield RGB).
+    channels: int = 0
 
     @property
     def key(self) -> str:
@@ -196,7 +200,7 @@ def level_sizes(spec: SlideSpec) -> list[tuple[int, int]]:
 def encode_frame(tile: np.ndarray, transfer_syntax: str) -> bytes:
     """Encode one RGB tile as a DICOM frame of the given transfer syntax."""
     if transfer_syntax == JPEG_BASELINE:
-        image = pyvips.Image.new_from_array(tile).copy(interpretation="srgb")
+        image = pyvips.Image.new_from_array(tile).copy(interpretation="srgb" if tile.ndim == 3 else "b-w")
         data: bytes = image.jpegsave_buffer(Q=85, keep="none")
         return data
     if transfer_syntax == JPEG_2000:
@@ -221,10 +225,10 @@ def tile_frames(
     for y in range(0, rows, tile_px):
         for x in range(0, cols, tile_px):
             part = level[y : y + tile_px, x : x + tile_px]
-            if sparse and np.abs(part.astype(int) - np.asarray(BACKGROUND_RGB)).max() <= 2:
+            if sparse and np.abs(part.astype(int) - np.asarray(BACKGROUND_RGB)[: part.shape[-1]]).max() <= 2:
                 continue
-            tile = np.empty((tile_px, tile_px, 3), dtype=np.uint8)
-            tile[...] = BACKGROUND_RGB
+            tile = np.empty((tile_px, tile_px, *part.shape[2:]), dtype=np.uint8)
+            tile[...] = BACKGROUND_RGB if part.ndim == 3 else BACKGROUND_RGB[0]
             tile[: part.shape[0], : part.shape[1]] = part
             frames.append(encode_frame(np.ascontiguousarray(part) if short_edges else tile, transfer_syntax))
             positions.append((x + 1, y + 1))
@@ -246,6 +250,12 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
     return item
 
 
+def _illumination(spec: SlideSpec) -> Dataset:
+    if spec.channels:
+        return _code("111743", "DCM", "Epifluorescence illumination")
+    return _code("111744", "DCM", "Brightfield illumination")
+
+
 def _dataset(
     spec: SlideSpec,
     series: SeriesRecord,
@@ -259,6 +269,7 @@ def _dataset(
     transfer_syntax: str,
     frames: list[bytes],
     positions: list[tuple[int, int]] | None = None,
+    channel: int = 0,
 ) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = WSI_SOP_CLASS
@@ -302,9 +313,10 @@ def _dataset(
     specimen.SpecimenPreparationSequence = DicomSequence([])
     ds.SpecimenDescriptionSequence = DicomSequence([specimen])
     ds.ImageType = list(image_type)
-    ds.SamplesPerPixel = 3
+    ds.SamplesPerPixel = 1 if spec.channels else 3
     ds.PhotometricInterpretation = spec.photometric or PHOTOMETRIC[UID(transfer_syntax)]
-    ds.PlanarConfiguration = 0
+    if not spec.channels:
+        ds.PlanarConfiguration = 0
     ds.Rows, ds.Columns = tile_px[1], tile_px[0]
     ds.BitsAllocated = 8
     ds.BitsStored = 8
@@ -332,8 +344,8 @@ def _dataset(
         ds.LossyImageCompressionMethod = "ISO_10918_1" if transfer_syntax == JPEG_BASELINE else "ISO_15444_1"
         ds.LossyImageCompressionRatio = 10
     optical_path = Dataset()
-    optical_path.OpticalPathIdentifier = "1"
-    optical_path.IlluminationTypeCodeSequence = DicomSequence([_code("111744", "DCM", "Brightfield illumination")])
+    optical_path.OpticalPathIdentifier = str(channel + 1)
+    optical_path.IlluminationTypeCodeSequence = DicomSequence([_illumination(spec)])
     optical_path.IlluminationColorCodeSequence = DicomSequence([_code("11744", "DCM", "Full Spectrum")])
     if spec.icc_profile:
         optical_path.ICCProfile = srgb_profile()
@@ -344,7 +356,7 @@ def _dataset(
     frame_type.FrameType = list(image_type)
     shared.WholeSlideMicroscopyImageFrameTypeSequence = DicomSequence([frame_type])
     path_id = Dataset()
-    path_id.OpticalPathIdentifier = "1"
+    path_id.OpticalPathIdentifier = str(channel + 1)
     shared.OpticalPathIdentificationSequence = DicomSequence([path_id])
     if spacing_mm is not None:
         measures = Dataset()
@@ -388,7 +400,9 @@ def _write_instance(
     spacing_mm: float | None,
     tiled: bool,
     transfer_syntax: str,
-) -> Level:
+    channel: int = 0,
+) -> list[Level]:
+    """One instance, or the parts of a concatenation when the level is at least ``concatenate_from_px`` wide."""
     rows, cols = pixels.shape[:2]
     positions: list[tuple[int, int]] | None = None
     if tiled:
@@ -398,33 +412,49 @@ def _write_instance(
     else:
         frames = [encode_frame(np.ascontiguousarray(pixels), transfer_syntax)]
         tile = (cols, rows)
-    sop_uid = _uid(spec.key, name)
-    crdc_uuid = _uuid(spec.key, name)
-    ds = _dataset(
-        spec,
-        series,
-        sop_instance_uid=sop_uid,
-        instance_number=number,
-        image_type=image_type,
-        size_px=(cols, rows),
-        tile_px=tile,
-        spacing_mm=spacing_mm,
-        transfer_syntax=transfer_syntax,
-        frames=frames,
-        positions=positions,
-    )
-    path = root / BUCKET / series.crdc_series_uuid / f"{crdc_uuid}.dcm"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return Level(
-        sop_instance_uid=sop_uid,
-        crdc_instance_uuid=crdc_uuid,
-        image_type=image_type,
-        size_px=(cols, rows),
-        spacing_um=None if spacing_mm is None else spacing_mm * 1000.0,
-        transfer_syntax=transfer_syntax,
-        size_bytes=path.stat().st_size,
-    )
+    # A concatenation splits the frames in two parts, each its own instance (as some scanners write large levels).
+    split = len(frames) // 2 if spec.concatenate_from_px and cols >= spec.concatenate_from_px and tiled else 0
+    parts = [(0, frames[:split]), (split, frames[split:])] if split else [(0, frames)]
+    written = []
+    for k, (offset, part_frames) in enumerate(parts):
+        part_name = f"{name}-part{k + 1}" if split else name
+        sop_uid = _uid(spec.key, part_name)
+        crdc_uuid = _uuid(spec.key, part_name)
+        ds = _dataset(
+            spec,
+            series,
+            sop_instance_uid=sop_uid,
+            instance_number=number * 10 + k if split else number,
+            image_type=image_type,
+            size_px=(cols, rows),
+            tile_px=tile,
+            spacing_mm=spacing_mm,
+            transfer_syntax=transfer_syntax,
+            frames=part_frames,
+            positions=None if positions is None else positions[offset : offset + len(part_frames)],
+            channel=channel,
+        )
+        if split:
+            ds.ConcatenationUID = _uid(spec.key, name, "concatenation")
+            ds.SOPInstanceUIDOfConcatenationSource = _uid(spec.key, name)
+            ds.InConcatenationNumber = k + 1
+            ds.InConcatenationTotalNumber = len(parts)
+            ds.ConcatenationFrameOffsetNumber = offset
+        path = root / BUCKET / series.crdc_series_uuid / f"{crdc_uuid}.dcm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+        written.append(
+            Level(
+                sop_instance_uid=sop_uid,
+                crdc_instance_uuid=crdc_uuid,
+                image_type=image_type,
+                size_px=(cols, rows),
+                spacing_um=None if spacing_mm is None else spacing_mm * 1000.0,
+                transfer_syntax=transfer_syntax,
+                size_bytes=path.stat().st_size,
+            )
+        )
+    return written
 
 
 @dataclass(frozen=True)
@@ -509,22 +539,27 @@ def write_series(spec: SlideSpec, root: Path) -> SeriesRecord:
         level = _exact_size(level, width, height)
         # The exact spacing of a level follows from the base spacing and the size ratio.
         spacing_mm = spec.base_spacing_um * base_w / width / 1000.0
-        instances.append(
-            _write_instance(
-                root,
-                spec,
-                series,
-                name=f"level{k}",
-                number=k + 1,
-                image_type=("ORIGINAL" if k == 0 else "DERIVED", "PRIMARY", "VOLUME", "NONE"),
-                pixels=_to_array(level),
-                spacing_mm=None if spec.no_spacing or (k and spec.spacing_on_base_only) else spacing_mm,
-                tiled=True,
-                transfer_syntax=spec.level_syntaxes[k] if spec.level_syntaxes else spec.transfer_syntax,
+        pixels = _to_array(level)
+        # Fluorescence: one grey instance per channel (here the RGB image's bands stand for the channels).
+        channels = [(c, f"level{k}-ch{c + 1}", np.ascontiguousarray(pixels[:, :, c])) for c in range(spec.channels)]
+        for channel, name, plane in channels or [(0, f"level{k}", pixels)]:
+            instances.extend(
+                _write_instance(
+                    root,
+                    spec,
+                    series,
+                    name=name,
+                    number=k + 1,
+                    image_type=("ORIGINAL" if k == 0 else "DERIVED", "PRIMARY", "VOLUME", "NONE"),
+                    pixels=plane,
+                    spacing_mm=None if spec.no_spacing or (k and spec.spacing_on_base_only) else spacing_mm,
+                    tiled=True,
+                    transfer_syntax=spec.level_syntaxes[k] if spec.level_syntaxes else spec.transfer_syntax,
+                    channel=channel,
+                )
             )
-        )
         if spec.second_volume and k == 2:
-            instances.append(
+            instances.extend(
                 _write_instance(
                     root,
                     spec,
@@ -566,7 +601,7 @@ def _label_and_overview(root: Path, spec: SlideSpec, series: SeriesRecord, base:
     scale = spec.base_spacing_um / overview_spacing_um
     overview = _to_array(base.resize(scale))
     return [
-        _write_instance(
+        *_write_instance(
             root,
             spec,
             series,
@@ -578,7 +613,7 @@ def _label_and_overview(root: Path, spec: SlideSpec, series: SeriesRecord, base:
             tiled=False,
             transfer_syntax=JPEG_BASELINE,
         ),
-        _write_instance(
+        *_write_instance(
             root,
             spec,
             series,
@@ -645,7 +680,9 @@ def index_rows(records: Sequence[SeriesRecord], idc_version: int) -> list[dict[s
                 "sop_class_name": "VL Whole Slide Microscopy Image Storage",
                 "TransferSyntaxUID": ",".join(syntaxes),
                 "transfer_syntax_name": ",".join(TRANSFER_SYNTAX_NAMES[UID(s)] for s in syntaxes),
-                "PhotometricInterpretation": ",".join(sorted({PHOTOMETRIC[UID(s)] for s in syntaxes})),
+                "PhotometricInterpretation": ",".join(
+                    sorted({rec.spec.photometric or PHOTOMETRIC[UID(s)] for s in syntaxes})
+                ),
                 "PixelRepresentation": "0",
                 "Manufacturer": "slidestock synthetic",
                 "SeriesDescription": "synthetic whole slide image",
@@ -679,7 +716,7 @@ def sm_index_rows(records: Sequence[SeriesRecord]) -> list[dict[str, Any]]:
                 "max_TotalPixelMatrixRows": base.size_px[1],
                 "ObjectiveLensPower": 40,
                 "primaryAnatomicStructure_CodeMeaning": "Breast" if "brca" in rec.spec.collection_id else "Lung",
-                "illuminationType_CodeMeaning": "Brightfield illumination",
+                "illuminationType_CodeMeaning": str(_illumination(rec.spec).CodeMeaning),
             }
         )
     return rows
@@ -763,6 +800,11 @@ FIDELITY_SLIDES: tuple[SlideSpec, ...] = (
     SlideSpec("fidelity", "FID-02", "FID-ONELEVEL-01", (2220, 2967), base_spacing_um=0.499, n_levels=1, seed=42),
     SlideSpec("fidelity", "FID-03", "FID-SHORTEDGE-01", (1500, 1100), n_levels=2, short_edge_frames=True, seed=43),
     SlideSpec("fidelity", "FID-04", "FID-RGBLABEL-01", (1200, 900), n_levels=2, photometric="RGB", seed=44),
+    # Both levels (1600 and 400 px wide) split into two instances sharing a ConcatenationUID.
+    SlideSpec("fidelity", "FID-05", "FID-CONCAT-01", (1600, 1200), n_levels=2, concatenate_from_px=400, seed=45),
+    SlideSpec(
+        "fidelity", "FID-06", "FID-FLUO-01", (1200, 900), n_levels=2, channels=2, photometric="MONOCHROME2", seed=46
+    ),
 )
 
 
