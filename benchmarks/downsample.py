@@ -50,14 +50,17 @@ SLIDESTOCK = """
 from slidestock.dicomlevel import read_level
 from slidestock.downsample import resize_exact, write_image
 level = read_level(Path(SRC), scale=SCALE, threads=THREADS)
-write_image(resize_exact(level.image, SIZE), Path(OUT) / "s.png", (15.0, 15.0))
+(w, h), s = level.header.size_px, level.shrink
+write_image(resize_exact(level.image, SIZE, (w / s, h / s)), Path(OUT) / "s.png", (15.0, 15.0))
 """
 BACKEND_OPENSLIDE = """
 from slidestock.dicomlevel import read_header
 from slidestock.downsample import resize_exact, write_image
 from slidestock.pipeline import openslide_reduced
-image, box = openslide_reduced(Path(SRC), read_header(Path(SRC)), SCALE)
-write_image(resize_exact(image, SIZE), Path(OUT) / "b.png", (15.0, 15.0))
+header = read_header(Path(SRC))
+image, box = openslide_reduced(Path(SRC), header, SCALE)
+(w, h) = header.size_px
+write_image(resize_exact(image, SIZE, (w / box, h / box)), Path(OUT) / "b.png", (15.0, 15.0))
 """
 OPENSLIDE = """
 import openslide

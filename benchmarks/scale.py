@@ -156,7 +156,9 @@ def floor(folder: Path, endpoint: str) -> float:
             size = (int(row.output_columns), int(row.output_rows))
             level = read_level(item.dest, item=row.slide_id, scale=size[0] / int(row.level_columns))
             assert level.header.spacing_xy_um is not None
-            write_image(resize_exact(level.image, size), Path(scratch) / f"{row.slide_id}.png", (15.0, 15.0), "png")
+            (w, h), s = level.header.size_px, level.shrink
+            image = resize_exact(level.image, size, (w / s, h / s))
+            write_image(image, Path(scratch) / f"{row.slide_id}.png", (15.0, 15.0), "png")
         return time.perf_counter() - start
 
 

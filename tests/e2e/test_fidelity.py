@@ -174,3 +174,15 @@ def test_a_fluorescence_series_is_skipped_with_the_reason(at_4um: dict[str, dict
         in (fluo["error"])
     )
     assert "illuminationType_CodeMeaning: [Brightfield illumination]" in fluo["error"]
+
+
+def test_provenance_names_every_library_that_touches_pixels(at_4um: dict[str, dict[str, Any]]) -> None:
+    from PIL import features
+
+    software = at_4um[TCGA]["software"]
+    assert software["pillow"] == Image.__version__
+    assert software["pillow-libjpeg-turbo"] == features.version("libjpeg_turbo")
+    assert software["pillow-openjpeg"] == features.version("jpg_2000")
+    for name in ("imagecodecs-libjpeg-turbo", "imagecodecs-openjpeg", "libvips", "pyvips", "openslide"):
+        assert software[name] not in ("", "not installed"), name
+    assert "openjpeg" not in software  # the old key named imagecodecs' library, which DICOM frames never go through
