@@ -131,3 +131,19 @@ def test_token_is_sent_and_never_shown(server: str, tmp_path: Path, caplog: pyte
     assert "s3cret" not in repr(client)
     assert all("s3cret" not in r.getMessage() for r in caplog.records)
     assert json.dumps(client.metadata(SPEC.file_id)).count("s3cret") == 0
+
+
+def test_svs_page_spacings_are_exact_not_rounded() -> None:
+    from slidestock.levels import Target, choose_level
+    from slidestock.svs import page_levels
+    from slidestock.tiff import TiffPage
+
+    # Aperio MPP 0.25 on the base, pages of 4 and 16 µm: a 4 µm target takes the 4 µm page, unscaled.
+    pages = [
+        TiffPage(index=i, size_px=(8000 // 4**i, 6000 // 4**i), tile_px=(256, 256), compression=7, photometric=6,
+                 description="Aperio", subfiletype=0, jpegtables=None, spacing_um=0.25 if i == 0 else None,
+                 locations=None, byteorder="<", bigtiff=False)
+        for i in range(3)
+    ]  # fmt: skip
+    choice = choose_level(page_levels(pages), Target(mpp=4.0))
+    assert (choice.level.size_px, choice.scale) == ((500, 375), 1.0)

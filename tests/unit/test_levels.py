@@ -205,3 +205,19 @@ def test_tie_is_recorded_in_the_reason() -> None:
     choice = choose_level(twins, Target(mpp=15.0))
     assert choice.reason.endswith("; 2 VOLUME instances of this size, took the first by SOPInstanceUID")
     assert "VOLUME instances of this size" not in choose_level(PYRAMID, Target(mpp=15.0)).reason
+
+
+def test_a_spacing_derived_from_a_rounded_one_keeps_its_uncertainty() -> None:
+    # b has no index spacing; derived from a's rounded 0.25 µm it is 0.999 +- 0.02 µm, which straddles 1.0.
+    levels = [level("a", (40000, 30000), 0.25), level("b", (10010, 7500), None)]
+    asked: list[str] = []
+
+    def header(lv: Level) -> tuple[float, float]:
+        asked.append(lv.sop_instance_uid)
+        return {"a": (0.2527, 0.2527), "b": (1.0098, 1.0098)}[lv.sop_instance_uid]
+
+    choice = choose_level(levels, Target(mpp=1.0), header_spacing=header)
+    assert asked[0] == "b"  # read because its derived value could not decide
+    assert choice.level.sop_instance_uid == "a"  # b is truly 1.0098 µm, coarser than the target
+    # Without a reader it counts as too coarse: never a level coarser than the target.
+    assert choose_level(levels, Target(mpp=1.0)).level.sop_instance_uid == "a"

@@ -105,20 +105,24 @@ HeaderSpacing = Callable[[Level], tuple[float, float] | None]
 
 @dataclass(frozen=True)
 class Spacing:
-    """A level's spacing in µm/px along (columns, rows), and where it came from."""
+    """A level's spacing in µm/px along (columns, rows), where it came from, and the interval it truly lies in.
+
+    ``bounds_um`` is the column spacing's interval: the value itself when
+    exact, its rounding interval for a rounded index value, and that interval
+    scaled by the size ratio for a spacing derived from one.
+    """
 
     xy_um: tuple[float, float]
     source: str
-    exact: bool
+    bounds_um: tuple[float, float]
 
     @property
     def um(self) -> float:
         return self.xy_um[0]
 
     @property
-    def bounds_um(self) -> tuple[float, float]:
-        """The interval the true spacing lies in: the value itself when exact, else its rounding interval."""
-        return (self.um, self.um) if self.exact else rounding_interval(self.um)
+    def exact(self) -> bool:
+        return self.bounds_um[0] == self.bounds_um[1]
 
 
 @dataclass(frozen=True)
@@ -182,7 +186,8 @@ def level_spacings(volumes: Sequence[Level], headers: Mapping[int, Spacing] | No
         if i in headers:
             own.append(headers[i])
         elif lv.spacing_um is not None:
-            own.append(Spacing((lv.spacing_um, lv.spacing_um), INDEX, lv.spacing_exact))
+            bounds = (lv.spacing_um, lv.spacing_um) if lv.spacing_exact else rounding_interval(lv.spacing_um)
+            own.append(Spacing((lv.spacing_um, lv.spacing_um), INDEX, bounds))
         else:
             own.append(None)
     known = [i for i, sp in enumerate(own) if sp is not None]
@@ -191,12 +196,13 @@ def level_spacings(volumes: Sequence[Level], headers: Mapping[int, Spacing] | No
     ref, ref_spacing = volumes[known[0]], own[known[0]]
     assert ref_spacing is not None
     (ref_x, ref_y), (ref_w, ref_h) = ref_spacing.xy_um, ref.size_px
-    return [
-        sp
-        if sp is not None
-        else Spacing((ref_x * ref_w / lv.size_px[0], ref_y * ref_h / lv.size_px[1]), DERIVED, ref_spacing.exact)
-        for lv, sp in zip(volumes, own, strict=True)
-    ]
+    (low, high) = ref_spacing.bounds_um
+    derived: list[Spacing | None] = []
+    for lv, sp in zip(volumes, own, strict=True):
+        ratio = ref_w / lv.size_px[0]
+        xy = (ref_x * ratio, ref_y * ref_h / lv.size_px[1])
+        derived.append(sp if sp is not None else Spacing(xy, DERIVED, (low * ratio, high * ratio)))
+    return derived
 
 
 def spacings_um(volumes: Sequence[Level]) -> list[tuple[float, bool]]:
@@ -283,7 +289,7 @@ def _read_headers(volumes: Sequence[Level], indices: Iterable[int], read: Header
     for i in indices:
         xy = read(volumes[i])
         if xy is not None:
-            found[i] = Spacing(xy, HEADER, True)
+            found[i] = Spacing(xy, HEADER, (xy[0], xy[0]))
     return found
 
 

@@ -557,7 +557,7 @@ def _openslide_level(path: Path, job: SlideJob, record: dict[str, Any], item: st
         base_um = float(mpp) if mpp else None
         levels = [
             Level(f"page{i}", f"page{i}", ("ORIGINAL", "PRIMARY", "VOLUME", "NONE"), dims,
-                  None if base_um is None else base_um * slide.level_downsamples[i], "openslide", 0)
+                  None if base_um is None else base_um * slide.level_downsamples[i], "openslide", 0, True)
             for i, dims in enumerate(slide.level_dimensions)
         ]  # fmt: skip
         choice = choose_level(levels, job.target, slide=item)

@@ -132,12 +132,9 @@ def plan_row(
         return row
     lv = choice.level
     if len(parts) > 1:
-        row.update(
-            part_urls=" ".join(object_url(slide["aws_bucket"], slide["crdc_series_uuid"], p.crdc_instance_uuid)
-                               for p in parts),
-            part_sizes=" ".join(str(p.size_bytes) for p in parts),
-        )  # fmt: skip
+        row.update(_concatenation(slide, parts))
         lv = parts[0]
+        # The level rule's words stand; a note on same-size volumes does not, for these are one level.
         choice = replace(choice, reason=f"{choice.reason.split('; ')[0]}; a DICOM concatenation of {len(parts)} "
                          "instances (one ConcatenationUID): all fetched and read as one level")  # fmt: skip
     row.update(
@@ -145,7 +142,7 @@ def plan_row(
         reason=choice.reason,
         SOPInstanceUID=lv.sop_instance_uid,
         url=object_url(slide["aws_bucket"], slide["crdc_series_uuid"], lv.crdc_instance_uuid),
-        instance_size=sum(p.size_bytes for p in parts) if len(parts) > 1 else lv.size_bytes,
+        instance_size=row["instance_size"] or lv.size_bytes,
         level_columns=lv.size_px[0],
         level_rows=lv.size_px[1],
         level_spacing_um=_number(choice.spacing_xy_um and choice.spacing_xy_um[0]),
@@ -163,6 +160,16 @@ def plan_row(
             row[f"{kind}_url"] = object_url(slide["aws_bucket"], slide["crdc_series_uuid"], found[0].crdc_instance_uuid)
             row[f"{kind}_size"] = found[0].size_bytes
     return row
+
+
+def _concatenation(slide: Mapping[Hashable, Any], parts: Sequence[Level]) -> dict[str, object]:
+    """The plan fields of a level fetched as the parts of a concatenation: every URL and size, the total."""
+    urls = [object_url(slide["aws_bucket"], slide["crdc_series_uuid"], p.crdc_instance_uuid) for p in parts]
+    return {
+        "part_urls": " ".join(urls),
+        "part_sizes": " ".join(str(p.size_bytes) for p in parts),
+        "instance_size": sum(p.size_bytes for p in parts),
+    }
 
 
 def _number(value: float | None) -> str:

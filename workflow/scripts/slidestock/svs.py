@@ -32,6 +32,7 @@ def page_levels(pages: Sequence[TiffPage]) -> list[Level]:
             spacing_um=page.spacing_um,
             transfer_syntax=f"tiff-compression-{page.compression}",
             size_bytes=0,
+            spacing_exact=True,  # from the file itself, not a rounded index
         )
         for page in pages
         if page.kind == "level"
