@@ -71,10 +71,12 @@ def test_single_level_slide_is_reduced_streaming_under_1_gb(large: synthetic.Lar
     out = in_own_process(REDUCE, large.path, tmp_path)
     result = json.loads(out)
     assert result["peak_mb"] < 1024
-    # 0.25 µm/px to 15 µm/px: JPEG decoded at 1/8, then 3 x 3 box averages, 1666 px; Lanczos does the last 2.5x.
+    # 0.25 µm/px to 15 µm/px: JPEG decoded at 1/8 (5000 px), then 3 x 3 box averages: 1666 whole blocks and
+    # a last one of the 2 decoded pixels left (1667 px, the whole level); Lanczos does the last 2.5x.
     assert (result["decode"], result["box"]) == (8, 3)
     reduced = np.load(tmp_path / "reduced.npy").astype(np.uint32)
-    assert reduced.shape == (40000 // 24, 40000 // 24, 3)
+    whole = 40000 // 24
+    assert reduced.shape == (whole + 1, whole + 1, 3)
     with Image.open(tmp_path / "slide.png") as written:
         assert written.size == (667, 667)
         assert written.info["dpi"][0] == pytest.approx(25400 / 15.0, rel=1e-3)
@@ -91,15 +93,23 @@ def test_single_level_slide_is_reduced_streaming_under_1_gb(large: synthetic.Lar
     assert palette[0].shape == (32, 32, 3)
     compared = 0
     for row in range(large.tile_map.shape[0]):
-        top, bottom = math.ceil(32 * row / 3), min(32 * (row + 1) // 3, len(reduced))
+        top, bottom = math.ceil(32 * row / 3), min(32 * (row + 1) // 3, whole)
         for col in range(large.tile_map.shape[1]):
-            left, right = math.ceil(32 * col / 3), min(32 * (col + 1) // 3, len(reduced[0]))
+            left, right = math.ceil(32 * col / 3), min(32 * (col + 1) // 3, whole)
             y, x = 3 * top - 32 * row, 3 * left - 32 * col
             part = palette[large.tile_map[row, col]][y : y + 3 * (bottom - top), x : x + 3 * (right - left)]
             expected = (part.reshape(bottom - top, 3, right - left, 3, 3).sum(axis=(1, 3)) + 4) // 9
             assert np.array_equal(reduced[top:bottom, left:right], expected), (row, col)
             compared += expected.size // 3
     assert compared > 0.85 * reduced.shape[0] * reduced.shape[1]
+    # The last row averages the level's last 2 decoded rows (4998 and 4999: rows 6 and 7 of the last tile row).
+    last = large.tile_map.shape[0] - 1
+    for col in range(large.tile_map.shape[1] - 1):
+        left, right = math.ceil(32 * col / 3), min(32 * (col + 1) // 3, whole)
+        x = 3 * left - 32 * col
+        part = palette[large.tile_map[last, col]][6:8, x : x + 3 * (right - left)]
+        expected = (part.reshape(2, right - left, 3, 3).sum(axis=(0, 2)) + 3) // 6
+        assert np.array_equal(reduced[whole, left:right], expected), col
 
 
 OPENSLIDE_REDUCE = """
