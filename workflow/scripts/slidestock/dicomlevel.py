@@ -513,6 +513,10 @@ def box_reduce(
     carry = np.empty((0, width, 3), dtype=np.uint8)
     for strip in strips:
         rows = np.concatenate([carry, strip]) if len(carry) else strip
+        if box == 1:  # a block of one pixel is its own mean, whatever its weight
+            out[filled : filled + len(rows)] = rows
+            filled += len(rows)
+            continue
         n = min(len(rows) // box, fast_blocks - filled)
         if n > 0:
             sums = rows[: n * box].reshape(n, box, width, 3).sum(axis=1, dtype=np.uint32)
