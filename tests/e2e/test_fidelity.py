@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,8 @@ from PIL import Image
 
 from slidestock import synthetic
 from slidestock.downsample import resize_exact
-from slidestock.s3server import S3Server, serving
-from tests.e2e.runs import run_in, snakemake, write_config
+from slidestock.s3server import S3Server, free_port, serving
+from tests.e2e.runs import REPO, run_in, snakemake, snakemake_argv, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -186,3 +187,23 @@ def test_provenance_names_every_library_that_touches_pixels(at_4um: dict[str, di
     for name in ("imagecodecs-libjpeg-turbo", "imagecodecs-openjpeg", "libvips", "pyvips", "openslide"):
         assert software[name] not in ("", "not installed"), name
     assert "openjpeg" not in software  # the old key named imagecodecs' library, which DICOM frames never go through
+
+
+def test_unreachable_table_download_is_one_plain_line(tmp_path: Path) -> None:
+    # The real config (idc-index's tables) on a node that cannot reach them: every request goes to a
+    # closed loopback port as its proxy, so nothing leaves this machine.
+    config = tmp_path / "config.yaml"
+    config.write_text((REPO / "config" / "config.yaml").read_text())
+    argv, env = snakemake_argv(tmp_path, config)
+    closed = f"http://127.0.0.1:{free_port()}"
+    env = {**env, "HTTPS_PROXY": closed, "HTTP_PROXY": closed, "https_proxy": closed, "http_proxy": closed}
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert proc.returncode != 0
+    said = proc.stdout + proc.stderr
+    line = "cohort: cannot download idc-index's sm_index table from https://github.com/ImagingDataCommons/"
+    assert line in said
+    assert "set cohort.tables" in said
+    assert "Traceback" not in said
+    log = (tmp_path / "logs/cohort/cohort.log").read_text()
+    assert "cannot download idc-index's sm_index table" in log
+    assert "Traceback" not in log

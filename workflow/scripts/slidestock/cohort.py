@@ -25,7 +25,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from slidestock.errors import CohortError, ConfigError
+from slidestock.errors import CohortError, ConfigError, UnreachableError
 from slidestock.levels import Level
 from slidestock.manifests import read_gdc_manifest, read_idc_manifest
 
@@ -168,7 +168,15 @@ def idc_index_tables() -> TablePaths:
     client = IDCClient()  # type: ignore[no-untyped-call]
     paths = {}
     for name in ("sm_index", "sm_instance_index"):
-        client.fetch_index(name)
+        url = client.indices_overview[name].get("url") or name
+        try:
+            client.fetch_index(name)
+        except OSError as err:  # requests' connection errors are OSErrors
+            raise UnreachableError(
+                f"cannot download idc-index's {name} table from {url}: {type(err).__name__}. Check the network "
+                "or proxy; or, on a node that cannot reach it, fetch the tables where it can "
+                "(idc_index.IDCClient().fetch_index) and set cohort.tables to them"
+            ) from None
         path = client.indices_overview[name]["file_path"]
         if not path:
             raise CohortError(f"idc-index could not fetch the {name} table; check the network")
