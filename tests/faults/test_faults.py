@@ -174,6 +174,7 @@ def test_wrong_sizes_corrupt_frame_and_not_dicom_fail_with_their_reasons(
     assert "wrong size twice" in errors[shorter]
     assert f"{corrupt}" in errors[corrupt]
     assert "frame 1 cannot be decoded" in errors[corrupt]
+    assert errors[corrupt].endswith("(the file is malformed)")
     assert "not a readable DICOM file" in errors[not_dicom]
     for slide in (longer, shorter, corrupt, not_dicom):
         assert not (run.workdir / f"results/slides/{slide}.png").exists()

@@ -343,3 +343,16 @@ def test_concatenation_parts_read_together_make_the_level(fidelity_build: dict[s
     level = synthetic.tissue_image((1600, 1200), 45).numpy().astype(int)
     assert image.shape == level.shape
     assert np.abs(image - level).mean() < 3.0  # JPEG's loss only: every tile of both parts in its place
+
+
+def test_a_frame_larger_than_the_tile_fails_as_malformed(fidelity_build: dict[str, Path], tmp_path: Path) -> None:
+    # FID-SHORTEDGE-01's 375 x 275 px level in 2 x 2 frames of 256 px, relabelled as 200 px tiles
+    # (still 2 x 2): its first frame then decodes larger than the tile the header promises.
+    (level,) = [p for p in fidelity_files(fidelity_build, "FID-SHORTEDGE-01")
+                if pydicom.dcmread(p, stop_before_pixels=True).TotalPixelMatrixColumns == 375]  # fmt: skip
+    ds = pydicom.dcmread(level)
+    ds.Rows = ds.Columns = 200
+    relabelled = tmp_path / "relabelled.dcm"
+    ds.save_as(relabelled)
+    with pytest.raises(DecodeError, match=r"frame 1 decodes to 256 x 256 px .*expected 200 x 200 px .*malformed"):
+        read_level(relabelled)

@@ -666,7 +666,9 @@ def _decode_frame(
         else:
             array = np.frombuffer(data, dtype=np.uint8).reshape(expected)
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as err:
-        raise DecodeError(f"{item}: frame {frame.index + 1} cannot be decoded ({syntax}): {err}") from err
+        raise DecodeError(
+            f"{item}: frame {frame.index + 1} cannot be decoded ({syntax}): {err} (the file is malformed)"
+        ) from err
     if array.shape == expected:
         return array
     if (
