@@ -64,6 +64,9 @@ def test_level_rule_holds_against_header_spacing(at_4um: dict[str, dict[str, Any
     assert tcga["level"]["header_spacing_um"][0] == pytest.approx(0.2527 * 8200 / 2050, rel=1e-9)
     assert tcga["plan"]["spacing_source"] == "header"
     assert tcga["plan"]["index_spacing_um"] == "1"
+    # Two headers read (the straddling 4.047 µm level, then the chosen one): 8 KB each, counted as fetched.
+    assert tcga["plan"]["header_bytes"] == str(2 * 8192)
+    assert tcga["bytes_fetched"] == 319_700 + 2 * 8192
     assert float(tcga["plan"]["level_spacing_um"]) == pytest.approx(1.0108, rel=1e-9)
     assert "from its header" in tcga["plan"]["reason"]
     # 2050 px * 1.0108 / 4 = 518.04 -> 518; 1537 px * 1.0108 / 4 = 388.4 -> 388
@@ -157,7 +160,11 @@ def test_a_concatenated_level_is_fetched_whole_and_read_as_one(
     part_sizes = [int(s) for s in concat["plan"]["part_sizes"].split()]
     assert len(part_sizes) == 2
     assert sorted(part_sizes) == sorted(instances[instances["TotalPixelMatrixColumns"] == 400]["instance_size"])
-    assert concat["bytes_fetched"] == sum(part_sizes) == int(concat["plan"]["instance_size"])
+    assert sum(part_sizes) == int(concat["plan"]["instance_size"])
+    # The plan read both parts' headers (their first 8 KB, or less of a smaller part) to know them for one level.
+    headers = sum(min(8192, size) for size in part_sizes)
+    assert concat["plan"]["header_bytes"] == str(headers) == str(concat["level"]["header_bytes_fetched"])
+    assert concat["bytes_fetched"] == sum(part_sizes) + headers
     # The second part's tiles are there (not background): the image matches the fixture's pixels everywhere.
     expected = level_pixels("FID-CONCAT-01", (400, 300), tuple(concat["output"]["size_px"]))
     assert np.abs(concat["pixels"] - expected).mean() < 3.0
@@ -168,7 +175,7 @@ def test_a_fluorescence_series_is_skipped_with_the_reason(at_4um: dict[str, dict
     fluo = at_4um["FID-FLUO-01"]
     assert fluo["status"] == "failed"
     assert fluo["output"] is None
-    assert fluo["bytes_fetched"] == 0
+    assert fluo["bytes_fetched"] == 2 * 8192  # the two channels' headers, read by the plan; no pixels
     assert fluo["error"].startswith("FID-FLUO-01_")
     assert (
         "a fluorescence or multi-channel series (2 optical path(s), PhotometricInterpretation MONOCHROME2)"

@@ -79,7 +79,11 @@ def test_bytes_fetched_are_the_chosen_instance_only(first: Run, instance_table: 
         chosen = by_uid.loc[source["SOPInstanceUID"]]
         assert chosen["ImageType"][2] == "VOLUME"
         series = instance_table[instance_table["SeriesInstanceUID"] == source["SeriesInstanceUID"]]
-        assert rec["bytes_fetched"] == chosen["instance_size"]
+        # The level, and the plan's one ranged read of its header (its first 8 KB: output size from the header).
+        level = rec["level"]
+        assert isinstance(level, dict)
+        assert level["header_bytes_fetched"] == min(8192, chosen["instance_size"])
+        assert rec["bytes_fetched"] == chosen["instance_size"] + level["header_bytes_fetched"]
         assert rec["series_size_bytes"] == series["instance_size"].sum()
         assert chosen["instance_size"] / series["instance_size"].sum() < 0.05
 
@@ -329,7 +333,8 @@ def test_label_and_overview_are_exported_on_request(
         kind: int(instance_table.loc[flavor == kind.upper(), "instance_size"].iloc[0]) for kind in ("label", "overview")
     }
     chosen = int(instance_table.set_index("SOPInstanceUID").loc[with_them["source"]["SOPInstanceUID"], "instance_size"])
-    assert with_them["bytes_fetched"] == chosen + sizes["label"] + sizes["overview"]
+    header = with_them["level"]["header_bytes_fetched"]
+    assert with_them["bytes_fetched"] == header + chosen + sizes["label"] + sizes["overview"]
     label, overview = with_them["associated"]["label"], with_them["associated"]["overview"]
     with Image.open(run.workdir / label["path"]) as png:
         assert png.size == (600, 300)

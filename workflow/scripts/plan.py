@@ -35,7 +35,7 @@ except UnreachableError as err:
     )
     logging.error("%s", message)
     sys.exit(message)
-logging.info("read %d headers (%d bytes) to settle rounded index spacings", reader.requests, reader.bytes_fetched)
+logging.info("read %d instance headers by range (%d bytes in all)", reader.requests, reader.bytes_fetched)
 plan.to_csv(smk.output.plan, sep="\t", index=False, lineterminator="\n")
 changed = write_batch_plans(plan, Path(smk.params.batch_plans), smk.params.batch_size)
 total = n_batches(len(plan), smk.params.batch_size)

@@ -24,7 +24,7 @@ from slidestock.fetch import endpoint_url, source_url
 from slidestock.gdc import retrying
 
 # Growing prefix sizes: most WSI headers fit in the first; one with a large ICC profile in a later one.
-PREFIX_BYTES = (16 << 10, 1 << 20, 8 << 20)
+PREFIX_BYTES = (8 << 10, 64 << 10, 1 << 20, 8 << 20)
 SHARED_GROUPS = 0x52009229
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
@@ -73,17 +73,24 @@ class HeaderReader:
             self.requests += 1
         return body
 
-    def dataset(self, url: str) -> pydicom.Dataset | None:
-        """The instance's header up to the shared functional groups (``None`` for an object that holds none).
+    def read(self, url: str) -> tuple[pydicom.Dataset | None, int]:
+        """The instance's header up to the shared functional groups (``None`` for an object that holds none),
+        and the bytes read for it.
 
         Reads growing prefixes until the header is complete.
         """
+        fetched = 0
         for length in PREFIX_BYTES:
             data = self.prefix(url, length)
+            fetched += len(data)
             parsed = parse_prefix(data)
             if parsed is not None or len(data) < length:
-                return parsed
+                return parsed, fetched
         raise FetchError(f"{url}: no complete header in the first {PREFIX_BYTES[-1]} bytes; expected DICOM WSI")
+
+    def dataset(self, url: str) -> pydicom.Dataset | None:
+        """The instance's header (see :meth:`read`)."""
+        return self.read(url)[0]
 
     def spacing_xy_um(self, url: str) -> tuple[float, float] | None:
         """The header's (column, row) spacing in µm, ``None`` when the header has none."""

@@ -132,7 +132,8 @@ def _base_record(job: SlideJob) -> dict[str, Any]:
             "endpoint": job.endpoint,
         },
         "series_size_bytes": int(plan["series_size_bytes"] or 0),
-        "bytes_fetched": 0,
+        # The plan's ranged reads of this slide's instance headers count as fetched bytes too.
+        "bytes_fetched": int(plan.get("header_bytes") or 0),
         "level": {
             "reason": plan["reason"],
             "n_levels": int(plan["n_levels"] or 0),
@@ -141,6 +142,7 @@ def _base_record(job: SlideJob) -> dict[str, Any]:
             "index_spacing_um": float(plan["index_spacing_um"]) if plan["index_spacing_um"] else None,
             "plan_spacing_um": list(xy) if (xy := _plan_spacing(plan)) else None,
             "spacing_source": plan["spacing_source"] or None,
+            "header_bytes_fetched": int(plan.get("header_bytes") or 0),
             "spacing_derived": plan["spacing_derived"] == "true",
         },
         "target": {
@@ -364,7 +366,7 @@ def _fetch_and_downsample(
     level_fetch = FetchResult(local, sum(r.bytes_fetched for r in results), max(r.seconds for r in results),
                               max(r.attempts for r in results))  # fmt: skip
     log.info("%s: %d bytes fetched (attempt %d)", plan["url"], level_fetch.bytes_fetched, level_fetch.attempts)
-    record["bytes_fetched"] = level_fetch.bytes_fetched
+    record["bytes_fetched"] += level_fetch.bytes_fetched
     record["fetch_attempts"] = level_fetch.attempts
     t0 = time.monotonic()
     item = f"{plan['slide_id']} ({plan['url']})"
@@ -509,7 +511,7 @@ def _gdc_fetch_and_downsample(job: SlideJob, record: dict[str, Any]) -> None:
                 image = _svs_whole(client, file_id, size, plan["md5"], Path(scratch), job, record, item)
         else:
             image = _svs_whole(client, file_id, size, plan["md5"], Path(scratch), job, record, item)
-        record["bytes_fetched"] = client.bytes_fetched
+        record["bytes_fetched"] += client.bytes_fetched
         record["gdc"]["requests"] = client.requests
         spacing = record["level"]["spacing_um"]  # None when the SVS has none: sized by the fallback
         xy = None if spacing is None else (spacing, spacing)

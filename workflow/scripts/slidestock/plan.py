@@ -41,6 +41,7 @@ PLAN_COLUMNS = (
     "md5",
     "part_urls",
     "part_sizes",
+    "header_bytes",
     "label_url",
     "label_size",
     "overview_url",
@@ -128,8 +129,9 @@ def plan_row(
             choice = choose_level(levels, target, slide_id)
             choice = replace(choice, reason=f"{choice.reason}; header not read ({err}): decided on the index alone")
     except LevelError as err:
-        row.update(status="failed", reason=str(err))
+        row.update(status="failed", reason=str(err), header_bytes=0 if headers is None else headers.bytes_fetched)
         return row
+    row["header_bytes"] = 0 if headers is None else headers.bytes_fetched
     lv = choice.level
     if len(parts) > 1:
         row.update(_concatenation(slide, parts))
@@ -182,11 +184,13 @@ class _SlideHeaders:
     def __init__(self, slide: Mapping[Hashable, Any], reader: HeaderReader) -> None:
         self.slide, self.reader = slide, reader
         self.read: dict[str, pydicom.Dataset | None] = {}
+        self.bytes_fetched = 0
 
     def dataset(self, level: Level) -> pydicom.Dataset | None:
         if level.crdc_instance_uuid not in self.read:
             url = object_url(self.slide["aws_bucket"], self.slide["crdc_series_uuid"], level.crdc_instance_uuid)
-            self.read[level.crdc_instance_uuid] = self.reader.dataset(url)
+            self.read[level.crdc_instance_uuid], fetched = self.reader.read(url)
+            self.bytes_fetched += fetched
         return self.read[level.crdc_instance_uuid]
 
     def spacing(self, level: Level) -> tuple[float, float] | None:
