@@ -214,3 +214,21 @@ def test_unreachable_table_download_is_one_plain_line(tmp_path: Path) -> None:
     log = (tmp_path / "logs/cohort/cohort.log").read_text()
     assert "cannot download idc-index's sm_index table" in log
     assert "Traceback" not in log
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ({"idc_version": 99}, "cohort.idc_version: got 99; the installed idc-index-data holds IDC v25"),
+        ({"source": "gdc_manifest", "manifest": "nowhere/manifest.tsv"}, "config key cohort.manifest: 'nowhere/"),
+    ],
+)
+def test_the_dry_run_stops_on_a_config_it_cannot_run(
+    tmp_path: Path, fidelity_build: dict[str, Path], change: dict[str, Any], said: str
+) -> None:
+    tables = {name: fidelity_build[name] for name in ("index", "sm_index", "sm_instance_index")}
+    config = write_config(tmp_path / "config.yaml", tables, "http://127.0.0.1:9", **change)
+    proc = snakemake(tmp_path, config, "-n")
+    assert proc.returncode != 0
+    assert said in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()

@@ -155,3 +155,23 @@ def test_example_configs_are_valid(path: Path) -> None:
             ("config/examples/colleague", "resources/")
         ):
             assert (REPO / checked["cohort"][key]).is_file()
+
+
+def test_a_release_newer_than_the_installed_index_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"cohort.idc_version: got 99; the installed idc-index-data holds IDC v25"):
+        validate_config(with_change("cohort.idc_version", 99), SCHEMA)
+
+
+def test_a_missing_manifest_or_sql_file_is_a_config_error(tmp_path: Path) -> None:
+    from slidestock.config import check_input_files
+
+    config = validate_config(with_change("cohort.manifest", "manifests/cohort.tsv"), SCHEMA)
+    config["cohort"]["sql"] = "query.sql"
+    with pytest.raises(ConfigError) as info:
+        check_input_files(config, tmp_path)
+    assert f"config key cohort.manifest: 'manifests/cohort.tsv' does not exist (in {tmp_path})" in str(info.value)
+    assert "config key cohort.sql: 'query.sql' does not exist" in str(info.value)
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / "cohort.tsv").write_text("id\tfilename\tmd5\tsize\tstate\n")
+    (tmp_path / "query.sql").write_text("SELECT 1")
+    check_input_files(config, tmp_path)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
-from slidestock.config import validate_config
+from slidestock.config import check_input_files, validate_config
 from slidestock.errors import ConfigError
 from slidestock.downsample import FORMATS
 from slidestock.plan import batch_name, n_batches, read_batch_plan
@@ -14,6 +14,7 @@ try:
     CONFIG = validate_config(
         config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"
     )
+    check_input_files(CONFIG, Path.cwd())
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 # Scripts read the validated config, defaults included.

@@ -22,6 +22,7 @@ from slidestock.cohort import (
     connect,
     connect_parquet,
     idc_index_tables,
+    resolve_idc_version,
 )
 from slidestock.errors import ConfigError
 from slidestock.levels import target_of
@@ -77,7 +78,24 @@ def validate_config(config: Mapping[str, Any], schema_path: Path) -> dict[str, A
     if errors:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  {describe_error(e)}" for e in errors))
     target_of(checked)
+    resolve_idc_version(checked["cohort"]["idc_version"])
     return checked
+
+
+def check_input_files(config: Mapping[str, Any], base: Path) -> None:
+    """The files the cohort is read from exist (relative to ``base``, the working directory).
+
+    Checked when the workflow is parsed, so that a dry run says so too, and a
+    missing manifest can never leave an old cohort standing in its place.
+    """
+    cohort = config["cohort"]
+    missing = [
+        f"config key cohort.{key}: {cohort[key]!r} does not exist (in {base}); expected a {what} file"
+        for key, what in (("manifest", "manifest"), ("sql", "SQL"))
+        if cohort.get(key) and not (base / cohort[key]).is_file()
+    ]
+    if missing:
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  {line}" for line in missing))
 
 
 def tables_of(config: Mapping[str, Any], base: Path) -> TablePaths | None:
