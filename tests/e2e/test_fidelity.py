@@ -232,3 +232,18 @@ def test_the_dry_run_stops_on_a_config_it_cannot_run(
     assert proc.returncode != 0
     assert said in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_a_cohort_of_no_slides_is_one_line_once(tmp_path: Path, fidelity_build: dict[str, Path]) -> None:
+    tables = {name: fidelity_build[name] for name in ("index", "sm_index", "sm_instance_index")}
+    config = write_config(tmp_path / "config.yaml", tables, "http://127.0.0.1:9", filter={"collection_id": ["fidelty"]})
+    proc = snakemake(tmp_path, config)
+    assert proc.returncode != 0
+    said = proc.stdout + proc.stderr
+    line = "cohort: cohort selects no slides: collection_id='fidelty' matches no series (did you mean fidelity?)"
+    assert said.count(line) == 1
+    assert "Traceback" not in said
+    assert "SELECT" not in said  # the query is in the log, not the terminal
+    log = (tmp_path / "logs/cohort/cohort.log").read_text()
+    assert "the query that selected no slides:" in log
+    assert "SELECT" in log

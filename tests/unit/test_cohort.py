@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -113,12 +114,18 @@ def test_unknown_column_names_the_nearest(real_tables: TablePaths) -> None:
         draw(connect(real_tables), {"colection_id": ["tcga_brca"]}, 5, 1)
 
 
-def test_unknown_value_stops_with_nearest_and_query(real_tables: TablePaths) -> None:
+@pytest.mark.parametrize("typo", ["tcga-brca", "tcga_brac"])
+def test_unknown_value_stops_with_nearest_and_logs_the_query(
+    real_tables: TablePaths, typo: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="slidestock.cohort")
     with pytest.raises(CohortError) as info:
-        draw(connect(real_tables), {"collection_id": ["tcga-brca"]}, 5, 1)
+        draw(connect(real_tables), {"collection_id": [typo]}, 5, 1)
     message = str(info.value)
-    assert "collection_id='tcga-brca' matches no series (did you mean tcga_brca" in message
-    assert 'FROM "index"' in message
+    assert f"collection_id={typo!r} matches no series (did you mean tcga_brca" in message
+    assert "\n" not in message
+    assert message.endswith("(the query is in logs/cohort/cohort.log)")
+    assert 'FROM "index"' in caplog.text
 
 
 def test_list_column_matches_any_element(demo_build: dict[str, Path]) -> None:

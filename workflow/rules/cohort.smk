@@ -1,5 +1,7 @@
 # The cohort (lock file) and the level plan; both are checkpoints because the
-# batch jobs, and their parameters, depend on what they contain.
+# batch jobs, and their parameters, depend on what they contain. Neither is
+# retried: they read tables and headers, and fail the same way a second time
+# (an unreachable server, a filter that selects nothing); the message says what to do.
 
 
 checkpoint cohort:
@@ -15,7 +17,6 @@ checkpoint cohort:
         "logs/cohort/cohort.log",
     benchmark:
         "benchmarks/cohort/cohort.tsv"
-    retries: 1
     conda:
         ENV
     resources:
@@ -36,7 +37,6 @@ checkpoint plan:
         "logs/plan/plan.log",
     benchmark:
         "benchmarks/plan/plan.tsv"
-    retries: 1
     conda:
         ENV
     resources:

@@ -529,7 +529,9 @@ def _raise_empty(
                 hint = f" (did you mean {', '.join(near)}?)" if near else ""
                 hints.append(f"{column}={value!r} matches no series{hint}")
     detail = "; ".join(hints) if hints else "each value exists, but no series has all of them together"
-    raise CohortError(f"cohort selects no slides: {detail}. Query:\n{query}")
+    # The query goes to the log; the message stays one line a user can act on.
+    log.info("the query that selected no slides:\n%s", query)
+    raise CohortError(f"cohort selects no slides: {detail} (the query is in logs/cohort/cohort.log)")
 
 
 def slide_id(container_id: str | None, patient_id: str | None, unique: str) -> str:
