@@ -16,7 +16,7 @@ from PIL import Image
 from slidestock import synthetic
 from slidestock.downsample import resize_exact
 from slidestock.s3server import S3Server, free_port, serving
-from tests.e2e.runs import REPO, run_in, snakemake, snakemake_argv, write_config
+from tests.e2e.runs import REPO, demo_tables, run_in, snakemake, snakemake_argv, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -247,3 +247,20 @@ def test_a_cohort_of_no_slides_is_one_line_once(tmp_path: Path, fidelity_build: 
     log = (tmp_path / "logs/cohort/cohort.log").read_text()
     assert "the query that selected no slides:" in log
     assert "SELECT" in log
+
+
+def test_an_unreachable_bucket_stops_the_batch_at_once(tmp_path: Path, demo_build: dict[str, Path]) -> None:
+    # max_px: the plan needs no header, so the batch is the first to meet the closed port.
+    closed = f"http://127.0.0.1:{free_port()}"
+    top = {"target": {"mpp": None, "max_px": 512, "format": "png"}}
+    config = write_config(tmp_path / "config.yaml", demo_tables(demo_build), closed, top)
+    proc = snakemake(tmp_path, config)
+    assert proc.returncode != 0
+    said = proc.stdout + proc.stderr
+    assert f"batch b00000: cannot reach the slide bucket: bucket {closed}/idc-open-data/?max-keys=0: 1 attempt failed" in said
+    assert "attempts failed; last: URLError" in said
+    log = (tmp_path / "logs/batch/b00000.log").read_text()
+    assert "cannot reach the slide bucket" in log
+    assert "fetched" not in log  # s5cmd never ran
+    assert not (tmp_path / "results/batches/b00000.tsv").exists()  # so the next run redoes the batch
+    assert list((tmp_path / "scratch").iterdir()) == []

@@ -63,3 +63,12 @@ def test_missing_object_fails_that_slide_and_a_closed_port_is_unreachable(
     closed = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(UnreachableError, match=r"header of .*: 2 attempts failed; last: URLError"):
         HeaderReader(closed, attempts=2, backoff_s=0.01).spacing_xy_um(instances[0][0])
+
+
+def test_reachability_asks_the_bucket_not_an_object(instances: list[tuple[str, Path]], s3: S3Server) -> None:
+    reader = HeaderReader(s3.url, attempts=1)
+    reader.check_reachable(instances[0][0])  # rclone answers the bucket's listing
+    assert reader.requests == 0  # no object read
+    closed = HeaderReader(f"http://127.0.0.1:{free_port()}", attempts=2, backoff_s=0.01)
+    with pytest.raises(UnreachableError, match=r"bucket http://127\.0\.0\.1:\d+/idc-open-data/\?max-keys=0: 2 att"):
+        closed.check_reachable(instances[0][0])

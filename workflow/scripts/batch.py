@@ -6,6 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
 
+from slidestock.errors import UnreachableError
 from slidestock.levels import target_of
 from slidestock.pipeline import GdcSettings, SlideJob, read_token, run_batch, write_batch_table
 from slidestock.plan import read_batch_plan
@@ -41,15 +42,19 @@ jobs = [
     )
     for plan in read_batch_plan(Path(smk.input.plan))
 ]
-records = run_batch(
-    jobs,
-    smk.wildcards.batch,
-    Path(smk.resources.tmpdir),
-    workers=fetch["workers"],
-    threads=smk.threads,
-    timeout_s=fetch["timeout"],
-    retry_count=fetch["retry_count"],
-)
+try:
+    records = run_batch(
+        jobs,
+        smk.wildcards.batch,
+        Path(smk.resources.tmpdir),
+        workers=fetch["workers"],
+        threads=smk.threads,
+        timeout_s=fetch["timeout"],
+        retry_count=fetch["retry_count"],
+    )
+except UnreachableError as err:
+    # No table: the next run redoes this batch (its finished slides are kept).
+    sys.exit(str(err))
 failed = [record["slide_id"] for record in records if record["status"] != "done"]
 logging.info("%d slides processed, %d failed: %s", len(records), len(failed), " ".join(failed) or "none")
 write_batch_table([job.json_path for job in jobs], Path(smk.output.table))

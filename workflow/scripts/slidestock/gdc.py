@@ -63,7 +63,8 @@ def retrying(
         log.warning("%s: attempt %d/%d failed: %s", what, attempt, attempts, last)
         if attempt < attempts:
             time.sleep(backoff_s * 2 ** (attempt - 1))
-    raise (exhausted if never_connected else FetchError)(f"{what}: {attempts} attempts failed; last: {last}")
+    tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
+    raise (exhausted if never_connected else FetchError)(f"{what}: {tries} failed; last: {last}")
 
 
 @dataclass

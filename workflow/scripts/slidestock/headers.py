@@ -59,6 +59,26 @@ class HeaderReader:
         what = f"header of {address}"
         return retrying(what, lambda: self._get(address, length), self.attempts, self.backoff_s, UnreachableError)
 
+    def check_reachable(self, url: str) -> None:
+        """Raise :class:`UnreachableError` when ``url``'s bucket cannot be reached at all; touch no object.
+
+        Any HTTP answer (a listing, a 403, a 503) means the server is there.
+        """
+        key = url.removeprefix("s3://").partition("/")[2]
+        root = http_url(url, self.endpoint).removesuffix(key) + "?max-keys=0"
+
+        def ask() -> None:
+            request = urllib.request.Request(root, headers={"User-Agent": "slidestock"})
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:
+                answer.read(1 << 16)
+
+        try:
+            retrying(f"bucket {root}", ask, self.attempts, self.backoff_s, UnreachableError)
+        except UnreachableError:
+            raise
+        except FetchError:
+            pass
+
     def _get(self, address: str, length: int) -> bytes:
         headers = {"Range": f"bytes=0-{length - 1}", "User-Agent": "slidestock"}
         with urllib.request.urlopen(urllib.request.Request(address, headers=headers), timeout=self.timeout_s) as answer:

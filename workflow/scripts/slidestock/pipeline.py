@@ -37,7 +37,7 @@ from slidestock.dicomlevel import (
     reduce_level,
 )
 from slidestock.downsample import resize_exact, tissue_fraction, tissue_mask, write_image
-from slidestock.errors import DecodeError, FetchError, SlidestockError
+from slidestock.errors import DecodeError, FetchError, SlidestockError, UnreachableError
 from slidestock.fetch import BatchItem, FetchResult, check_free_disk, fetch_batch, s5cmd_binary
 from slidestock.gdc import BLOCK_BYTES, BlockCache, GdcClient, RangeNotSupportedError, fetch_ranges
 from slidestock.levels import Level, Target, choose_level, output_size_px
@@ -283,6 +283,8 @@ def run_batch(
             log.error("%s", err)
             raise
         endpoint, attempts = todo[0].endpoint, todo[0].attempts
+        if items:
+            _check_reachable(items[0].url, endpoint, attempts, timeout_s, name)
         fetched = fetch_batch(
             items, endpoint, workers=workers, attempts=attempts, timeout_s=timeout_s, retry_count=retry_count
         )
@@ -299,6 +301,24 @@ def run_batch(
 
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             return list(pool.map(one, todo))
+
+
+def _check_reachable(url: str, endpoint: str, attempts: int, timeout_s: float, name: str) -> None:
+    """Stop the batch in seconds when the slide bucket cannot be reached at all (name resolution, refused).
+
+    s5cmd would retry each object with backoff for minutes before saying so.
+    The bucket itself is asked (no object is touched); any other trouble (a
+    404, a 503) is left to s5cmd, object by object.
+    """
+    from slidestock.headers import HeaderReader
+
+    reader = HeaderReader(endpoint, attempts=attempts, backoff_s=1.0, timeout_s=min(30.0, timeout_s))
+    try:
+        reader.check_reachable(url)
+    except UnreachableError as err:
+        message = f"batch {name}: cannot reach the slide bucket: {err}. Check the network or proxy, or fetch.endpoint"
+        log.error("%s", message)
+        raise UnreachableError(message) from None
 
 
 def write_batch_table(json_paths: Sequence[Path], out: Path) -> None:
