@@ -121,7 +121,7 @@ def test_gdc_manifest_matched_take_idc_unmatched_are_listed(
     # Unmatched, so it took the GDC path, which no server answers here.
     listed = report.loc["TCGA-XX-0000-01Z-00-DX1_6e3b7a14"]
     assert listed["fetch_from"] == "gdc"
-    assert "metadata of 6e3b7a14-5d4c-4f8e-9a21-0c1d2e3f4a03: 1 attempts failed" in listed["error"]
+    assert "metadata of 6e3b7a14-5d4c-4f8e-9a21-0c1d2e3f4a03: 1 attempt failed" in listed["error"]
     plan = pd.read_csv(run.workdir / "results/cohort/instances.tsv", sep="\t").set_index("slide_id")
     assert plan.loc["TCGA-XX-0000-01Z-00-DX1_6e3b7a14", "url"] == "gdc:6e3b7a14-5d4c-4f8e-9a21-0c1d2e3f4a03"
     lock = pd.read_csv(run.workdir / "results/cohort/cohort.tsv", sep="\t", comment="#", dtype=str)
