@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -366,3 +367,13 @@ def test_contact_sheet_max_reruns_the_report_alone(tmp_path: Path, demo_build: d
     page = (run.workdir / "results/report/index.html").read_text()
     assert page.count("<figure>") == 1
     assert "The first 1 of 2 finished slides" in page
+
+
+def test_each_batch_reports_its_progress_in_its_log_and_the_terminal(first: Run) -> None:
+    # The last line of a batch: every slide counted, none left; a rate, not a sentence to match.
+    pattern = re.compile(r"b00000: (\d+) of (\d+) slides: (\d+) done, (\d+) failed, (\d+) to do; ([\d.]+) slides/s")
+    log = (first.workdir / "logs/batch/b00000.log").read_text()
+    last = pattern.findall(log)[-1]
+    assert [int(v) for v in last[:5]] == [6, 6, 6, 0, 0]
+    assert float(last[5]) > 0
+    assert pattern.findall(first.proc.stdout + first.proc.stderr)[-1] == last

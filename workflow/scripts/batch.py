@@ -14,6 +14,10 @@ from slidestock.plan import read_batch_plan
 smk = snakemake  # noqa: F821
 logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 logging.getLogger("pyvips").setLevel(logging.WARNING)
+# Progress in the terminal too (a local run shows a job's stderr; a cluster keeps it in the job's output file).
+to_terminal = logging.StreamHandler(sys.stderr)
+to_terminal.setFormatter(logging.Formatter("%(message)s"))
+logging.getLogger("slidestock.progress").addHandler(to_terminal)
 
 # Where bytes come from (endpoint, GDC API, token) and how many objects move at
 # once are read from the config, not passed as parameters: changing them must

@@ -290,6 +290,8 @@ def run_batch(
         )
         log.info("%s: fetched %d objects in %.1f s", name, len(items), time.monotonic() - start)
 
+        counter = Progress(name, len(todo), start)
+
         def one(job: SlideJob) -> dict[str, Any]:
             with slide_log(job.log_path):
                 record = _run_slide(job, fetched, software)
@@ -297,6 +299,7 @@ def run_batch(
             record["started_at"] = started
             record.setdefault("timings_s", {})["total"] = round(time.monotonic() - start, 3)
             write_json(job.json_path, record)
+            counter.count(record["status"] == "done")
             return record
 
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -319,6 +322,34 @@ def _check_reachable(url: str, endpoint: str, attempts: int, timeout_s: float, n
         message = f"batch {name}: cannot reach the slide bucket: {err}. Check the network or proxy, or fetch.endpoint"
         log.error("%s", message)
         raise UnreachableError(message) from None
+
+
+# Batch progress lines go to this logger: the batch log, and the terminal when run locally.
+progress_log = logging.getLogger("slidestock.progress")
+
+
+class Progress:
+    """Slides done and failed in a batch, said at most every ``every_s`` seconds and once at the end."""
+
+    def __init__(self, name: str, todo: int, start: float, every_s: float = 5.0) -> None:
+        self.name, self.todo, self.start, self.every_s = name, todo, start, every_s
+        self.done = self.failed = 0
+        self.said = start
+        self._lock = threading.Lock()
+
+    def count(self, done: bool) -> None:
+        with self._lock:
+            self.done += done
+            self.failed += not done
+            now = time.monotonic()
+            finished = self.done + self.failed
+            if finished == self.todo or now - self.said >= self.every_s:
+                self.said = now
+                rate = finished / max(now - self.start, 1e-9)
+                progress_log.info(
+                    "%s: %d of %d slides: %d done, %d failed, %d to do; %.2f slides/s",
+                    *(self.name, finished, self.todo, self.done, self.failed, self.todo - finished, rate),
+                )
 
 
 def write_batch_table(json_paths: Sequence[Path], out: Path) -> None:
