@@ -10,7 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +25,7 @@ from PIL import Image
 
 from slidestock import synthetic
 from slidestock.s3server import S3Server
-from tests.e2e.runs import Run, demo_tables, run_in, snakemake, write_config
+from tests.e2e.runs import REPO, Run, demo_tables, run_in, snakemake, write_config
 
 SPECS = {spec.container_id: spec for spec in synthetic.DEMO_SLIDES}
 TARGET_UM = 15.0
@@ -377,3 +381,36 @@ def test_each_batch_reports_its_progress_in_its_log_and_the_terminal(first: Run)
     assert [int(v) for v in last[:5]] == [6, 6, 6, 0, 0]
     assert float(last[5]) > 0
     assert pattern.findall(first.proc.stdout + first.proc.stderr)[-1] == last
+
+
+def test_status_reads_a_run_as_it_goes(first: Run, tmp_path: Path) -> None:
+    from slidestock.status import read_status
+
+    results = tmp_path / "results"
+    shutil.copytree(first.workdir / "results", results)
+    recs = {rec["slide_id"]: rec for rec in records(first).values()}
+    finished = read_status(results)
+    assert (finished.planned, finished.done, finished.failed, finished.to_do) == (6, 6, 0, 0)
+    assert finished.bytes_fetched == sum(int(rec["bytes_fetched"]) for rec in recs.values())
+    # Mid-run: two slides not written yet, one failed; the plan 100 s ago, the four records since.
+    ids = sorted(recs)
+    for slide in ids[:2]:
+        (results / "slides" / f"{slide}.json").unlink()
+    broken = results / "slides" / f"{ids[2]}.json"
+    record = json.loads(broken.read_text())
+    record.update(status="failed", error=f"{ids[2]}: frame 3 cannot be decoded (1.2.840.10008.1.2.4.50): broken")
+    broken.write_text(json.dumps(record))
+    plan_time = 1_000_000.0
+    os.utime(results / "cohort" / "instances.tsv", (plan_time, plan_time))
+    for slide in ids[2:]:
+        os.utime(results / "slides" / f"{slide}.json", (plan_time + 50, plan_time + 50))
+    mid = read_status(results, now=plan_time + 100)
+    assert (mid.planned, mid.done, mid.failed, mid.to_do) == (6, 3, 1, 2)
+    assert mid.failures == {"frame # cannot be decoded (#.#.#.#.#.#.#.#): broken": 1}
+    assert mid.slides_per_s == pytest.approx(4 / 100)
+    assert mid.eta_s == pytest.approx(2 / (4 / 100))
+    shown = subprocess.run([sys.executable, str(REPO / "workflow/scripts/status.py"), str(results)],
+                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "  done      3\n  failed    1\n" in shown
+    assert "  to do     2\n" in shown
+    assert f"  fetched   {mid.bytes_fetched:,} bytes" in shown

@@ -1,0 +1,96 @@
+"""The state of a run, read from what it wrote: the plan and the per-slide records.
+
+Nothing is locked or changed, so it can be asked at any time, from a login
+node, while the run goes on. Slides count as done or failed once their record
+says so for the current plan (records older than the plan are from an earlier
+run); the rate is taken over the records written since the plan.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slidestock.errors import SlidestockError
+
+_NUMBERS = re.compile(r"\d+")
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """Slides planned, done, failed (by reason) and still to do; bytes fetched; the recent rate and an ETA."""
+
+    planned: int
+    done: int
+    failed: int
+    to_do: int
+    bytes_fetched: int
+    failures: dict[str, int] = field(default_factory=dict)
+    slides_per_s: float | None = None
+    eta_s: float | None = None
+
+
+def reason_of(slide_id: str, error: str) -> str:
+    """A failure's reason without its slide id and numbers, so that alike failures group together."""
+    reason = error.removeprefix(f"{slide_id}: ").split("\n")[0]
+    return _NUMBERS.sub("#", reason)[:160]
+
+
+def read_status(results: Path, now: float | None = None) -> RunStatus:
+    """The state of the run whose outputs are under ``results`` (``results/cohort/instances.tsv`` and slides)."""
+    plan = results / "cohort" / "instances.tsv"
+    if not plan.is_file():
+        raise SlidestockError(f"{plan}: no plan yet; expected a run that has passed its plan step")
+    with plan.open(newline="") as handle:
+        slide_ids = [row["slide_id"] for row in csv.DictReader(handle, delimiter="\t")]
+    since = last = plan.stat().st_mtime
+    done = failed = fetched = recent = 0
+    failures: Counter[str] = Counter()
+    for slide_id in slide_ids:
+        path = results / "slides" / f"{slide_id}.json"
+        try:
+            record = json.loads(path.read_text())
+            written = path.stat().st_mtime
+        except (OSError, ValueError):
+            continue  # not yet written, or being replaced
+        fetched += int(record.get("bytes_fetched") or 0)
+        recent += written >= since
+        last = max(last, written)
+        if record.get("status") == "done":
+            done += 1
+        else:
+            failed += 1
+            failures[reason_of(slide_id, str(record.get("error") or "no reason recorded"))] += 1
+    to_do = len(slide_ids) - done - failed
+    # A run still going is measured up to now; a finished one up to its last record.
+    end = (time.time() if now is None else now) if to_do else last
+    rate = recent / (end - since) if recent and end > since else None
+    eta = to_do / rate if rate and to_do else None
+    return RunStatus(len(slide_ids), done, failed, to_do, fetched, dict(failures.most_common()), rate, eta)
+
+
+def format_status(status: RunStatus, results: Path) -> str:
+    """The state as a few aligned lines for the terminal."""
+    lines = [
+        f"slidestock run in {results}: {status.planned:,} slides planned",
+        f"  done      {status.done:,}",
+        f"  failed    {status.failed:,}",
+        *(f"    {count:>6,}  {reason}" for reason, count in status.failures.items()),
+        f"  to do     {status.to_do:,}",
+        f"  fetched   {status.bytes_fetched:,} bytes",
+    ]
+    if status.slides_per_s is not None:
+        eta = "" if status.eta_s is None else f", about {_duration(status.eta_s)} to go"
+        lines.append(f"  rate      {status.slides_per_s:.2f} slides/s since the plan{eta or ', finished'}")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds + 0.5), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
