@@ -35,6 +35,8 @@ def write_config(
     # Nothing may reach the real GDC: a closed loopback port unless a test serves one.
     config["gdc"] = {"api": "http://127.0.0.1:9"}
     config.update(top or {})
+    # Tests about other things accept failed slides; those about the exit status say otherwise.
+    config.setdefault("report", {}).setdefault("accept_failures", True)
     path.write_text(yaml.safe_dump(config))
     return path
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from slidestock.s3server import S3Server, serving
+from slidestock.s3server import S3Server, free_port, serving
 from tests.e2e.runs import Run, demo_tables, run_in, snakemake, snakemake_argv, write_config
 from tests.faults.conftest import Proxy
 
@@ -318,3 +318,57 @@ def test_n_beyond_the_candidates_takes_them_all_and_says_so(
     lock = (run.workdir / "results/cohort/cohort.tsv").read_text()
     assert "# candidates: 6" in lock
     assert len(list((run.workdir / "results/slides").glob("*.png"))) == 6
+
+
+def test_failures_exit_nonzero_and_the_same_command_retries_only_those_that_may_pass(
+    reference: Run, broken_root: Path, tmp_path: Path, demo_build: dict[str, Path]
+) -> None:
+    keys = levels(reference)
+    corrupt, busy, *_ = sorted(keys)
+    path = broken_root / "idc-open-data" / keys[corrupt]
+    data = bytearray(path.read_bytes())
+    start = data.find(b"\xff\xd8\xff")
+    data[start : start + 4] = b"\0\0\0\0"
+    path.unlink()  # a hard link into the demo build: replace it, never write into it
+    path.write_bytes(bytes(data))
+    with serving(broken_root) as server:
+        port = free_port()
+        proxy = Proxy(f"http://127.0.0.1:{port}", port, tmp_path / "rules.json", tmp_path / "proxy.log", server.url)
+        proxy.set_rules([{"match": keys[busy], "mode": "503"}])
+        proxy.start()
+        try:
+            top = {**fetch_settings(proxy.url, attempts=2), "report": {"accept_failures": False}}
+            config = write_config(tmp_path / "config.yaml", demo_tables(demo_build), proxy.url, top)
+            folder = tmp_path / "run"
+            first = snakemake(folder, config)
+            said = first.stderr.strip().splitlines()
+            # Its table is gone, so that the same command re-runs the batch; the report stays.
+            table_left = (folder / "results/batches/b00000.tsv").exists()
+            retryable = {
+                slide: json.loads((folder / f"results/slides/{slide}.json").read_text()).get("retryable")
+                for slide in (busy, corrupt)
+            }
+            records = {p.stem: p.stat().st_mtime_ns for p in (folder / "results/slides").glob("*.json")}
+            proxy.set_rules([])  # the server is well again
+            second = snakemake(folder, config)
+            again = second.stderr.strip().splitlines()
+            after = {p.stem: p.stat().st_mtime_ns for p in (folder / "results/slides").glob("*.json")}
+        finally:
+            proxy.kill()
+    assert first.returncode == 1
+    assert said[-1].startswith("slidestock: 4 of 6 slides done, 2 failed; 1 may pass: `snakemake ")
+    assert said[-1].endswith(
+        "again retries them; 1 permanent: fetch.redo_failed: true retries those; report: results/report/index.html"
+    )
+    assert any(line.endswith("(may pass on a re-run)") and "attempts failed" in line for line in said), said[-4:]
+    assert any(line.endswith("(permanent)") and "cannot be decoded" in line for line in said)
+    assert retryable == {busy: True, corrupt: False}
+    assert not table_left
+    # The same command again: the 503 slide is redone and done; the corrupt one is not tried again.
+    assert second.returncode == 1
+    assert again[-1].startswith("slidestock: 5 of 6 slides done, 1 failed; 1 permanent: ")
+    assert after[busy] != records[busy]
+    assert {slide: after[slide] for slide in after if slide != busy} == {
+        slide: records[slide] for slide in records if slide != busy
+    }
+    assert report(folder).loc[busy, "status"] == "done"

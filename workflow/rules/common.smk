@@ -1,5 +1,7 @@
 # Config validation, the cohort's slide list and every input function.
+import shlex
 import sys
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -9,6 +11,7 @@ from slidestock.config import check_input_files, validate_config
 from slidestock.errors import ConfigError
 from slidestock.downsample import FORMATS
 from slidestock.plan import batch_name, n_batches, read_batch_plan
+from slidestock.status import read_outcome, tables_to_redo
 
 try:
     CONFIG = validate_config(
@@ -21,6 +24,7 @@ except ConfigError as err:
 config.update(CONFIG)
 
 IMAGE_SUFFIX = FORMATS[CONFIG["target"]["format"]]
+RUN_STARTED = time.time()
 ENV = "../../envs/slidestock.yaml"
 BATCH_PLANS = "results/cohort/batches"
 SLIDES = "results/slides"
@@ -121,3 +125,33 @@ def get_batch_threads(wildcards):
 def get_batch_mem_mb(wildcards, threads, attempt):
     """1 GB plus 1.5 GB per slide decoded at once, more on each attempt."""
     return (1000 + 1500 * threads) * attempt
+
+
+def redo_next_time():
+    """Remove the outcome tables of batches with slides that may pass next time.
+
+    The next run then re-runs those batches (a missing output), and each redoes
+    only its unfinished slides: running the same command again retries them.
+    """
+    if not Path(BATCH_PLANS).is_dir():
+        return []
+    tables = [Path(path) for path in get_batch_tables(None)]
+    redo = tables_to_redo([path for path in tables if path.exists()])
+    for path in redo:
+        path.unlink()
+    return redo
+
+
+def summarise_run():
+    """The outcome of a run that wrote the report; exits non-zero when slides failed (unless accepted)."""
+    table = Path("results/report/slides.csv")
+    if not table.exists() or table.stat().st_mtime < RUN_STARTED:
+        return  # the report was not written by this run (a dry run, verify, --report)
+    tables = [Path(path) for path in get_batch_tables(None)]
+    outcome = read_outcome([path for path in tables if path.exists()])
+    redo_next_time()
+    command = shlex.join(["snakemake", *sys.argv[1:]])
+    for line in outcome.lines(command):
+        print(line, file=sys.stderr)
+    if outcome.failed and not CONFIG["report"]["accept_failures"]:
+        sys.exit(1)

@@ -71,3 +71,15 @@ rule verify:
         slides=SLIDES,
     script:
         "../scripts/verify.py"
+
+
+# At the end of a run that wrote the report: the outcome in one last line (failures grouped by
+# reason before it), and a non-zero exit when slides failed, unless report.accept_failures.
+onsuccess:
+    summarise_run()
+
+
+# A run stopped by a failed job (a batch whose bucket cannot be reached, say) still leaves
+# the batches with slides that may pass to the next run.
+onerror:
+    redo_next_time()

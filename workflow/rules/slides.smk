@@ -28,6 +28,7 @@ rule batch:
         disk_mb=get_batch_disk_mb,
     params:
         target=CONFIG["target"],
+        redo_failed=CONFIG["fetch"]["redo_failed"],
         slides=SLIDES,
         suffix=IMAGE_SUFFIX,
     script:

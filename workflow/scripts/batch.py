@@ -43,6 +43,7 @@ jobs = [
         tmpdir=Path(smk.resources.tmpdir),
         gdc=settings,
         log_path=Path(f"logs/slide/{plan['slide_id']}.log"),
+        redo_failed=smk.params.redo_failed,
     )
     for plan in read_batch_plan(Path(smk.input.plan))
 ]
@@ -61,4 +62,5 @@ except UnreachableError as err:
     sys.exit(str(err))
 failed = [record["slide_id"] for record in records if record["status"] != "done"]
 logging.info("%d slides processed, %d failed: %s", len(records), len(failed), " ".join(failed) or "none")
-write_batch_table([job.json_path for job in jobs], Path(smk.output.table))
+if write_batch_table([job.json_path for job in jobs], Path(smk.output.table)):
+    logging.info("slides that failed for a reason that may pass are tried again by the next run")

@@ -97,6 +97,7 @@ class SlideJob:
     associated: tuple[str, ...] = ()
     log_path: Path | None = None
     threads: int = 1
+    redo_failed: bool = False
 
 
 @contextmanager
@@ -187,12 +188,22 @@ def output_digest(job: SlideJob) -> str:
 
 
 def is_finished(job: SlideJob) -> bool:
-    """True when the slide's record says done for this very plan and settings, and its files are there."""
+    """True when the slide's record says done for this very plan and settings, and its files are there.
+
+    A slide that failed for a permanent reason (no usable level, a file that
+    does not decode) counts as finished too, for the same plan and settings,
+    unless ``redo_failed``: trying again would fail the same way. One that
+    failed for a reason that may pass (network, server, timeout) is redone.
+    """
     try:
         record = json.loads(job.json_path.read_text())
     except (OSError, ValueError):
         return False
-    if record.get("status") != "done" or record.get("output_digest") != output_digest(job):
+    if record.get("output_digest") != output_digest(job):
+        return False
+    if record.get("status") == "failed":
+        return record.get("retryable") is False and not job.redo_failed
+    if record.get("status") != "done":
         return False
     output = record.get("output") or {}
     files = [(job.image_path, output.get("bytes"))]
@@ -352,14 +363,22 @@ class Progress:
                 )
 
 
-def write_batch_table(json_paths: Sequence[Path], out: Path) -> None:
-    """A batch's outcome, one line per slide (id, status, image sha256 or the error); written atomically."""
-    lines = ["slide_id\tstatus\tsha256_or_error\n"]
+def write_batch_table(json_paths: Sequence[Path], out: Path) -> int:
+    """A batch's outcome, one line per slide (id, status, image sha256 or the error, whether a re-run may help).
+
+    Written atomically; returns how many slides failed for a reason a re-run may get past.
+    """
+    lines = ["slide_id\tstatus\tsha256_or_error\tretryable\n"]
+    retryable = 0
     for path in json_paths:
         record = json.loads(path.read_text())
         detail = (record.get("output") or {}).get("sha256") or record.get("error") or ""
-        lines.append(f"{record['slide_id']}\t{record['status']}\t{' '.join(str(detail).split())}\n")
+        again = record["status"] == "failed" and record.get("retryable") is not False
+        retryable += again
+        flag = "" if record["status"] == "done" else str(again).lower()
+        lines.append(f"{record['slide_id']}\t{record['status']}\t{' '.join(str(detail).split())}\t{flag}\n")
     write_text_atomic(out, "".join(lines))
+    return retryable
 
 
 def _run_slide(
@@ -379,6 +398,8 @@ def _run_slide(
             _fetch_and_downsample(job, record, fetched)
         record["status"] = "done"
     except Exception as err:  # one slide never stops its batch; a bug is logged with its traceback
+        # Network, server and size troubles may pass on a later run; a level or file that is wrong will not.
+        record["retryable"] = isinstance(err, FetchError)
         if isinstance(err, SlidestockError):
             log.error("%s failed: %s", job.plan["slide_id"], err)
             record["error"] = str(err)

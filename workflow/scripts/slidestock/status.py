@@ -13,6 +13,7 @@ import json
 import re
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,3 +95,58 @@ def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(seconds + 0.5), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """A finished run's slides from its batch tables: done, and failed by reason, split by whether a re-run may help."""
+
+    done: int
+    retryable: dict[str, int]
+    permanent: dict[str, int]
+
+    @property
+    def failed(self) -> int:
+        return sum(self.retryable.values()) + sum(self.permanent.values())
+
+    def lines(self, command: str) -> list[str]:
+        """What the terminal shows at the end: failures grouped by reason, then one line with the counts."""
+        total = self.done + self.failed
+        shown = [f"  {count:>6,} x {reason}  (may pass on a re-run)" for reason, count in self.retryable.items()]
+        shown += [f"  {count:>6,} x {reason}  (permanent)" for reason, count in self.permanent.items()]
+        last = f"slidestock: {self.done:,} of {total:,} slides done"
+        if self.failed:
+            n_again, n_kept = sum(self.retryable.values()), sum(self.permanent.values())
+            last += f", {self.failed:,} failed"
+            if n_again:
+                last += f"; {n_again:,} may pass: `{command}` again retries them"
+            if n_kept:
+                last += f"; {n_kept:,} permanent: fetch.redo_failed: true retries those"
+        return [*shown, last + "; report: results/report/index.html"]
+
+
+def tables_to_redo(tables: Sequence[Path]) -> list[Path]:
+    """The batch tables that list a slide which failed for a reason a re-run may get past."""
+    redo = []
+    for table in tables:
+        with table.open(newline="") as handle:
+            if any(row["status"] != "done" and row.get("retryable") != "false"
+                   for row in csv.DictReader(handle, delimiter="\t")):  # fmt: skip
+                redo.append(table)
+    return redo
+
+
+def read_outcome(tables: Sequence[Path]) -> RunOutcome:
+    """The outcome of the run whose batch tables (``results/batches/*.tsv``) are given."""
+    done = 0
+    again: Counter[str] = Counter()
+    kept: Counter[str] = Counter()
+    for table in tables:
+        with table.open(newline="") as handle:
+            for row in csv.DictReader(handle, delimiter="\t"):
+                if row["status"] == "done":
+                    done += 1
+                    continue
+                reason = reason_of(row["slide_id"], row["sha256_or_error"])
+                (again if row.get("retryable") != "false" else kept)[reason] += 1
+    return RunOutcome(done, dict(again.most_common()), dict(kept.most_common()))
