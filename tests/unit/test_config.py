@@ -62,9 +62,10 @@ def test_defaults_are_filled_in() -> None:
         "workers": 16,
         "timeout": 1800,
         "retry_count": 10,
+        "redo_failed": False,
     }
     assert checked["gdc"] == {"api": "https://api.gdc.cancer.gov", "token_file": None, "mode": "range", "parallel": 4}
-    assert checked["report"] == {"contact_sheet_max": 1000}
+    assert checked["report"] == {"contact_sheet_max": 1000, "accept_failures": False}
     assert checked["target"] == {
         "mpp": 10,
         "max_px": None,

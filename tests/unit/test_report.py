@@ -188,13 +188,18 @@ def test_batch_table_has_one_line_per_slide_with_hash_or_reason(tmp_path: Path) 
     from slidestock.pipeline import write_batch_table
 
     done = record("a", "done", 10)
-    failed = record("b", "failed", 0, "b: frame 3 cannot be decoded\n(broken data)")
+    failed = {**record("b", "failed", 0, "b: frame 3 cannot be decoded\n(broken data)"), "retryable": False}
+    busy = {**record("c", "failed", 0, "c: s3://x: 3 attempts failed; last: HTTP 503"), "retryable": True}
     paths = []
-    for rec in (done, failed):
+    for rec in (done, failed, busy):
         paths.append(tmp_path / f"{rec['slide_id']}.json")
         paths[-1].write_text(json.dumps(rec))
-    write_batch_table(paths, tmp_path / "b00000.tsv")
+    # One slide may pass on a re-run.
+    assert write_batch_table(paths, tmp_path / "b00000.tsv") == 1
     assert (tmp_path / "b00000.tsv").read_text() == (
-        "slide_id\tstatus\tsha256_or_error\na\tdone\tab\nb\tfailed\tb: frame 3 cannot be decoded (broken data)\n"
+        "slide_id\tstatus\tsha256_or_error\tretryable\n"
+        "a\tdone\tab\t\n"
+        "b\tfailed\tb: frame 3 cannot be decoded (broken data)\tfalse\n"
+        "c\tfailed\tc: s3://x: 3 attempts failed; last: HTTP 503\ttrue\n"
     )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json", "b00000.tsv"]  # no temporary left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json", "b00000.tsv", "c.json"]  # no temp left
