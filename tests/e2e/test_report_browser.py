@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from slidestock.s3server import S3Server
-from tests.e2e.runs import Run, demo_tables, run_in, snakemake
+from tests.e2e.runs import REPO, Run, demo_tables, run_in, snakemake
 
 pytestmark = pytest.mark.e2e
 
@@ -132,3 +132,20 @@ def test_verify_passes_then_catches_a_changed_image(run: Run) -> None:
         assert f"{image.stem}: results/slides/{image.name}: sha256" in proc.stderr
     finally:
         image.write_bytes(original)
+
+
+def test_verify_reads_what_a_run_left_whichever_config(run: Run, tmp_path: Path) -> None:
+    # As README says it, after the demo: `snakemake verify` with the real config (other tables, the
+    # real endpoint, unreachable here). Nothing may run first, and the lock file must stay as it is.
+    lock = run.workdir / "results/cohort/cohort.tsv"
+    before = (lock.read_bytes(), lock.stat().st_mtime_ns)
+    proc = snakemake(run.workdir, REPO / "config" / "config.yaml", "verify")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "verify: 6 images match their provenance, 0 do not" in proc.stderr
+    assert (lock.read_bytes(), lock.stat().st_mtime_ns) == before
+    assert "rule cohort" not in proc.stdout + proc.stderr
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    proc = snakemake(empty, run.config, "verify")
+    assert proc.returncode != 0
+    assert "verify: results/cohort/cohort.tsv not found; expected a run's results here" in proc.stderr

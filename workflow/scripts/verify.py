@@ -13,7 +13,10 @@ from slidestock.verify import verify
 smk = snakemake  # noqa: F821
 logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
-slides = read_lock(Path(smk.input.lock))["slide_id"]
+lock = Path(smk.params.lock)
+if not lock.is_file():
+    sys.exit(f"verify: {lock} not found; expected a run's results here (run the workflow first)")
+slides = read_lock(lock)["slide_id"]
 checks = verify([Path(f"{smk.params.slides}/{slide}.json") for slide in slides], Path.cwd())
 for check in checks:
     logging.info("%s\t%s\t%s", check.slide_id, check.outcome, check.detail)
