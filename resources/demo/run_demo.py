@@ -1,6 +1,9 @@
 """The offline demo: build the fixtures, serve them over S3 on loopback, run the workflow.
 
-Usage: python resources/demo/run_demo.py [--cores N] [extra snakemake arguments]
+Usage: python resources/demo/run_demo.py [--cores N] [--gdc] [extra snakemake arguments]
+
+The demo works in a folder of its own (``demo/``, or ``demo-gdc/`` for the GDC demo), never in
+the ``results/`` of real runs.
 """
 
 from __future__ import annotations
@@ -31,25 +34,36 @@ def main() -> int:
     synthetic.build(BUILD)
     gdc = synthetic.build_gdc(BUILD / "gdc")
     names = json.loads(gdc["names"].read_text())
-    config = "config/examples/gdc.yaml" if args.gdc else "config/demo.yaml"
+    config = REPO / ("config/examples/gdc.yaml" if args.gdc else "config/demo.yaml")
+    workdir = REPO / ("demo-gdc" if args.gdc else "demo")
+    workdir.mkdir(exist_ok=True)
     with (
         s3server.serving(BUILD / "s3", log_path=BUILD / "rclone.log") as server,
         gdcserver.serving(gdc["files"], names=names, log_path=BUILD / "gdcserver.log") as gdc_url,
     ):
         print(f"demo: S3 server {server.url} (pid {server.pid}), GDC server {gdc_url}", flush=True)
+        # The servers' addresses, and the fixtures by absolute path (the demo runs in its own folder).
         overlay = BUILD / "endpoint.yaml"
-        overlay.write_text(f"fetch:\n  endpoint: {server.url}\ngdc:\n  api: {gdc_url}\n")
+        tables = "".join(f"    {name}: {BUILD / 'tables' / f'{name}.parquet'}\n"
+                         for name in ("index", "sm_index", "sm_instance_index"))  # fmt: skip
+        manifest = f"  manifest: {gdc['manifest']}\n" if args.gdc else ""
+        overlay.write_text(
+            f"cohort:\n  tables:\n{tables}{manifest}fetch:\n  endpoint: {server.url}\ngdc:\n  api: {gdc_url}\n"
+        )
         argv = [
             sys.executable, "-m", "snakemake",
+            "--snakefile", str(REPO / "Snakefile"),
+            "--directory", str(workdir),
             "--cores", args.cores,
-            "--configfile", config, str(overlay),
+            "--configfile", str(config), str(overlay),
             *extra,
         ]  # fmt: skip
         code = subprocess.run(argv, cwd=REPO, check=False).returncode
+    here = workdir.relative_to(REPO)
     if code != 0:
-        print(f"demo: snakemake failed with exit code {code}; see logs/", file=sys.stderr)
+        print(f"demo: snakemake failed with exit code {code}; see {here}/logs/", file=sys.stderr)
         return code
-    with open(REPO / "results" / "report" / "slides.csv", newline="") as handle:
+    with open(workdir / "results" / "report" / "slides.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     done = sum(r["status"] == "done" for r in rows)
     fetched = sum(int(r["bytes_fetched"]) for r in rows)
@@ -57,7 +71,7 @@ def main() -> int:
     print(
         f"demo: {done}/{len(rows)} slides done in {time.monotonic() - start:.0f} s; fetched "
         f"{fetched:,} of {whole:,} series bytes ({100 * fetched / whole:.2f} %)\n"
-        f"demo: images and provenance in results/slides/, report in results/report/index.html"
+        f"demo: images and provenance in {here}/results/slides/, report in {here}/results/report/index.html"
     )
     return 0
 
