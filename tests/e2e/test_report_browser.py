@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from slidestock.s3server import S3Server
-from tests.e2e.runs import REPO, Run, demo_tables, run_in, snakemake
+from tests.e2e.runs import REPO, Run, demo_tables, run_in, snakemake, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -149,3 +149,20 @@ def test_verify_reads_what_a_run_left_whichever_config(run: Run, tmp_path: Path)
     proc = snakemake(empty, run.config, "verify")
     assert proc.returncode != 0
     assert "verify: results/cohort/cohort.tsv not found; expected a run's results here" in proc.stderr
+
+
+def test_a_failed_reselection_keeps_the_lock_file(run: Run, tmp_path: Path, demo_build: dict[str, Path]) -> None:
+    # A copy of the finished run, then the same folder with a filter that selects nothing: the
+    # cohort step fails, and the lock file is there again, as it was.
+    folder = tmp_path / "copy"
+    shutil.copytree(run.workdir, folder, symlinks=True)
+    lock = folder / "results/cohort/cohort.tsv"
+    before = lock.read_bytes()
+    config = write_config(tmp_path / "typo.yaml", demo_tables(demo_build), "http://127.0.0.1:9",
+                          filter={"collection_id": ["demo_brac"]})  # fmt: skip
+    proc = snakemake(folder, config)
+    assert proc.returncode != 0
+    assert "cohort selects no slides" in proc.stderr
+    assert "slidestock: the cohort step failed; results/cohort/cohort.tsv is the previous one again" in proc.stderr
+    assert lock.read_bytes() == before
+    assert (folder / "results/cohort/cohort.previous.tsv").read_bytes() == before

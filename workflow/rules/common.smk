@@ -1,5 +1,6 @@
 # Config validation, the cohort's slide list and every input function.
 import shlex
+import shutil
 import sys
 import time
 from functools import lru_cache
@@ -133,10 +134,8 @@ def redo_next_time():
     The next run then re-runs those batches (a missing output), and each redoes
     only its unfinished slides: running the same command again retries them.
     """
-    if not Path(BATCH_PLANS).is_dir():
-        return []
-    tables = [Path(path) for path in get_batch_tables(None)]
-    redo = tables_to_redo([path for path in tables if path.exists()])
+    # The tables on disk, not the plan's list: this also runs when a run failed before its plan.
+    redo = tables_to_redo(sorted(Path("results/batches").glob("b*.tsv")))
     for path in redo:
         path.unlink()
     return redo
@@ -155,3 +154,24 @@ def summarise_run():
         print(line, file=sys.stderr)
     if outcome.failed and not CONFIG["report"]["accept_failures"]:
         sys.exit(1)
+
+
+LOCK = Path("results/cohort/cohort.tsv")
+PREVIOUS_LOCK = LOCK.with_name("cohort.previous.tsv")
+
+
+def keep_lock_file():
+    """Copy the lock file aside before anything runs: a re-selection that fails must not lose it."""
+    if LOCK.is_file():
+        shutil.copy2(LOCK, PREVIOUS_LOCK)
+
+
+def restore_lock_file():
+    """Put the lock file back when a failed run took it (Snakemake removes a failed job's outputs)."""
+    if not LOCK.exists() and PREVIOUS_LOCK.is_file():
+        shutil.copy2(PREVIOUS_LOCK, LOCK)
+        print(
+            f"slidestock: the cohort step failed; {LOCK} is the previous one again "
+            f"(also kept as {PREVIOUS_LOCK})",
+            file=sys.stderr,
+        )

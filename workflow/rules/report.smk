@@ -82,3 +82,8 @@ onsuccess:
 # the batches with slides that may pass to the next run.
 onerror:
     redo_next_time()
+    restore_lock_file()
+
+
+onstart:
+    keep_lock_file()
