@@ -31,7 +31,7 @@ def main() -> int:
     args, extra = parser.parse_known_args()
     start = time.monotonic()
     print(f"demo: building fixtures in {BUILD.relative_to(REPO)} (reused when present) ...", flush=True)
-    synthetic.build(BUILD)
+    synthetic.build(BUILD, progress=lambda said: print(f"demo: {said}", flush=True))
     gdc = synthetic.build_gdc(BUILD / "gdc")
     names = json.loads(gdc["names"].read_text())
     config = REPO / ("config/examples/gdc.yaml" if args.gdc else "config/demo.yaml")

@@ -356,3 +356,19 @@ def test_a_frame_larger_than_the_tile_fails_as_malformed(fidelity_build: dict[st
     ds.save_as(relabelled)
     with pytest.raises(DecodeError, match=r"frame 1 decodes to 256 x 256 px .*expected 200 x 200 px .*malformed"):
         read_level(relabelled)
+
+
+def test_fixture_build_tells_its_progress(tmp_path: Path) -> None:
+    said: list[str] = []
+    specs = (
+        synthetic.SlideSpec("p", "P-01", "P-01-01Z-00-DX1", (600, 400), n_levels=2, seed=1),
+        synthetic.SlideSpec("p", "P-02", "P-02-01Z-00-DX1", (500, 300), n_levels=1, seed=2),
+    )
+    built = synthetic.build(tmp_path / "build", specs, progress=said.append)
+    assert [line.split(":")[0] for line in said] == ["slide 1 of 2 written", "slide 2 of 2 written"]
+    sizes = pd.read_parquet(built["sm_instance_index"]).groupby("SeriesInstanceUID")["instance_size"].sum()
+    assert sorted(f"{size:,} bytes" in " ".join(said) for size in sizes) == [True, True]
+    assert "P-01-01Z-00-DX1, 2 instances" in said[0]
+    said.clear()
+    synthetic.build(tmp_path / "build", specs, progress=said.append)
+    assert said == []  # reused: nothing written, nothing said

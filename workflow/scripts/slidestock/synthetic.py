@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -857,18 +858,30 @@ def write_dicom_all(tables: Mapping[str, Path], folder: Path) -> Path:
     return folder
 
 
-def build(out_dir: Path, specs: Sequence[SlideSpec] = DEMO_SLIDES, idc_version: int = 25) -> dict[str, Path]:
+def build(
+    out_dir: Path,
+    specs: Sequence[SlideSpec] = DEMO_SLIDES,
+    idc_version: int = 25,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Path]:
     """Write objects under ``out_dir/s3`` and tables under ``out_dir/tables``.
 
     A ``manifest.json`` records what was built; a second call with the same
-    specification reuses the files.
+    specification reuses the files. ``progress`` is told of each slide written.
     """
     out_dir = out_dir.resolve()
     stamp = out_dir / "manifest.json"
     wanted = json.dumps([s.__dict__ for s in specs] + [idc_version, BUILD_VERSION], sort_keys=True, default=str)
     if stamp.exists() and json.loads(stamp.read_text())["spec"] == wanted:
         return {k: out_dir / v for k, v in json.loads(stamp.read_text())["paths"].items()}
-    records = [write_series(spec, out_dir / "s3") for spec in specs]
+    records = []
+    start = time.monotonic()
+    for number, spec in enumerate(specs, 1):
+        records.append(write_series(spec, out_dir / "s3"))
+        if progress is not None:
+            size = sum(level.size_bytes for level in records[-1].instances)
+            progress(f"slide {number} of {len(specs)} written: {spec.container_id}, {len(records[-1].instances)} "
+                     f"instances, {size:,} bytes ({time.monotonic() - start:.0f} s)")  # fmt: skip
     paths = write_tables(records, out_dir / "tables", idc_version)
     paths["s3_root"] = out_dir / "s3"
     paths["dicom_all"] = write_dicom_all(paths, out_dir / "s3" / DICOM_ALL_PREFIX.format(version=idc_version))
