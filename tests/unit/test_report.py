@@ -17,6 +17,7 @@ from slidestock.report import (
     lock_header,
     render_html,
     report_frame,
+    run_date,
     summary,
     write_tables,
 )
@@ -203,3 +204,31 @@ def test_batch_table_has_one_line_per_slide_with_hash_or_reason(tmp_path: Path) 
         "c\tfailed\tc: s3://x: 3 attempts failed; last: HTTP 503\ttrue\n"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json", "b00000.tsv", "c.json"]  # no temp left
+
+
+def test_page_says_the_target_date_config_links_each_slide_and_groups_failures() -> None:
+    cohort = pd.DataFrame({**{k: [*v, v[0], v[0]] for k, v in COHORT.to_dict("list").items()},
+                           "slide_id": ["a", "b", "c", "d"]})  # fmt: skip
+    failures = [
+        {**record(s, "failed", 0, f"{s}: s3://b/{s}.dcm: 3 attempts failed; last: HTTP 503"), "retryable": True}
+        for s in ("a", "c")
+    ]
+    broken = {**record("d", "failed", 0, "d: frame 7 cannot be decoded (broken)"), "retryable": False}
+    records = [*failures, broken, {**record("b", "done", 3000), "started_at": "2026-11-30T10:00:00+00:00"}]
+    frame = report_frame(records, cohort)
+    inputs = ReportInputs(
+        "25", "SELECT 1", {}, {}, None, target={"mpp": 8.0, "format": "png", "backend": "pyvips"},
+        config_files=["config/config.yaml"], run_date=run_date(records),
+    )  # fmt: skip
+    page = render_html(frame, inputs, {})
+    assert "<dt>target</dt><dd>8 µm/px, png, backend pyvips</dd>" in page
+    assert "<dt>run date</dt><dd>2026-11-30T10:00:00+00:00</dd>" in page
+    assert "<dt>config</dt><dd>config/config.yaml</dd>" in page
+    assert '<a href="../slides/x.png">image</a> <a href="../slides/b.json">json</a>' in page
+    assert '<a href="../../logs/slide/d.log">log</a>' in page
+    failures_part = page.split('<ul id="failures">')[1].split("</ul>")[0]
+    assert failures_part.count("<li>") == 2  # two reasons, not three slides
+    assert "<b>2 x</b> &lt;where&gt;: # attempts failed; last: HTTP #" in failures_part  # URLs aside: grouped
+    assert "running the same snakemake command again retries these" in failures_part
+    assert "<b>1 x</b> frame # cannot be decoded (broken)" in failures_part
+    assert "permanent: not tried again unless <code>fetch.redo_failed: true</code>" in failures_part

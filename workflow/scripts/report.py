@@ -15,6 +15,7 @@ from slidestock.report import (
     plot_svgs,
     render_html,
     report_frame,
+    run_date,
     sheet_records,
     summary,
     wall_time_s,
@@ -43,6 +44,9 @@ inputs = ReportInputs(
     software=software,
     wall_time_s=wall_time_s(records),
     sheet_max=smk.params.sheet_max,
+    target=smk.params.target,
+    config_files=smk.params.config_files,
+    run_date=run_date(records),
 )
 Path(smk.output.html).write_text(render_html(frame, inputs, svgs))
 stats = summary(frame)

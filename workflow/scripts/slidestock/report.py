@@ -22,6 +22,7 @@ import pandas as pd
 import pyvips
 
 from slidestock import plots
+from slidestock.status import reason_of
 
 REPORT_COLUMNS: dict[str, str] = {
     # column: pandas dtype of slides.parquet
@@ -32,6 +33,7 @@ REPORT_COLUMNS: dict[str, str] = {
     "fetch_from": "string",
     "status": "string",
     "error": "string",
+    "retryable": "boolean",  # for a failed slide: may a re-run get past it
     "level_columns": "Int64",
     "level_rows": "Int64",
     "level_spacing_um": "Float64",
@@ -69,6 +71,9 @@ class ReportInputs:
     software: Mapping[str, str]
     wall_time_s: float | None
     sheet_max: int | None = None  # the most finished slides in the contact sheet; None: all
+    target: Mapping[str, Any] | None = None  # the config's target section
+    config_files: Sequence[str] = ()  # the config files the run was given
+    run_date: str = "unknown"  # when the run's latest batch started
 
 
 def report_row(record: Mapping[str, Any], slide: Mapping[Hashable, Any]) -> dict[str, Any]:
@@ -79,8 +84,12 @@ def report_row(record: Mapping[str, Any], slide: Mapping[Hashable, Any]) -> dict
     out_size = output.get("size_px") or [None, None]
     series_bytes = int(record.get("series_size_bytes") or 0)
     fetched = int(record.get("bytes_fetched") or 0)
-    # IDC: the header's (column) spacing, else the index's; GDC: the chosen page's.
-    spacing = (level.get("header_spacing_um") or [level.get("index_spacing_um") or level.get("spacing_um")])[0]
+    # IDC: the header's (column) spacing, else the plan's, else the index's; GDC: the chosen page's.
+    spacing = (
+        level.get("header_spacing_um")
+        or level.get("plan_spacing_um")
+        or [level.get("index_spacing_um") or level.get("spacing_um")]
+    )[0]
     return {
         "slide_id": record["slide_id"],
         "collection_id": slide.get("collection_id") or None,
@@ -89,6 +98,7 @@ def report_row(record: Mapping[str, Any], slide: Mapping[Hashable, Any]) -> dict
         "fetch_from": slide.get("fetch_from") or "idc",
         "status": record["status"],
         "error": record.get("error") or None,
+        "retryable": record.get("retryable") if record["status"] != "done" else None,
         "level_columns": size[0],
         "level_rows": size[1],
         "level_spacing_um": None if spacing is None else round(float(spacing), 6),
@@ -299,6 +309,9 @@ def render_html(frame: pd.DataFrame, inputs: ReportInputs, svgs: Mapping[str, st
         "bytes fetched": f"{_mb(stats['bytes_fetched'])} ({100 * stats['fraction_fetched']:.2f} % of whole series)",
         "whole-slide downloads would move": _mb(stats["series_bytes"]),
         "fetch and downsample wall time": wall,
+        "target": _target_text(inputs.target),
+        "run date": inputs.run_date,
+        "config": ", ".join(inputs.config_files) or "unknown",
         "IDC version": f"v{inputs.idc_version}",
         "cohort source": inputs.cohort_header.get("source", ""),
         "filter": inputs.cohort_header.get("filter", ""),
@@ -332,6 +345,19 @@ def render_html(frame: pd.DataFrame, inputs: ReportInputs, svgs: Mapping[str, st
     )
 
 
+def _target_text(target: Mapping[str, Any] | None) -> str:
+    if not target:
+        return "unknown"
+    size = f"{target['mpp']:g} µm/px" if target.get("mpp") is not None else f"long side {target.get('max_px')} px"
+    return f"{size}, {target.get('format', 'png')}, backend {target.get('backend', 'pyvips')}"
+
+
+def run_date(records: Iterable[Mapping[str, Any]]) -> str:
+    """When the run's latest batch started, from the records (so a re-run that redoes nothing says the same)."""
+    started = [str(r["started_at"]) for r in records if r.get("started_at")]
+    return max(started) if started else "unknown"
+
+
 def _contact_sheet_html(frame: pd.DataFrame, sheet_max: int | None) -> str:
     shown = sheet_records(frame, sheet_max)
     figures = [
@@ -351,11 +377,22 @@ def _contact_sheet_html(frame: pd.DataFrame, sheet_max: int | None) -> str:
     return f'<h2>Contact sheet</h2>{note}<div class="sheet" id="sheet">{"".join(figures)}</div>'
 
 
+def _files_cell(record: Mapping[Hashable, Any]) -> str:
+    """Links from the page (results/report/) to the slide's image, record and log."""
+    slide = html.escape(str(record["slide_id"]), quote=True)
+    links = [(f"../slides/{slide}.json", "json"), (f"../../logs/slide/{slide}.log", "log")]
+    if record.get("output_path"):
+        image = html.escape(Path(str(record["output_path"])).name, quote=True)
+        links.insert(0, (f"../slides/{image}", "image"))
+    return "<td>" + " ".join(f'<a href="{href}">{name}</a>' for href, name in links) + "</td>"
+
+
 def _table_html(frame: pd.DataFrame) -> str:
-    header = "".join(f"<th>{html.escape(c)}</th>" for c in _SHOWN)
+    header = "".join(f"<th>{html.escape(c)}</th>" for c in _SHOWN) + "<th>files</th>"
     rows = []
     for record in frame.to_dict("records"):
-        cells = "".join(f"<td>{_cell(record[c])}</td>" for c in _SHOWN)
+        shown = {**record, "error": _reason(record)}
+        cells = "".join(f"<td>{_cell(shown[c])}</td>" for c in _SHOWN) + _files_cell(record)
         rows.append(f'<tr class="{_cell(record["status"])}">{cells}</tr>')
     return (
         "<h2>Slides</h2>"
@@ -365,15 +402,35 @@ def _table_html(frame: pd.DataFrame) -> str:
     )
 
 
-def _failures_html(frame: pd.DataFrame) -> str:
+def _reason(record: Mapping[Hashable, Any]) -> str | None:
+    """A failed slide's reason without its id and numbers (see :func:`slidestock.status.reason_of`)."""
+    if record.get("status") == "done" or not isinstance(record.get("error"), str):
+        return None
+    return reason_of(str(record["slide_id"]), str(record["error"]))
+
+
+def _failures_html(frame: pd.DataFrame, shown_per_reason: int = 20) -> str:
+    """Failures grouped by reason, with counts, whether a re-run may help, and links to the slides' logs."""
     failed = frame[frame["status"] != "done"]
     if failed.empty:
         return '<h2>Failures</h2><p id="failures">None.</p>'
-    items = "".join(
-        f"<li><b>{_cell(r['slide_id'])}</b>: {_cell(r['error'])} (log: <code>{_cell(r['log_path'])}</code>)</li>"
-        for r in failed.to_dict("records")
-    )
-    return f'<h2>Failures</h2><ul id="failures">{items}</ul>'
+    groups: dict[tuple[str, bool], list[str]] = {}
+    for record in failed.to_dict("records"):
+        flag = record.get("retryable")
+        again = True if flag is None or flag is pd.NA else bool(flag)  # unknown: a re-run may help
+        groups.setdefault((_reason(record) or "no reason recorded", again), []).append(str(record["slide_id"]))
+    items = []
+    for (reason, again), slides in sorted(groups.items(), key=lambda item: (-len(item[1]), item[0])):
+        what = (
+            "may pass: running the same snakemake command again retries these"
+            if again
+            else "permanent: not tried again unless <code>fetch.redo_failed: true</code>"
+        )
+        links = ", ".join(f'<a href="../../logs/slide/{html.escape(s, quote=True)}.log">{html.escape(s)}</a>'
+                          for s in slides[:shown_per_reason])  # fmt: skip
+        more = f" and {len(slides) - shown_per_reason:,} more" if len(slides) > shown_per_reason else ""
+        items.append(f"<li><b>{len(slides):,} x</b> {html.escape(reason)} <i>({what})</i><br>{links}{more}</li>")
+    return f'<h2>Failures</h2><ul id="failures">{"".join(items)}</ul>'
 
 
 def _citations_html(frame: pd.DataFrame, idc_version: str) -> str:

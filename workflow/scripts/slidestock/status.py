@@ -19,7 +19,9 @@ from pathlib import Path
 
 from slidestock.errors import SlidestockError
 
-_NUMBERS = re.compile(r"\d+")
+_NUMBERS = re.compile(r"\b\d+\b")
+# What differs from slide to slide in alike failures: object URLs and local paths.
+_PLACES = re.compile(r"\b(?:s3|gs|https?)://\S+|(?<![\w.])/[\w.\-]+(?:/[\w.\-]+)+")
 
 
 @dataclass(frozen=True)
@@ -37,9 +39,17 @@ class RunStatus:
 
 
 def reason_of(slide_id: str, error: str) -> str:
-    """A failure's reason without its slide id and numbers, so that alike failures group together."""
+    """A failure's reason without its slide id, URLs, paths and numbers, so that alike failures group together."""
     reason = error.removeprefix(f"{slide_id}: ").split("\n")[0]
+    reason = re.sub(rf"(?<![\w-]){re.escape(slide_id)}(?![\w-])", "<slide>", _PLACES.sub(_place, reason))
     return _NUMBERS.sub("#", reason)[:160]
+
+
+def _place(match: re.Match[str]) -> str:
+    """``<where>`` for a URL or path, keeping the punctuation that ends the sentence around it."""
+    found = match.group(0)
+    kept = found.rstrip(":,;)\"'")
+    return "<where>" + found[len(kept) :]
 
 
 def read_status(results: Path, now: float | None = None) -> RunStatus:
