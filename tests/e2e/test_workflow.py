@@ -414,3 +414,10 @@ def test_status_reads_a_run_as_it_goes(first: Run, tmp_path: Path) -> None:
     assert "  done      3\n  failed    1\n" in shown
     assert "  to do     2\n" in shown
     assert f"  fetched   {mid.bytes_fetched:,} bytes" in shown
+
+
+def test_report_names_the_target_and_the_config_it_was_run_with(first: Run) -> None:
+    page = (first.workdir / "results/report/index.html").read_text()
+    assert "<dt>target</dt><dd>15 µm/px, png, backend pyvips</dd>" in page
+    assert f"<dt>config</dt><dd>{first.config}</dd>" in page
+    assert re.search(r"<dt>run date</dt><dd>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00</dd>", page)

@@ -21,8 +21,10 @@ try:
     check_input_files(CONFIG, Path.cwd())
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
-# Scripts read the validated config, defaults included.
+# Scripts read the validated config, defaults included, and the names of the files it came
+# from (for the report; in the config, not a parameter, so that naming them re-runs nothing).
 config.update(CONFIG)
+config["config_files"] = [str(path) for path in workflow.configfiles]
 
 IMAGE_SUFFIX = FORMATS[CONFIG["target"]["format"]]
 RUN_STARTED = time.time()

@@ -55,7 +55,6 @@ rule report:
         slides=SLIDES,
         sheet_max=CONFIG["report"]["contact_sheet_max"],
         target=CONFIG["target"],
-        config_files=[str(path) for path in workflow.configfiles],
     script:
         "../scripts/report.py"
 

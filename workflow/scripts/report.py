@@ -45,7 +45,7 @@ inputs = ReportInputs(
     wall_time_s=wall_time_s(records),
     sheet_max=smk.params.sheet_max,
     target=smk.params.target,
-    config_files=smk.params.config_files,
+    config_files=smk.config.get("config_files", []),
     run_date=run_date(records),
 )
 Path(smk.output.html).write_text(render_html(frame, inputs, svgs))
