@@ -11,9 +11,9 @@ from slidestock.levels import (
     Level,
     Target,
     choose_level,
+    level_spacings,
     output_size_px,
     rounding_interval,
-    spacings_um,
     volume_levels,
 )
 
@@ -134,7 +134,12 @@ def test_missing_spacing_is_derived_from_size_ratio() -> None:
         level("b", (10010, 7500), None),
         level("c", (2500, 1875), None),
     ]
-    assert spacings_um(volume_levels(levels)) == [(0.25, False), (0.25 * 40000 / 10010, True), (4.0, True)]
+    spacings = [sp for sp in level_spacings(volume_levels(levels)) if sp is not None]
+    assert [(sp.um, sp.source == "derived") for sp in spacings] == [
+        (0.25, False),
+        (0.25 * 40000 / 10010, True),
+        (4.0, True),
+    ]
     choice = choose_level(levels, Target(mpp=15.0))
     assert choice.level.sop_instance_uid == "c"
     assert choice.spacing_derived

@@ -205,14 +205,6 @@ def level_spacings(volumes: Sequence[Level], headers: Mapping[int, Spacing] | No
     return derived
 
 
-def spacings_um(volumes: Sequence[Level]) -> list[tuple[float, bool]]:
-    """Column spacing of each level and whether it was derived (empty when no level has one)."""
-    found = level_spacings(volumes)
-    if all(sp is None for sp in found):
-        return []
-    return [(sp.um, sp.source == DERIVED) for sp in found if sp is not None]
-
-
 def output_size_px(
     size_px: tuple[int, int], spacing_xy_um: tuple[float, float] | None, target: Target
 ) -> tuple[int, int]:

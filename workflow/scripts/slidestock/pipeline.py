@@ -224,6 +224,14 @@ def _parts(plan: Mapping[str, str]) -> list[tuple[str, int]]:
     return [(url, int(size)) for url, size in zip(urls, sizes, strict=True)]
 
 
+def _level_downloads(job: SlideJob) -> list[BatchItem]:
+    """The chosen level's objects and where the batch puts them: each part of a concatenation, or the instance."""
+    parts = _parts(job.plan)
+    if parts:
+        return [BatchItem(url, _level_file(job, f"part{k + 1}"), size) for k, (url, size) in enumerate(parts)]
+    return [BatchItem(job.plan["url"], _level_file(job), int(job.plan["instance_size"] or 0))]
+
+
 def _batch_items(jobs: Sequence[SlideJob]) -> list[BatchItem]:
     """Every IDC object the jobs need: the chosen level and the associated images asked for."""
     items = []
@@ -231,11 +239,7 @@ def _batch_items(jobs: Sequence[SlideJob]) -> list[BatchItem]:
         plan = job.plan
         if plan["status"] != "planned" or plan["url"].startswith("gdc:"):
             continue
-        parts = _parts(plan)
-        if parts:
-            items += [BatchItem(url, _level_file(job, f"part{k + 1}"), size) for k, (url, size) in enumerate(parts)]
-        else:
-            items.append(BatchItem(plan["url"], _level_file(job), int(plan["instance_size"])))
+        items += _level_downloads(job)
         items += [
             BatchItem(plan[f"{kind}_url"], _level_file(job, kind), int(plan[f"{kind}_size"]))
             for kind in job.associated
@@ -412,8 +416,9 @@ def _run_slide(
         for stale in (job.image_path, *(side_path(job, name) for name in SIDE_FILES)):
             stale.unlink(missing_ok=True)
     finally:
-        parts = [f"part{k + 1}" for k in range(len(_parts(job.plan)))]
-        for kind in ("", *parts, *job.associated):
+        for item in _level_downloads(job):
+            item.dest.unlink(missing_ok=True)
+        for kind in job.associated:
             _level_file(job, kind).unlink(missing_ok=True)
     return record
 
@@ -431,8 +436,8 @@ def _fetch_and_downsample(
     job: SlideJob, record: dict[str, Any], fetched: Mapping[Path, FetchResult | FetchError]
 ) -> None:
     plan = job.plan
-    n_parts = len(_parts(plan))
-    files = [_level_file(job, f"part{k + 1}") for k in range(n_parts)] if n_parts else [_level_file(job)]
+    files = [item.dest for item in _level_downloads(job)]
+    n_parts = len(files) if len(files) > 1 else 0
     results = [_prefetched(fetched, path) for path in files]
     local = files[0]
     level_fetch = FetchResult(local, sum(r.bytes_fetched for r in results), max(r.seconds for r in results),
