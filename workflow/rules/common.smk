@@ -137,10 +137,8 @@ def redo_next_time():
     only its unfinished slides: running the same command again retries them.
     """
     # The tables on disk, not the plan's list: this also runs when a run failed before its plan.
-    redo = tables_to_redo(sorted(Path("results/batches").glob("b*.tsv")))
-    for path in redo:
+    for path in tables_to_redo(sorted(Path("results/batches").glob("b*.tsv"))):
         path.unlink()
-    return redo
 
 
 def summarise_run():

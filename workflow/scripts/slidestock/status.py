@@ -135,13 +135,17 @@ class RunOutcome:
         return [*shown, last + "; report: results/report/index.html"]
 
 
+def _may_pass(row: dict[str, str]) -> bool:
+    """A batch table row of a slide that failed for a reason a re-run may get past (unknown counts as such)."""
+    return row["status"] != "done" and row.get("retryable") != "false"
+
+
 def tables_to_redo(tables: Sequence[Path]) -> list[Path]:
     """The batch tables that list a slide which failed for a reason a re-run may get past."""
     redo = []
     for table in tables:
         with table.open(newline="") as handle:
-            if any(row["status"] != "done" and row.get("retryable") != "false"
-                   for row in csv.DictReader(handle, delimiter="\t")):  # fmt: skip
+            if any(_may_pass(row) for row in csv.DictReader(handle, delimiter="\t")):
                 redo.append(table)
     return redo
 
@@ -158,5 +162,5 @@ def read_outcome(tables: Sequence[Path]) -> RunOutcome:
                     done += 1
                     continue
                 reason = reason_of(row["slide_id"], row["sha256_or_error"])
-                (again if row.get("retryable") != "false" else kept)[reason] += 1
+                (again if _may_pass(row) else kept)[reason] += 1
     return RunOutcome(done, dict(again.most_common()), dict(kept.most_common()))
