@@ -42,7 +42,7 @@ def reason_of(slide_id: str, error: str) -> str:
     """A failure's reason without its slide id, URLs, paths and numbers, so that alike failures group together."""
     reason = error.removeprefix(f"{slide_id}: ").split("\n")[0]
     reason = re.sub(rf"(?<![\w-]){re.escape(slide_id)}(?![\w-])", "<slide>", _PLACES.sub(_place, reason))
-    return _NUMBERS.sub("#", reason)[:160]
+    return _NUMBERS.sub("#", reason)[:400]
 
 
 def _place(match: re.Match[str]) -> str:
