@@ -72,6 +72,7 @@ def test_report_works_in_a_real_browser(run: Run, browser: Any) -> None:
     assert len(images) == 6
     assert all(complete and width > 0 for complete, width in images)
     assert len(driver.find_elements(By.CSS_SELECTOR, ".plots svg")) == 4
+    assert_plot_labels_fit(driver)
 
     box = driver.find_element(By.ID, "filter")
     box.send_keys("A005")
@@ -100,6 +101,32 @@ def test_report_works_in_a_real_browser(run: Run, browser: Any) -> None:
     shot = run.workdir / "results/report/screenshot.png"
     assert driver.save_screenshot(str(shot))
     assert shot.stat().st_size > 20_000
+
+
+PLOT_TEXT_BOXES = """
+return Array.from(document.querySelectorAll('.plots svg')).map(svg => {
+  const box = svg.getBoundingClientRect();
+  const texts = Array.from(svg.querySelectorAll('text')).filter(t => t.textContent.trim())
+    .map(t => { const r = t.getBoundingClientRect();
+                return [t.textContent.trim(), r.left, r.top, r.right, r.bottom]; });
+  return [[box.left, box.top, box.right, box.bottom], texts];
+});
+"""
+
+
+def assert_plot_labels_fit(driver: Any) -> None:
+    """Every label of every plot lies inside its plot as the browser draws it, and none overlap."""
+    for (left, top, right, bottom), texts in driver.execute_script(PLOT_TEXT_BOXES):
+        assert len(texts) >= 5  # a title, two axis labels and ticks
+        inside = [left - 0.5, top - 0.5, right + 0.5, bottom + 0.5]
+        for text, *box in texts:
+            clipped = [box[0] < inside[0], box[1] < inside[1], box[2] > inside[2], box[3] > inside[3]]
+            assert not any(clipped), f"{text!r} clipped: {box} outside {inside}"
+        for i, (a, *one) in enumerate(texts):
+            for b, *other in texts[i + 1 :]:
+                overlap_x = min(one[2], other[2]) - max(one[0], other[0])
+                overlap_y = min(one[3], other[3]) - max(one[1], other[1])
+                assert overlap_x <= 0.5 or overlap_y <= 0.5, f"{a!r} overlaps {b!r}"
 
 
 def test_snakemake_report_zip_has_captions_plots_and_sheet(run: Run) -> None:

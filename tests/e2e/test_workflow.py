@@ -211,11 +211,16 @@ def test_target_change_reruns_plan_and_slides_but_not_the_cohort(first: Run, dem
     assert dry.returncode == 0, out[-2000:]
     assert "checkpoint plan:" in out
     assert "checkpoint cohort:" not in out
+    n_made = len(list((first.workdir / "results/slides").glob("*.json")))
+    notice = f"slidestock: {n_made} of the {n_made} slides made before differ from this config (target.mpp 15.0 → 20.0): a run redoes them"
+    assert notice in dry.stderr.splitlines()
     config["target"]["mpp"] = 15.0
     config["fetch"]["endpoint"] = "http://127.0.0.1:1"
     moved = first.workdir / "endpoint.yaml"
     moved.write_text(yaml.safe_dump(config))
-    assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(snakemake(first.workdir, moved, "-n"))
+    unchanged = snakemake(first.workdir, moved, "-n")
+    assert "Nothing to be done" in unchanged.stdout + unchanged.stderr
+    assert "differ from this config" not in unchanged.stdout + unchanged.stderr
 
 
 def test_new_target_is_applied_to_every_slide(tmp_path: Path, demo_build: dict[str, Path], s3: S3Server) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -152,12 +154,53 @@ def test_contact_sheets_show_at_most_sheet_max_slides_and_say_so(tmp_path: Path)
     assert (sheet.width, sheet.height, sheet.bands) == (3 * 136, 136, 3)
 
 
-def test_plots_are_deterministic_svg() -> None:
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def tick_labels(svg: str, axis: str) -> list[str]:
+    """The text of each major tick label of ``axis`` ("x" or "y") in a matplotlib SVG."""
+    root = ElementTree.fromstring(svg)
+    ticks = [g for g in root.iter(f"{SVG}g") if re.fullmatch(rf"{axis}tick_\d+", g.get("id", ""))]
+    return [(text.text or "").strip() for tick in ticks for text in tick.iter(f"{SVG}text")]
+
+
+def test_plots_are_deterministic_svg_with_text_labels() -> None:
     first = plots.scatter_log("t", "x", "y", [1e6, 2e7], [3e4, 5e5])
     assert first == plots.scatter_log("t", "x", "y", [1e6, 2e7], [3e4, 5e5])
-    assert first.count("<circle") == 2
-    assert plots.histogram("h", "x", [1.0, 1.0, 2.0], bins=2).count("<rect") == 3  # background and two bars
+    assert first.startswith("<svg")
+    assert first.rstrip().endswith("</svg>")
     assert "no data" in plots.histogram("h", "x", [])
+
+
+def test_count_axes_have_integer_ticks() -> None:
+    """Three slides in two bins once gave ticks at 0.75 slides."""
+    counts = tick_labels(plots.histogram("h", "x", [1.0, 2.0, 2.0], bins=2), "y")
+    assert counts
+    assert all(re.fullmatch(r"\d+", label) for label in counts), counts
+    assert counts[0] == "0"
+    assert int(counts[-1]) >= 2
+    bar_counts = tick_labels(plots.bars("b", ["a", "b"], [1, 3]), "x")
+    assert bar_counts
+    assert all(re.fullmatch(r"\d+", label) for label in bar_counts), bar_counts
+
+
+def test_value_axes_read_without_exponents() -> None:
+    """Observed before: 4.567e+06 on a byte axis and a clipped 3.222e+0 on the spacing axis."""
+    scatter = plots.scatter_log("t", "x", "y", [1e6, 2e7, 4.567e6], [3e4, 5e5, 1e5])
+    assert tick_labels(scatter, "x") == ["100 kB", "1 MB", "10 MB"]
+    spacing = tick_labels(plots.histogram("s", "µm per pixel", [3.2222, 3.2222, 3.2223]), "x")
+    assert len(set(spacing)) == len(spacing) >= 3, spacing  # distinct, each readable
+    assert not [label for label in spacing + tick_labels(scatter, "y") if "e+" in label or "e-" in label]
+    assert plots.byte_label(4.567e6) == "4.57 MB"
+    assert plots.byte_label(512) == "512 B"
+
+
+def test_many_collections_are_summed_beyond_the_cap() -> None:
+    svg = plots.bars("b", [f"c{i:02d}" for i in range(40)], list(range(40)))
+    labels = tick_labels(svg, "y")
+    assert len(labels) == plots.MAX_BARS
+    assert labels[0] == "c39"
+    assert labels[-1] == f"{40 - plots.MAX_BARS + 1} others"
 
 
 def test_lock_header_joins_continuation_lines(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ from slidestock.config import check_input_files, validate_config
 from slidestock.errors import ConfigError
 from slidestock.downsample import FORMATS
 from slidestock.plan import batch_name, n_batches, read_batch_plan
-from slidestock.status import read_outcome, tables_to_redo
+from slidestock.provenance import SLIDESTOCK_VERSION
+from slidestock.status import read_outcome, redo_notice, tables_to_redo
 
 try:
     CONFIG = validate_config(
@@ -31,6 +32,12 @@ RUN_STARTED = time.time()
 ENV = "../../envs/slidestock.yaml"
 BATCH_PLANS = "results/cohort/batches"
 SLIDES = "results/slides"
+
+# Before the job list (a dry run's too): slides made before that a run with this config redoes.
+if workflow.is_main_process:
+    notice = redo_notice(Path(SLIDES), CONFIG["target"], SLIDESTOCK_VERSION)
+    if notice:
+        print(notice, file=sys.stderr)
 
 
 wildcard_constraints:

@@ -184,7 +184,7 @@ def plot_svgs(frame: pd.DataFrame) -> dict[str, str]:
     per_collection = frame["collection_id"].fillna("(none)").value_counts().sort_index()
     return {
         "bytes": plots.scatter_log(
-            "Bytes fetched per slide against its whole series",
+            "Bytes fetched per slide",
             "whole series (bytes)",
             "fetched (bytes)",
             [float(v) for v in done["series_size_bytes"]],

@@ -13,9 +13,10 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from slidestock.errors import SlidestockError
 
@@ -164,3 +165,39 @@ def read_outcome(tables: Sequence[Path]) -> RunOutcome:
                 reason = reason_of(row["slide_id"], row["sha256_or_error"])
                 (again if _may_pass(row) else kept)[reason] += 1
     return RunOutcome(done, dict(again.most_common()), dict(kept.most_common()))
+
+
+RECORDED_TARGET = ("mpp", "max_px", "fallback_max_px", "format")
+
+
+def redo_notice(slides: Path, target: Mapping[str, Any], version: str) -> str | None:
+    """One line saying how many slides made before differ from the current settings (a run redoes them), and how.
+
+    Read from the per-slide records: those whose target (spacing or size, fallback,
+    format) or slidestock version differs from now. None when there are none.
+    """
+    changes: Counter[str] = Counter()
+    stale = total = 0
+    for path in slides.glob("*.json"):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        total += 1
+        made = record.get("target") or {}
+        differs = [
+            f"target.{key} {made.get(key)} → {target.get(key)}"
+            for key in RECORDED_TARGET
+            if made.get(key) != target.get(key)
+        ]
+        made_by = (record.get("software") or {}).get("slidestock")
+        if made_by != version:
+            differs.append(f"slidestock {made_by} → {version}")
+        stale += bool(differs)
+        changes.update(differs)
+    if not stale:
+        return None
+    why = ", ".join(sorted(changes, key=lambda change: (-changes[change], change)))
+    return (
+        f"slidestock: {stale:,} of the {total:,} slides made before differ from this config ({why}): a run redoes them"
+    )
