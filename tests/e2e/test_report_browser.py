@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import yaml
 
 from slidestock.s3server import S3Server
 from tests.e2e.runs import REPO, Run, demo_tables, run_in, snakemake, write_config
@@ -144,6 +145,33 @@ def test_snakemake_report_zip_has_captions_plots_and_sheet(run: Run) -> None:
         "contact_sheet.png",
     ):
         assert any(name.endswith(part) for name in names), part
+
+
+def results_state(workdir: Path) -> dict[str, tuple[int, int]]:
+    """Every file a run left under results/: size and modification time."""
+    return {
+        str(path.relative_to(workdir)): (path.stat().st_size, path.stat().st_mtime_ns)
+        for path in sorted((workdir / "results").rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_snakemake_report_with_another_config_packs_what_the_run_left(run: Run, tmp_path: Path) -> None:
+    """The real config (other tables, an unreachable endpoint) or a changed target: nothing runs or changes."""
+    before = results_state(run.workdir)
+    config = yaml.safe_load(run.config.read_text())
+    config["target"]["mpp"] = 20.0
+    changed = tmp_path / "target20.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    for other in (REPO / "config" / "config.yaml", changed):
+        archive_path = tmp_path / f"{other.stem}.zip"
+        proc = snakemake(run.workdir, other, "--report", str(archive_path))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        with zipfile.ZipFile(archive_path) as archive:
+            packed = {Path(name).name: archive.read(name) for name in archive.namelist()}
+        assert packed["slides.csv"] == (run.workdir / "results/report/slides.csv").read_bytes()
+        assert packed["cohort.tsv"] == (run.workdir / "results/cohort/cohort.tsv").read_bytes()
+        assert results_state(run.workdir) == before
 
 
 def test_verify_passes_then_catches_a_changed_image(run: Run) -> None:

@@ -212,7 +212,10 @@ def test_target_change_reruns_plan_and_slides_but_not_the_cohort(first: Run, dem
     assert "checkpoint plan:" in out
     assert "checkpoint cohort:" not in out
     n_made = len(list((first.workdir / "results/slides").glob("*.json")))
-    notice = f"slidestock: {n_made} of the {n_made} slides made before differ from this config (target.mpp 15.0 → 20.0): a run redoes them"
+    notice = (
+        f"slidestock: {n_made} of the {n_made} slides made before differ from this config "
+        "(target.mpp 15.0 → 20.0): a run redoes them"
+    )
     assert notice in dry.stderr.splitlines()
     config["target"]["mpp"] = 15.0
     config["fetch"]["endpoint"] = "http://127.0.0.1:1"

@@ -356,7 +356,10 @@ def test_failures_exit_nonzero_and_the_same_command_retries_only_those_that_may_
         finally:
             proxy.kill()
     assert first.returncode == 1
-    assert said[-1].startswith("slidestock: 4 of 6 slides done, 2 failed; 1 may pass: `snakemake ")
+    assert said[-1].startswith("slidestock: 4 of 6 slides done, 2 failed; fetched ")
+    assert " series bytes (0.2" in said[-1]
+    assert "; 1 may pass: `snakemake " in said[-1]
+    assert not [line for line in said if "4/6 slides done" in line]  # one end line, not two
     assert said[-1].endswith(
         "again retries them; 1 permanent: fetch.redo_failed: true retries those; report: results/report/index.html"
     )
@@ -366,7 +369,8 @@ def test_failures_exit_nonzero_and_the_same_command_retries_only_those_that_may_
     assert not table_left
     # The same command again: the 503 slide is redone and done; the corrupt one is not tried again.
     assert second.returncode == 1
-    assert again[-1].startswith("slidestock: 5 of 6 slides done, 1 failed; 1 permanent: ")
+    assert again[-1].startswith("slidestock: 5 of 6 slides done, 1 failed; fetched ")
+    assert "; 1 permanent: fetch.redo_failed: true retries those" in again[-1]
     assert after[busy] != records[busy]
     assert {slide: after[slide] for slide in after if slide != busy} == {
         slide: records[slide] for slide in records if slide != busy

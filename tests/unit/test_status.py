@@ -38,6 +38,8 @@ def test_reasons_group_alike_failures() -> None:
     one = reason_of("s1", "s1: download of s3://idc-open-data/1/2.dcm failed after 3 attempts: HTTP 503")
     other = reason_of("s2", "s2: download of s3://idc-open-data/9/8.dcm failed after 3 attempts: HTTP 503")
     assert one == other == "download of <where> failed after # attempts: HTTP #"
+    pillow = "frame 3 cannot be decoded: cannot identify image file <_io.BytesIO object at 0x{}>"
+    assert reason_of("s1", pillow.format("7fbfc8e75670")) == reason_of("s2", pillow.format("7f00aa112233"))
 
 
 def test_outcome_splits_failures_that_may_pass(tmp_path: Path) -> None:
@@ -49,11 +51,17 @@ def test_outcome_splits_failures_that_may_pass(tmp_path: Path) -> None:
         "c\tfailed\tc: no level at least as fine as 15 µm/px\tfalse\n"
         "d\tfailed\td: HTTP 503 from /x/z.dcm\ttrue\n"
     )
-    outcome = read_outcome([table])
+    report = tmp_path / "slides.csv"
+    report.write_text(
+        "slide_id,status,bytes_fetched,series_size_bytes\na,done,1000,400000\nb,failed,0,300000\n"
+        "c,failed,24000,200000\nd,failed,,100000\n"
+    )
+    outcome = read_outcome([table], report)
     assert (outcome.done, outcome.failed) == (1, 3)
     assert outcome.retryable == {"HTTP # from <where>": 2}
     assert outcome.permanent == {"no level at least as fine as # µm/px": 1}
     assert outcome.lines("snakemake --cores 2")[-1] == (
-        "slidestock: 1 of 4 slides done, 3 failed; 2 may pass: `snakemake --cores 2` again retries them; "
+        "slidestock: 1 of 4 slides done, 3 failed; fetched 25,000 of 1,000,000 series bytes (2.50 %); "
+        "2 may pass: `snakemake --cores 2` again retries them; "
         "1 permanent: fetch.redo_failed: true retries those; report: results/report/index.html"
     )

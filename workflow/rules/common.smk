@@ -154,7 +154,7 @@ def summarise_run():
     if not table.exists() or table.stat().st_mtime < RUN_STARTED:
         return  # the report was not written by this run (a dry run, verify, --report)
     tables = [Path(path) for path in get_batch_tables(None)]
-    outcome = read_outcome([path for path in tables if path.exists()])
+    outcome = read_outcome([path for path in tables if path.exists()], table)
     redo_next_time()
     command = shlex.join(["snakemake", *sys.argv[1:]])
     for line in outcome.lines(command):

@@ -49,11 +49,4 @@ inputs = ReportInputs(
     run_date=run_date(records),
 )
 Path(smk.output.html).write_text(render_html(frame, inputs, svgs))
-stats = summary(frame)
-logging.info("report: %s", stats)
-print(
-    f"slidestock: {stats['done']}/{stats['slides']} slides done, {stats['failed']} failed; "
-    f"fetched {stats['bytes_fetched']:,} of {stats['series_bytes']:,} series bytes "
-    f"({100 * stats['fraction_fetched']:.2f} %); report: {smk.output.html}",
-    file=sys.stderr,
-)
+logging.info("report: %s", summary(frame))

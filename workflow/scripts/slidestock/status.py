@@ -20,7 +20,7 @@ from typing import Any
 
 from slidestock.errors import SlidestockError
 
-_NUMBERS = re.compile(r"\b\d+\b")
+_NUMBERS = re.compile(r"\b(?:0x[0-9a-fA-F]+|\d+)\b")  # hexadecimal too: a memory address in a repr
 # What differs from slide to slide in alike failures: object URLs and local paths.
 _PLACES = re.compile(r"\b(?:s3|gs|https?)://\S+|(?<![\w.])/[\w.\-]+(?:/[\w.\-]+)+")
 
@@ -110,11 +110,15 @@ def _duration(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class RunOutcome:
-    """A finished run's slides from its batch tables: done, and failed by reason, split by whether a re-run may help."""
+    """A finished run's slides from its batch tables: done, and failed by reason, split by whether a re-run may help.
+
+    ``fetched`` is (bytes fetched, bytes of the whole series) over the report's slides, when known.
+    """
 
     done: int
     retryable: dict[str, int]
     permanent: dict[str, int]
+    fetched: tuple[int, int] | None = None
 
     @property
     def failed(self) -> int:
@@ -125,14 +129,16 @@ class RunOutcome:
         total = self.done + self.failed
         shown = [f"  {count:>6,} x {reason}  (may pass on a re-run)" for reason, count in self.retryable.items()]
         shown += [f"  {count:>6,} x {reason}  (permanent)" for reason, count in self.permanent.items()]
-        last = f"slidestock: {self.done:,} of {total:,} slides done"
-        if self.failed:
-            n_again, n_kept = sum(self.retryable.values()), sum(self.permanent.values())
-            last += f", {self.failed:,} failed"
-            if n_again:
-                last += f"; {n_again:,} may pass: `{command}` again retries them"
-            if n_kept:
-                last += f"; {n_kept:,} permanent: fetch.redo_failed: true retries those"
+        last = f"slidestock: {self.done:,} of {total:,} slides done, {self.failed:,} failed"
+        if self.fetched is not None:
+            fetched, whole = self.fetched
+            share = f" ({100 * fetched / whole:.2f} %)" if whole else ""
+            last += f"; fetched {fetched:,} of {whole:,} series bytes{share}"
+        n_again, n_kept = sum(self.retryable.values()), sum(self.permanent.values())
+        if n_again:
+            last += f"; {n_again:,} may pass: `{command}` again retries them"
+        if n_kept:
+            last += f"; {n_kept:,} permanent: fetch.redo_failed: true retries those"
         return [*shown, last + "; report: results/report/index.html"]
 
 
@@ -151,8 +157,11 @@ def tables_to_redo(tables: Sequence[Path]) -> list[Path]:
     return redo
 
 
-def read_outcome(tables: Sequence[Path]) -> RunOutcome:
-    """The outcome of the run whose batch tables (``results/batches/*.tsv``) are given."""
+def read_outcome(tables: Sequence[Path], report_table: Path | None = None) -> RunOutcome:
+    """The outcome of the run whose batch tables (``results/batches/*.tsv``) are given.
+
+    With the report's ``slides.csv``, also the bytes fetched against the whole series'.
+    """
     done = 0
     again: Counter[str] = Counter()
     kept: Counter[str] = Counter()
@@ -164,7 +173,16 @@ def read_outcome(tables: Sequence[Path]) -> RunOutcome:
                     continue
                 reason = reason_of(row["slide_id"], row["sha256_or_error"])
                 (again if _may_pass(row) else kept)[reason] += 1
-    return RunOutcome(done, dict(again.most_common()), dict(kept.most_common()))
+    fetched = None
+    if report_table is not None:
+        with report_table.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        fetched = (_total(rows, "bytes_fetched"), _total(rows, "series_size_bytes"))
+    return RunOutcome(done, dict(again.most_common()), dict(kept.most_common()), fetched)
+
+
+def _total(rows: Sequence[Mapping[str, str]], column: str) -> int:
+    return sum(int(float(row[column])) for row in rows if row.get(column))
 
 
 RECORDED_TARGET = ("mpp", "max_px", "fallback_max_px", "format")
