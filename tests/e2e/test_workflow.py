@@ -25,7 +25,7 @@ from PIL import Image
 
 from slidestock import synthetic
 from slidestock.s3server import S3Server
-from tests.e2e.runs import REPO, Run, demo_tables, run_in, snakemake, write_config
+from tests.e2e.runs import REPO, Run, demo_tables, run_in, snakemake, snakemake_argv, write_config
 
 SPECS = {spec.container_id: spec for spec in synthetic.DEMO_SLIDES}
 TARGET_UM = 15.0
@@ -224,6 +224,24 @@ def test_target_change_reruns_plan_and_slides_but_not_the_cohort(first: Run, dem
     unchanged = snakemake(first.workdir, moved, "-n")
     assert "Nothing to be done" in unchanged.stdout + unchanged.stderr
     assert "differ from this config" not in unchanged.stdout + unchanged.stderr
+
+
+def test_an_upgraded_index_reselects_a_current_cohort(first: Run, tmp_path: Path) -> None:
+    """`idc_version: current` after idc-index-data moves to IDC v26: the cohort is selected again.
+
+    The upgrade is idc-index-data's own metadata, found first on the path as pip would leave it.
+    """
+    newer = tmp_path / "site" / "idc_index_data-26.0.0.dist-info"
+    newer.mkdir(parents=True)
+    (newer / "METADATA").write_text("Metadata-Version: 2.1\nName: idc-index-data\nVersion: 26.0.0\n")
+    argv, env = snakemake_argv(first.workdir, first.config, "-n")
+    upgraded = subprocess.run(
+        argv, capture_output=True, text=True, check=False, env={**env, "PYTHONPATH": str(newer.parent)}
+    )
+    assert upgraded.returncode == 0, upgraded.stderr[-2000:]
+    assert "checkpoint cohort:" in upgraded.stdout + upgraded.stderr
+    same = snakemake(first.workdir, first.config, "-n")
+    assert "Nothing to be done" in same.stdout + same.stderr
 
 
 def test_new_target_is_applied_to_every_slide(tmp_path: Path, demo_build: dict[str, Path], s3: S3Server) -> None:

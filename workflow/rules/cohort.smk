@@ -24,6 +24,7 @@ checkpoint cohort:
         runtime=lambda wildcards, attempt: 20 * attempt,
     params:
         cohort=CONFIG["cohort"],
+        idc_release=IDC_RELEASE,
     script:
         "../scripts/cohort.py"
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
+from slidestock.cohort import resolve_idc_version
 from slidestock.config import check_input_files, validate_config
 from slidestock.errors import ConfigError
 from slidestock.downsample import FORMATS
@@ -27,6 +28,13 @@ except ConfigError as err:
 config.update(CONFIG)
 config["config_files"] = [str(path) for path in workflow.configfiles]
 
+# The IDC release an IDC cohort is selected from: `current` resolved, so that upgrading
+# idc-index-data re-selects the cohort (a changed parameter of the cohort rule).
+IDC_RELEASE = (
+    resolve_idc_version(CONFIG["cohort"]["idc_version"])
+    if CONFIG["cohort"]["source"] in ("idc", "idc_manifest")
+    else None
+)
 IMAGE_SUFFIX = FORMATS[CONFIG["target"]["format"]]
 RUN_STARTED = time.time()
 ENV = "../../envs/slidestock.yaml"

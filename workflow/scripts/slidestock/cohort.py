@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import glob
 import hashlib
+import importlib.metadata
 import json
 import logging
 import math
@@ -126,10 +127,8 @@ def read_sql(name: str) -> str:
 
 
 def installed_idc_version() -> int:
-    """The IDC release of the installed idc-index-data wheel (its major version)."""
-    import idc_index_data
-
-    return int(str(idc_index_data.__version__).split(".")[0])
+    """The IDC release of the installed idc-index-data wheel (its major version), from its metadata."""
+    return int(importlib.metadata.version("idc-index-data").split(".")[0])
 
 
 def bundled_prior_versions() -> Path:
