@@ -275,3 +275,6 @@ def test_page_says_the_target_date_config_links_each_slide_and_groups_failures()
     assert "running the same snakemake command again retries these" in failures_part
     assert "<b>1 x</b> frame # cannot be decoded (broken)" in failures_part
     assert "permanent: not tried again unless <code>fetch.redo_failed: true</code>" in failures_part
+    # Read first: the failures come before the plots and the table, whose error cells stay one line.
+    assert page.index('id="failures"') < page.index('id="plots-title"') < page.index('id="slides"')
+    assert '<td class="error" title="frame # cannot be decoded (broken)">frame # cannot be decoded' in page

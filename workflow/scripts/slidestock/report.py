@@ -282,6 +282,7 @@ td, th { border: 1px solid #ccc; padding: 0.25em 0.4em; vertical-align: top; }
 th { cursor: pointer; background: #f3f0f5; position: sticky; top: 0; }
 th[data-order=asc]::after { content: ' \\25B2'; } th[data-order=desc]::after { content: ' \\25BC'; }
 tr.failed { background: #fde4e4; }
+td.error { max-width: 30em; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .sheet { display: flex; flex-wrap: wrap; gap: 8px; }
 .sheet figure { margin: 0; width: 170px; font-size: 0.7em; text-align: center; }
 .sheet img { max-width: 160px; max-height: 160px; border: 1px solid #ddd; }
@@ -330,12 +331,12 @@ def render_html(frame: pd.DataFrame, inputs: ReportInputs, svgs: Mapping[str, st
             '<dl class="facts">',
             *(f"<dt>{html.escape(k)}</dt><dd>{_cell(v)}</dd>" for k, v in facts.items()),
             "</dl>",
+            _failures_html(frame),
             '<h2 id="plots-title">Plots</h2><div class="plots">',
             *svgs.values(),
             "</div>",
             _contact_sheet_html(frame, inputs.sheet_max),
             _table_html(frame),
-            _failures_html(frame),
             _citations_html(frame, inputs.idc_version),
             _software_html(inputs.software),
             '<h2>Cohort query</h2><pre id="query">' + html.escape(inputs.query) + "</pre>",
@@ -392,7 +393,9 @@ def _table_html(frame: pd.DataFrame) -> str:
     rows = []
     for record in frame.to_dict("records"):
         shown = {**record, "error": _reason(record)}
-        cells = "".join(f"<td>{_cell(shown[c])}</td>" for c in _SHOWN) + _files_cell(record)
+        opening = {"error": f'<td class="error" title="{_cell(shown["error"])}">'}
+        cells = "".join(f"{opening.get(c, '<td>')}{_cell(shown[c])}</td>" for c in _SHOWN)
+        cells += _files_cell(record)
         rows.append(f'<tr class="{_cell(record["status"])}">{cells}</tr>')
     return (
         "<h2>Slides</h2>"
