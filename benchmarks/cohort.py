@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "testkit"))
 
 from slidestock.cohort import (
     CohortSpec,
@@ -32,7 +33,7 @@ from slidestock.cohort import (
     lock_text,
     select_cohort,
 )
-from slidestock.synthetic import arrow_table
+from slidestock_testkit.indextables import arrow_table
 
 
 def stand_in_tables(folder: Path) -> TablePaths:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+sys.path.insert(0, str(REPO / "testkit"))
 
 FLOOR = """
 import io, math
@@ -81,13 +82,13 @@ CONTENDERS = {
 
 
 def make_level(folder: Path, size: tuple[int, int], large: bool) -> Path:
-    from slidestock import synthetic
+    from slidestock_testkit import dicomseries, slides
 
     if large:
-        return synthetic.write_large_level(folder / "level.dcm", size, seed=7).path
-    spec = synthetic.SlideSpec("bench", "BENCH", "BENCH-01", size, base_spacing_um=1.0, n_levels=1, seed=7)
-    record = synthetic.write_series(spec, folder)
-    return next((folder / synthetic.BUCKET / record.crdc_series_uuid).glob("*.dcm"))
+        return dicomseries.write_large_level(folder / "level.dcm", size, seed=7).path
+    spec = slides.SlideSpec("bench", "BENCH", "BENCH-01", size, base_spacing_um=1.0, n_levels=1, seed=7)
+    record = dicomseries.write_series(spec, folder)
+    return next((folder / slides.BUCKET / record.crdc_series_uuid).glob("*.dcm"))
 
 
 def one(name: str, src: str, size: str, scale: str, repeat: str) -> None:

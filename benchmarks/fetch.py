@@ -20,12 +20,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+sys.path.insert(0, str(REPO / "testkit"))
 
-from slidestock import s3server, synthetic  # noqa: E402
 from slidestock.cohort import CohortSpec, TablePaths, connect, instance_levels, lock_frame, select_cohort  # noqa: E402
 from slidestock.fetch import s5cmd_binary  # noqa: E402
 from slidestock.levels import Target  # noqa: E402
 from slidestock.plan import plan_frame  # noqa: E402
+from slidestock_testkit import fixtures, s3server  # noqa: E402
 
 
 def folder_bytes(folder: Path) -> int:
@@ -43,7 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target-um", type=float, default=15.0)
     args = parser.parse_args()
-    build = synthetic.build(REPO / "resources" / "demo" / "build")
+    build = fixtures.build(REPO / "resources" / "demo" / "build")
     tables = TablePaths(build["index"], build["sm_index"], build["sm_instance_index"])
     con = connect(tables)
     lock = lock_frame(select_cohort(con, CohortSpec(filters={"Modality": ["SM"]}), 25), 25)

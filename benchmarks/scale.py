@@ -32,59 +32,58 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+sys.path.insert(0, str(REPO / "testkit"))
 
-from slidestock import s3server, synthetic  # noqa: E402
 from slidestock.dicomlevel import read_level  # noqa: E402
 from slidestock.downsample import resize_exact, write_image  # noqa: E402
 from slidestock.fetch import BatchItem, fetch_batch  # noqa: E402
 from slidestock.levels import Level  # noqa: E402
+from slidestock_testkit import dicomseries, indextables, s3server, slides  # noqa: E402
 
 WORK = REPO / "benchmarks" / "work"
 COLLECTION = "scale_tcga"
 
 
-def templates(folder: Path, count: int) -> list[synthetic.SeriesRecord]:
+def templates(folder: Path, count: int) -> list[slides.SeriesRecord]:
     specs = [
-        synthetic.SlideSpec(COLLECTION, f"TEMPLATE-{k}", f"TEMPLATE-{k}-01Z-00-DX1", (512, 512), 4.0, 2, seed=k)
+        slides.SlideSpec(COLLECTION, f"TEMPLATE-{k}", f"TEMPLATE-{k}-01Z-00-DX1", (512, 512), 4.0, 2, seed=k)
         for k in range(count)
     ]
-    return [synthetic.write_series(spec, folder) for spec in specs]
+    return [dicomseries.write_series(spec, folder) for spec in specs]
 
 
-def clone(template: synthetic.SeriesRecord, i: int, s3_root: Path | None, src_root: Path) -> synthetic.SeriesRecord:
+def clone(template: slides.SeriesRecord, i: int, s3_root: Path | None, src_root: Path) -> slides.SeriesRecord:
     """Slide ``i``: the template's pixels under new ids; written under ``s3_root`` when given."""
     patient = f"TCGA-S{i // 10000:01d}-{i % 10000:04d}"
     spec = replace(template.spec, patient_id=patient, container_id=f"{patient}-01Z-00-DX1")
     key = f"scale/{i}"
-    study, series_uid = synthetic._uid(key, "study"), synthetic._uid(key, "series")
-    series_uuid = synthetic._uuid(key, "series")
+    study, series_uid = slides.uid_for(key, "study"), slides.uid_for(key, "series")
+    series_uuid = slides.uuid_for(key, "series")
     levels = []
     for k, inst in enumerate(template.instances):
-        sop, instance_uuid = synthetic._uid(key, k), synthetic._uuid(key, k)
+        sop, instance_uuid = slides.uid_for(key, k), slides.uuid_for(key, k)
         size = inst.size_bytes
         if s3_root is not None:
             ds = pydicom.dcmread(
-                src_root / synthetic.BUCKET / template.crdc_series_uuid / f"{inst.crdc_instance_uuid}.dcm"
+                src_root / slides.BUCKET / template.crdc_series_uuid / f"{inst.crdc_instance_uuid}.dcm"
             )
             ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series_uid, sop
             ds.file_meta.MediaStorageSOPInstanceUID = sop
             ds.PatientID, ds.ContainerIdentifier = patient, spec.container_id
-            path = s3_root / synthetic.BUCKET / series_uuid / f"{instance_uuid}.dcm"
+            path = s3_root / slides.BUCKET / series_uuid / f"{instance_uuid}.dcm"
             path.parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(path, enforce_file_format=True)
             size = path.stat().st_size
         levels.append(
             Level(sop, instance_uuid, inst.image_type, inst.size_px, inst.spacing_um, inst.transfer_syntax, size)
         )
-    return synthetic.SeriesRecord(spec, study, series_uid, series_uuid, tuple(levels))
+    return slides.SeriesRecord(spec, study, series_uid, series_uuid, tuple(levels))
 
 
-def cohort(
-    n: int, folder: Path, source: list[synthetic.SeriesRecord], src_root: Path, objects: bool
-) -> dict[str, Path]:
+def cohort(n: int, folder: Path, source: list[slides.SeriesRecord], src_root: Path, objects: bool) -> dict[str, Path]:
     s3_root = folder / "s3" if objects else None
     records = [clone(source[i % len(source)], i, s3_root, src_root) for i in range(n)]
-    return synthetic.write_tables(records, folder / "tables", 25)
+    return indextables.write_tables(records, folder / "tables", 25)
 
 
 def write_config(folder: Path, tables: dict[str, Path], endpoint: str) -> Path:

@@ -8,17 +8,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from slidestock import s3server, synthetic
+from slidestock_testkit import fixtures, s3server, slides, svsfiles
 
 REPO = Path(__file__).resolve().parents[1]
-# The demo's fixture folder doubles as the tests' cache: synthetic.build reuses
+# The demo's fixture folder doubles as the tests' cache: fixtures.build reuses
 # it when the specification is unchanged, and rebuilds it otherwise.
 FIXTURES = REPO / "resources" / "demo" / "build"
 
 
 @pytest.fixture(scope="session")
 def demo_build() -> dict[str, Path]:
-    return synthetic.build(FIXTURES)
+    return fixtures.build(FIXTURES)
 
 
 @pytest.fixture(scope="session")
@@ -35,22 +35,22 @@ def s3(demo_build: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="session")
 def gdc_build() -> dict[str, Path]:
-    return synthetic.build_gdc(FIXTURES / "gdc")
+    return svsfiles.build_gdc(FIXTURES / "gdc")
 
 
 @pytest.fixture(scope="session")
 def edge_build() -> dict[str, Path]:
     """Awkward slides (TILED_SPARSE, uncompressed, spacing on the base only) in their own tables."""
-    return synthetic.build(FIXTURES / "edge", synthetic.EDGE_SLIDES)
+    return fixtures.build(FIXTURES / "edge", slides.EDGE_SLIDES)
 
 
 @pytest.fixture(scope="session")
 def fidelity_build() -> dict[str, Path]:
     """Slides shaped like what users bring: a TCGA pyramid with rounded index spacings, a one-level slide."""
-    return synthetic.build(FIXTURES / "fidelity", synthetic.FIDELITY_SLIDES)
+    return fixtures.build(FIXTURES / "fidelity", slides.FIDELITY_SLIDES)
 
 
 @pytest.fixture(scope="session")
 def fidelity_svs() -> dict[str, Path]:
     """The one-level fidelity slide's pixels as a GDC SVS file, with its manifest."""
-    return synthetic.build_gdc(FIXTURES / "fidelity-gdc", (synthetic.FIDELITY_SVS,))
+    return svsfiles.build_gdc(FIXTURES / "fidelity-gdc", (svsfiles.FIDELITY_SVS,))

@@ -18,8 +18,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+sys.path.insert(0, str(REPO / "testkit"))
 
-from slidestock import gdcserver, s3server, synthetic  # noqa: E402
+from slidestock_testkit import fixtures, gdcserver, s3server, svsfiles  # noqa: E402
 
 BUILD = REPO / "resources" / "demo" / "build"
 
@@ -31,8 +32,8 @@ def main() -> int:
     args, extra = parser.parse_known_args()
     start = time.monotonic()
     print(f"demo: building fixtures in {BUILD.relative_to(REPO)} (reused when present) ...", flush=True)
-    synthetic.build(BUILD, progress=lambda said: print(f"demo: {said}", flush=True))
-    gdc = synthetic.build_gdc(BUILD / "gdc")
+    fixtures.build(BUILD, progress=lambda said: print(f"demo: {said}", flush=True))
+    gdc = svsfiles.build_gdc(BUILD / "gdc")
     names = json.loads(gdc["names"].read_text())
     config = REPO / ("config/examples/gdc.yaml" if args.gdc else "config/demo.yaml")
     workdir = REPO / ("demo-gdc" if args.gdc else "demo")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install Debian's SLURM (slurm-wlm) and munge for the one-node cluster the
-# SLURM test starts (workflow/scripts/slidestock/slurmlocal.py). Needs root
+# SLURM test starts (testkit/slidestock_testkit/slurmlocal.py). Needs root
 # and apt; without them it says why and exits 0, and the test skips itself
 # with the same reason.
 set -uo pipefail

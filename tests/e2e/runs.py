@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from slidestock.s3server import S3Server
+from slidestock_testkit.s3server import S3Server
 
 REPO = Path(__file__).resolve().parents[2]
 

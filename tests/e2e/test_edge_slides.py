@@ -13,8 +13,8 @@ import pydicom
 import pytest
 from PIL import Image
 
-from slidestock import synthetic
-from slidestock.s3server import S3Server, serving
+from slidestock_testkit import dicomseries, slides
+from slidestock_testkit.s3server import S3Server, serving
 from tests.e2e.runs import run_in
 
 pytestmark = pytest.mark.e2e
@@ -46,7 +46,7 @@ def missing_area_px(edge_build: dict[str, Path], container: str) -> int:
     index = pd.read_parquet(edge_build["index"]).set_index("SeriesInstanceUID")
     sm = pd.read_parquet(edge_build["sm_index"]).set_index("ContainerIdentifier")
     folder = (
-        edge_build["s3_root"] / synthetic.BUCKET / index.loc[sm.loc[container, "SeriesInstanceUID"], "crdc_series_uuid"]
+        edge_build["s3_root"] / slides.BUCKET / index.loc[sm.loc[container, "SeriesInstanceUID"], "crdc_series_uuid"]
     )
     base = max(folder.glob("*.dcm"), key=lambda p: p.stat().st_size)
     ds = pydicom.dcmread(base, stop_before_pixels=True)
@@ -84,14 +84,14 @@ def test_base_level_of_sparse_and_uncompressed_slides(
     sparse = recs["EDGE-SPARSE-01"]["level"]
     assert sparse["organization"] == "TILED_SPARSE"
     assert sparse["missing_tiles"] > 0
-    assert recs["EDGE-RAW-01"]["level"]["transfer_syntax"] == synthetic.EXPLICIT_VR_LE
+    assert recs["EDGE-RAW-01"]["level"]["transfer_syntax"] == slides.EXPLICIT_VR_LE
     # Missing tiles are filled with white; the scanner's own background is (242, 241, 238).
     white = {k: int((np.asarray(Image.open(r["image"])) == 255).all(axis=2).sum()) for k, r in recs.items()}
     assert white["EDGE-SPARSE-01"] >= 0.8 * missing_area_px(edge_build, "EDGE-SPARSE-01") / 4  # at half the resolution
     assert white["EDGE-RAW-01"] == white["EDGE-NOSPACING-01"] == white["EDGE-MIXED-01"] == 0
     # The ICC profile of the DICOM's optical path is carried into the image; none is invented.
     with Image.open(recs["EDGE-RAW-01"]["image"]) as png:
-        assert png.info["icc_profile"] == synthetic.srgb_profile()
+        assert png.info["icc_profile"] == dicomseries.srgb_profile()
     with Image.open(recs["EDGE-SPARSE-01"]["image"]) as png:
         assert "icc_profile" not in png.info
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from slidestock.s3server import S3Server
+from slidestock_testkit.s3server import S3Server
 from tests.e2e.runs import REPO, demo_tables, run_in, write_config
 from tests.unit.test_envs import ENVS, env_pypi_packages, pinned_requirements
 

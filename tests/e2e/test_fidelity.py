@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from slidestock import synthetic
 from slidestock.downsample import resize_exact
-from slidestock.s3server import S3Server, free_port, serving
+from slidestock_testkit import slides
+from slidestock_testkit.s3server import S3Server, free_port, serving
 from tests.e2e.runs import REPO, demo_tables, run_in, snakemake, snakemake_argv, write_config
 
 pytestmark = pytest.mark.e2e
@@ -115,8 +115,8 @@ def test_a_missing_table_stops_the_dry_run(tmp_path: Path, fidelity_build: dict[
 
 def level_pixels(container: str, level_px: tuple[int, int], output_px: tuple[int, int]) -> np.ndarray:
     """The fixture's own pixels of a level, resized to the output as the workflow resizes."""
-    spec = next(s for s in synthetic.FIDELITY_SLIDES if s.container_id == container)
-    level = resize_exact(synthetic.tissue_image(spec.base_size_px, spec.seed), level_px)
+    spec = next(s for s in slides.FIDELITY_SLIDES if s.container_id == container)
+    level = resize_exact(slides.tissue_image(spec.base_size_px, spec.seed), level_px)
     expected: np.ndarray = resize_exact(level, output_px).numpy().astype(int)
     return expected
 

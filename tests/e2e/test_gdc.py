@@ -19,12 +19,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from slidestock import gdcserver, synthetic
-from slidestock.s3server import S3Server
+from slidestock_testkit import gdcserver, slides, svsfiles
+from slidestock_testkit.s3server import S3Server
 from tests.e2e.runs import Run, demo_tables, run_in
 
 pytestmark = pytest.mark.e2e
-SPECS = {spec.barcode: spec for spec in synthetic.GDC_SLIDES}
+SPECS = {spec.barcode: spec for spec in svsfiles.GDC_SLIDES}
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_server_ignoring_range_falls_back_to_whole_file(
     tmp_path: Path, demo_build: dict[str, Path], s3: S3Server, gdc_build: dict[str, Path], ranged: Run
 ) -> None:
     names = json.loads(gdc_build["names"].read_text())
-    victim = synthetic.GDC_SLIDES[1]
+    victim = svsfiles.GDC_SLIDES[1]
     with gdcserver.serving(gdc_build["files"], faults={victim.file_id: {"ignore_range": True}}, names=names) as url:
         run = gdc_run(tmp_path, demo_build, s3, url, gdc_build["manifest"], "range")
     recs = records(run)
@@ -114,7 +114,7 @@ def test_wrong_md5_fails_that_slide_with_the_reason(
     tmp_path: Path, demo_build: dict[str, Path], s3: S3Server, gdc_url: str, gdc_build: dict[str, Path]
 ) -> None:
     lines = gdc_build["manifest"].read_text().splitlines()
-    victim = synthetic.GDC_SLIDES[2]
+    victim = svsfiles.GDC_SLIDES[2]
     broken = [line if victim.file_id not in line else line.replace(line.split("\t")[2], "f" * 32) for line in lines]
     manifest = tmp_path / "manifest.tsv"
     manifest.write_text("\n".join(broken) + "\n")
@@ -173,7 +173,7 @@ def single_tiff(
     folder.mkdir()
     file_id = str(uuid.uuid5(uuid.NAMESPACE_URL, name))
     path = folder / file_id
-    pixels = synthetic.tissue_image(size_px, seed).numpy()
+    pixels = slides.tissue_image(size_px, seed).numpy()
     tifffile.imwrite(path, pixels, tile=(256, 256), photometric="rgb", metadata=None, **options)
     md5 = hashlib.md5(path.read_bytes()).hexdigest()
     manifest = tmp_path / "manifest.tsv"

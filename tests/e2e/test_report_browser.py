@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from slidestock.s3server import S3Server
+from slidestock_testkit.s3server import S3Server
 from tests.e2e.runs import REPO, Run, demo_tables, run_in, snakemake, write_config
 
 pytestmark = pytest.mark.e2e

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slidestock import slurmlocal
-from slidestock.s3server import S3Server
+from slidestock_testkit import slurmlocal
+from slidestock_testkit.s3server import S3Server
 from tests.e2e.runs import REPO, Run, demo_tables, run_in, write_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

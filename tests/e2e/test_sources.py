@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from slidestock.s3server import S3Server
-from slidestock.synthetic import DICOM_ALL_PREFIX
+from slidestock_testkit.indextables import DICOM_ALL_PREFIX
+from slidestock_testkit.s3server import S3Server
 from tests.e2e.runs import Run, demo_tables, run_in, snakemake, write_config
 
 pytestmark = pytest.mark.e2e

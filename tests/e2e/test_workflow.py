@@ -23,11 +23,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from slidestock import synthetic
-from slidestock.s3server import S3Server
+from slidestock_testkit import slides
+from slidestock_testkit.s3server import S3Server
 from tests.e2e.runs import REPO, Run, demo_tables, run_in, snakemake, snakemake_argv, write_config
 
-SPECS = {spec.container_id: spec for spec in synthetic.DEMO_SLIDES}
+SPECS = {spec.container_id: spec for spec in slides.DEMO_SLIDES}
 TARGET_UM = 15.0
 
 pytestmark = pytest.mark.e2e
@@ -42,7 +42,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def expected_output_px(spec: synthetic.SlideSpec) -> tuple[int, int]:
+def expected_output_px(spec: slides.SlideSpec) -> tuple[int, int]:
     """From the specification: the 4x-step level just finer than 15 µm/px, then rounding half up."""
     width, height = spec.base_size_px
     level = max(k for k in range(spec.n_levels) if spec.base_spacing_um * width / (width // 4**k) <= TARGET_UM)

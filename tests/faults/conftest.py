@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from slidestock.s3server import S3Server, free_port
+from slidestock_testkit.s3server import S3Server, free_port
 from tests.e2e.runs import REPO
 
 
@@ -38,9 +38,9 @@ class Proxy:
         os.replace(partial, self.rules)
 
     def start(self) -> None:
-        argv = [sys.executable, "-m", "slidestock.faultproxy", "--upstream", self.upstream,
+        argv = [sys.executable, "-m", "slidestock_testkit.faultproxy", "--upstream", self.upstream,
                 "--port", str(self.port), "--rules", str(self.rules)]  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": str(REPO / "workflow" / "scripts")}
+        env = {**os.environ, "PYTHONPATH": str(REPO / "testkit")}
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.monotonic() + 20

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from slidestock.s3server import S3Server, free_port, serving
+from slidestock_testkit.s3server import S3Server, free_port, serving
 from tests.e2e.runs import Run, demo_tables, run_in, snakemake, snakemake_argv, write_config
 from tests.faults.conftest import Proxy
 

@@ -17,13 +17,13 @@ import pandas as pd
 import pytest
 import pyvips
 
-from slidestock import synthetic
 from slidestock.dicomlevel import read_header, reduce_level
 from slidestock.downsample import resize_exact
 from slidestock.levels import Target, choose_level, output_size_px
 from slidestock.pipeline import openslide_reduced, openslide_region
 from slidestock.svs import decode_page, page_levels
 from slidestock.tiff import read_pages, tile_locations
+from slidestock_testkit import slides, svsfiles
 
 
 def psnr(a: pyvips.Image, b: pyvips.Image) -> float:
@@ -39,7 +39,7 @@ def dicom_level(fidelity_build: dict[str, Path], tmp_path_factory: pytest.TempPa
     index = pd.read_parquet(fidelity_build["index"]).set_index("SeriesInstanceUID")
     sm = pd.read_parquet(fidelity_build["sm_index"]).set_index("ContainerIdentifier")
     series = sm.loc["FID-ONELEVEL-01", "SeriesInstanceUID"]
-    folder = fidelity_build["s3_root"] / synthetic.BUCKET / index.loc[series, "crdc_series_uuid"]
+    folder = fidelity_build["s3_root"] / slides.BUCKET / index.loc[series, "crdc_series_uuid"]
     (source,) = folder.glob("*.dcm")
     alone = tmp_path_factory.mktemp("one") / "level.dcm"
     shutil.copyfile(source, alone)
@@ -74,7 +74,7 @@ def test_dicom_svs_and_openslide_agree(
         reference = resize_exact(openslide_region(slide, 0, (width, height)), size)
     backend, box = openslide_reduced(dicom_level, header, max(size[0] / width, size[1] / height))
     through_openslide = resize_exact(backend, size, (width / box, height / box))
-    svs = svs_output(fidelity_svs["files"] / synthetic.FIDELITY_SVS.file_id, mpp)
+    svs = svs_output(fidelity_svs["files"] / svsfiles.FIDELITY_SVS.file_id, mpp)
     assert (ours.width, ours.height) == (svs.width, svs.height) == size
     floor = 50.0 if shrink == 1 else 40.0
     assert psnr(ours, reference) >= floor

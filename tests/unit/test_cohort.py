@@ -27,7 +27,7 @@ from slidestock.cohort import (
     slide_id,
 )
 from slidestock.errors import CohortError, ConfigError
-from slidestock.synthetic import arrow_table
+from slidestock_testkit.indextables import arrow_table
 
 REAL_INDEX = Path(str(idc_index_data.IDC_INDEX_PARQUET_FILEPATH))
 BRCA = {"collection_id": ["tcga_brca"], "Modality": ["SM"]}

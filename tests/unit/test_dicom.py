@@ -17,19 +17,19 @@ import pyarrow.parquet as pq
 import pydicom
 import pytest
 
-from slidestock import synthetic
 from slidestock.dicomlevel import plan_shrink, read_concatenation, read_header, read_level, reduce_level
 from slidestock.errors import DecodeError
+from slidestock_testkit import fixtures, indextables, slides
 
 
 def series_folders(demo_build: dict[str, Path]) -> list[Path]:
-    return sorted((demo_build["s3_root"] / synthetic.BUCKET).iterdir())
+    return sorted((demo_build["s3_root"] / slides.BUCKET).iterdir())
 
 
 def instance_path(demo_build: dict[str, Path], instances: pd.DataFrame, row: pd.Series) -> Path:
     index = pd.read_parquet(demo_build["index"]).set_index("SeriesInstanceUID")
     series_uuid = index.loc[row["SeriesInstanceUID"], "crdc_series_uuid"]
-    return demo_build["s3_root"] / synthetic.BUCKET / series_uuid / f"{row['crdc_instance_uuid']}.dcm"
+    return demo_build["s3_root"] / slides.BUCKET / series_uuid / f"{row['crdc_instance_uuid']}.dcm"
 
 
 def test_demo_has_the_promised_shape(demo_build: dict[str, Path], instance_table: pd.DataFrame) -> None:
@@ -41,8 +41,8 @@ def test_demo_has_the_promised_shape(demo_build: dict[str, Path], instance_table
     assert (base[["TotalPixelMatrixColumns", "TotalPixelMatrixRows"]].max(axis=1) >= 8000).all()
     assert (base["PixelSpacing_0"] == 0.00025).all()
     syntaxes = instance_table.groupby("SeriesInstanceUID")["TransferSyntaxUID"].agg(set)
-    assert sum(s == {synthetic.JPEG_2000} for s in syntaxes) == 1
-    assert sum(s == {synthetic.JPEG_BASELINE} for s in syntaxes) == 5
+    assert sum(s == {slides.JPEG_2000} for s in syntaxes) == 1
+    assert sum(s == {slides.JPEG_BASELINE} for s in syntaxes) == 5
     flavors = instance_table["ImageType"].map(lambda t: t[2]).value_counts().to_dict()
     assert flavors == {"VOLUME": 23, "LABEL": 1, "OVERVIEW": 1}
 
@@ -50,8 +50,8 @@ def test_demo_has_the_promised_shape(demo_build: dict[str, Path], instance_table
 @pytest.mark.parametrize("name", ["index", "sm_index", "sm_instance_index"])
 def test_tables_have_exactly_the_idc_index_schema(demo_build: dict[str, Path], name: str) -> None:
     written = pq.read_schema(demo_build[name]).remove_metadata()
-    assert written.names == synthetic.table_schema(name).names
-    assert written.types == synthetic.table_schema(name).types
+    assert written.names == indextables.table_schema(name).names
+    assert written.types == indextables.table_schema(name).types
 
 
 def test_sizes_in_index_are_the_file_sizes(demo_build: dict[str, Path], instance_table: pd.DataFrame) -> None:
@@ -79,7 +79,7 @@ def test_every_series_opens_with_openslide_and_pydicom(demo_build: dict[str, Pat
         slide.close()
 
 
-@pytest.mark.parametrize("syntax", [synthetic.JPEG_BASELINE, synthetic.JPEG_2000])
+@pytest.mark.parametrize("syntax", [slides.JPEG_BASELINE, slides.JPEG_2000])
 def test_read_level_matches_openslide(
     demo_build: dict[str, Path], instance_table: pd.DataFrame, syntax: str, tmp_path: Path
 ) -> None:
@@ -127,7 +127,7 @@ def test_missing_frames_are_a_decode_error(
 def test_truncated_pixel_data_is_a_decode_error_before_any_decoding(
     demo_build: dict[str, Path], instance_table: pd.DataFrame, tmp_path: Path
 ) -> None:
-    path = level_file(demo_build, instance_table, synthetic.JPEG_BASELINE, 2050, tmp_path / "cut")
+    path = level_file(demo_build, instance_table, slides.JPEG_BASELINE, 2050, tmp_path / "cut")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) * 2 // 3])
     with pytest.raises(DecodeError, match=r"slide-x: pixel data item at byte \d+ is not a complete item of \d+ bytes"):
@@ -140,7 +140,7 @@ def test_frames_in_several_fragments_are_joined_by_the_offset_table(
 ) -> None:
     from pydicom.encaps import encapsulate, generate_frames
 
-    path = level_file(demo_build, instance_table, synthetic.JPEG_BASELINE, 2050, tmp_path / "one")
+    path = level_file(demo_build, instance_table, slides.JPEG_BASELINE, 2050, tmp_path / "one")
     ds = pydicom.dcmread(path)
     n_frames = int(ds.NumberOfFrames)
     ds.PixelData = encapsulate(
@@ -176,7 +176,7 @@ def edge_files(edge_build: dict[str, Path], container: str) -> list[Path]:
     index = pd.read_parquet(edge_build["index"]).set_index("SeriesInstanceUID")
     sm = pd.read_parquet(edge_build["sm_index"]).set_index("ContainerIdentifier")
     uuid = index.loc[sm.loc[container, "SeriesInstanceUID"], "crdc_series_uuid"]
-    return sorted((edge_build["s3_root"] / synthetic.BUCKET / uuid).glob("*.dcm"), key=lambda p: -p.stat().st_size)
+    return sorted((edge_build["s3_root"] / slides.BUCKET / uuid).glob("*.dcm"), key=lambda p: -p.stat().st_size)
 
 
 def alone(path: Path, folder: Path) -> Path:
@@ -189,7 +189,7 @@ def alone(path: Path, folder: Path) -> Path:
 def test_uncompressed_frames_match_openslide(edge_build: dict[str, Path], tmp_path: Path) -> None:
     for i, path in enumerate(edge_files(edge_build, "EDGE-RAW-01")):
         level = read_level(alone(path, tmp_path / str(i)))
-        assert level.header.transfer_syntax == synthetic.EXPLICIT_VR_LE
+        assert level.header.transfer_syntax == slides.EXPLICIT_VR_LE
         reference = openslide.OpenSlide(str(tmp_path / str(i) / "level.dcm"))
         expected = np.asarray(reference.read_region((0, 0), 0, level.header.size_px).convert("RGB"))
         assert np.array_equal(level.image.numpy(), expected)
@@ -220,13 +220,11 @@ def test_levels_without_spacing_have_none_in_header(edge_build: dict[str, Path],
 def test_lossless_jpeg2000_rct_level_is_exact(edge_build: dict[str, Path], tmp_path: Path) -> None:
     files = edge_files(edge_build, "EDGE-MIXED-01")
     syntaxes = sorted(str(pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID) for p in files)
-    assert syntaxes == sorted(
-        [synthetic.JPEG_BASELINE, synthetic.JPEG_2000_LOSSLESS, synthetic.JPEG_2000, synthetic.JPEG_BASELINE]
-    )
+    assert syntaxes == sorted([slides.JPEG_BASELINE, slides.JPEG_2000_LOSSLESS, slides.JPEG_2000, slides.JPEG_BASELINE])
     lossless = next(
         p
         for p in files
-        if pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID == synthetic.JPEG_2000_LOSSLESS
+        if pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID == slides.JPEG_2000_LOSSLESS
     )
     path = alone(lossless, tmp_path / "rct")
     level = read_level(path)
@@ -238,16 +236,16 @@ def test_lossless_jpeg2000_rct_level_is_exact(edge_build: dict[str, Path], tmp_p
 @pytest.mark.parametrize(
     ("syntax", "scale", "tile", "levels", "expected"),
     [
-        (synthetic.JPEG_BASELINE, None, 256, 0, (1, 1)),
-        (synthetic.JPEG_BASELINE, 0.267, 256, 0, (1, 1)),
-        (synthetic.JPEG_BASELINE, 0.25, 256, 0, (2, 1)),
-        (synthetic.JPEG_BASELINE, 0.0667, 256, 0, (4, 1)),
-        (synthetic.JPEG_BASELINE, 0.01, 256, 0, (8, 6)),
-        (synthetic.JPEG_2000, 0.01, 256, 5, (32, 1)),
-        (synthetic.JPEG_2000, 0.01, 256, 2, (4, 12)),
-        (synthetic.JPEG_2000, 0.01, 250, 5, (2, 25)),
-        (synthetic.JPEG_2000, 0.01, 256, 0, (1, 50)),
-        (synthetic.EXPLICIT_VR_LE, 0.01, 256, 0, (1, 50)),
+        (slides.JPEG_BASELINE, None, 256, 0, (1, 1)),
+        (slides.JPEG_BASELINE, 0.267, 256, 0, (1, 1)),
+        (slides.JPEG_BASELINE, 0.25, 256, 0, (2, 1)),
+        (slides.JPEG_BASELINE, 0.0667, 256, 0, (4, 1)),
+        (slides.JPEG_BASELINE, 0.01, 256, 0, (8, 6)),
+        (slides.JPEG_2000, 0.01, 256, 5, (32, 1)),
+        (slides.JPEG_2000, 0.01, 256, 2, (4, 12)),
+        (slides.JPEG_2000, 0.01, 250, 5, (2, 25)),
+        (slides.JPEG_2000, 0.01, 256, 0, (1, 50)),
+        (slides.EXPLICIT_VR_LE, 0.01, 256, 0, (1, 50)),
     ],
 )
 def test_plan_shrink_leaves_a_factor_two_for_the_resize(
@@ -261,7 +259,7 @@ def level_file(demo_build: dict[str, Path], instances: pd.DataFrame, syntax: str
     return alone(instance_path(demo_build, instances, rows.iloc[0]), folder)
 
 
-@pytest.mark.parametrize(("syntax", "columns"), [(synthetic.JPEG_BASELINE, 2050), (synthetic.JPEG_2000, 2250)])
+@pytest.mark.parametrize(("syntax", "columns"), [(slides.JPEG_BASELINE, 2050), (slides.JPEG_2000, 2250)])
 def test_shrink_on_decode_gives_the_same_picture(
     demo_build: dict[str, Path], instance_table: pd.DataFrame, tmp_path: Path, syntax: str, columns: int
 ) -> None:
@@ -317,7 +315,7 @@ def fidelity_files(build: dict[str, Path], container: str) -> list[Path]:
     index = pd.read_parquet(build["index"]).set_index("SeriesInstanceUID")
     sm = pd.read_parquet(build["sm_index"]).set_index("ContainerIdentifier")
     uuid = index.loc[sm.loc[container, "SeriesInstanceUID"], "crdc_series_uuid"]
-    return sorted((build["s3_root"] / synthetic.BUCKET / uuid).glob("*.dcm"))
+    return sorted((build["s3_root"] / slides.BUCKET / uuid).glob("*.dcm"))
 
 
 def test_a_fluorescence_channel_is_refused_with_the_reason(fidelity_build: dict[str, Path]) -> None:
@@ -340,7 +338,7 @@ def test_concatenation_parts_read_together_make_the_level(fidelity_build: dict[s
     assert [f.file for f in header.grid if f is not None] == [0] * 17 + [1] * 18
 
     image = reduce_level(header).image.numpy().astype(int)
-    level = synthetic.tissue_image((1600, 1200), 45).numpy().astype(int)
+    level = slides.tissue_image((1600, 1200), 45).numpy().astype(int)
     assert image.shape == level.shape
     assert np.abs(image - level).mean() < 3.0  # JPEG's loss only: every tile of both parts in its place
 
@@ -361,14 +359,14 @@ def test_a_frame_larger_than_the_tile_fails_as_malformed(fidelity_build: dict[st
 def test_fixture_build_tells_its_progress(tmp_path: Path) -> None:
     said: list[str] = []
     specs = (
-        synthetic.SlideSpec("p", "P-01", "P-01-01Z-00-DX1", (600, 400), n_levels=2, seed=1),
-        synthetic.SlideSpec("p", "P-02", "P-02-01Z-00-DX1", (500, 300), n_levels=1, seed=2),
+        slides.SlideSpec("p", "P-01", "P-01-01Z-00-DX1", (600, 400), n_levels=2, seed=1),
+        slides.SlideSpec("p", "P-02", "P-02-01Z-00-DX1", (500, 300), n_levels=1, seed=2),
     )
-    built = synthetic.build(tmp_path / "build", specs, progress=said.append)
+    built = fixtures.build(tmp_path / "build", specs, progress=said.append)
     assert [line.split(":")[0] for line in said] == ["slide 1 of 2 written", "slide 2 of 2 written"]
     sizes = pd.read_parquet(built["sm_instance_index"]).groupby("SeriesInstanceUID")["instance_size"].sum()
     assert sorted(f"{size:,} bytes" in " ".join(said) for size in sizes) == [True, True]
     assert "P-01-01Z-00-DX1, 2 instances" in said[0]
     said.clear()
-    synthetic.build(tmp_path / "build", specs, progress=said.append)
+    fixtures.build(tmp_path / "build", specs, progress=said.append)
     assert said == []  # reused: nothing written, nothing said

@@ -86,7 +86,7 @@ def test_pyramidal_tiff_has_levels(tmp_path: Path) -> None:
 
 
 def test_icc_profile_is_carried_into_the_png(tmp_path: Path) -> None:
-    from slidestock.synthetic import srgb_profile
+    from slidestock_testkit.dicomseries import srgb_profile
 
     image = checkerboard(8, 8).copy()
     image.set_type(pyvips.GValue.blob_type, "icc-profile-data", srgb_profile())

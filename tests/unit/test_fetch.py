@@ -21,7 +21,7 @@ from slidestock.fetch import (
     source_url,
 )
 from slidestock.plan import object_url
-from slidestock.s3server import S3Server
+from slidestock_testkit.s3server import S3Server
 
 
 @pytest.fixture(scope="module")

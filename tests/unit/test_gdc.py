@@ -16,13 +16,13 @@ import numpy as np
 import openslide
 import pytest
 
-from slidestock import gdcserver, synthetic
 from slidestock.errors import FetchError
 from slidestock.gdc import BlockCache, GdcClient, RangeNotSupportedError, coalesce, fetch_ranges
 from slidestock.svs import decode_page, page_levels
 from slidestock.tiff import read_pages, tile_locations
+from slidestock_testkit import gdcserver, svsfiles
 
-SPEC = synthetic.GDC_SLIDES[0]
+SPEC = svsfiles.GDC_SLIDES[0]
 
 
 def file_reader(path: Path) -> Any:

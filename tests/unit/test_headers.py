@@ -12,7 +12,7 @@ from slidestock.dicomlevel import header_spacing_um
 from slidestock.errors import FetchError, UnreachableError
 from slidestock.headers import PREFIX_BYTES, HeaderReader, http_url, parse_prefix
 from slidestock.plan import object_url
-from slidestock.s3server import S3Server, free_port
+from slidestock_testkit.s3server import S3Server, free_port
 
 
 @pytest.fixture(scope="module")

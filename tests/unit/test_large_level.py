@@ -20,8 +20,8 @@ import pydicom
 import pytest
 from PIL import Image
 
-from slidestock import synthetic
 from slidestock.dicomlevel import read_frame, read_header, read_level
+from slidestock_testkit import dicomseries, slides
 
 REPO = Path(__file__).resolve().parents[2]
 REDUCE = """
@@ -50,15 +50,15 @@ def in_own_process(code: str, src: Path, out: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def large(tmp_path_factory: pytest.TempPathFactory) -> synthetic.LargeLevel:
-    return synthetic.write_large_level(tmp_path_factory.mktemp("large") / "level.dcm", (40000, 40000), seed=3)
+def large(tmp_path_factory: pytest.TempPathFactory) -> dicomseries.LargeLevel:
+    return dicomseries.write_large_level(tmp_path_factory.mktemp("large") / "level.dcm", (40000, 40000), seed=3)
 
 
-def test_large_fixture_is_a_single_level_jpeg_slide(large: synthetic.LargeLevel) -> None:
+def test_large_fixture_is_a_single_level_jpeg_slide(large: dicomseries.LargeLevel) -> None:
     ds = pydicom.dcmread(large.path, stop_before_pixels=True)
     assert (int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows)) == (40000, 40000)
     assert int(ds.NumberOfFrames) == 157 * 157 == large.tile_map.size
-    assert str(ds.file_meta.TransferSyntaxUID) == synthetic.JPEG_BASELINE
+    assert str(ds.file_meta.TransferSyntaxUID) == slides.JPEG_BASELINE
     # Bigger than the 1 GB budget once read whole and split into frames, as reading it with pydicom does.
     assert large.path.stat().st_size > 600_000_000
     header = read_header(large.path)
@@ -67,7 +67,7 @@ def test_large_fixture_is_a_single_level_jpeg_slide(large: synthetic.LargeLevel)
 
 
 @pytest.mark.slow
-def test_single_level_slide_is_reduced_streaming_under_1_gb(large: synthetic.LargeLevel, tmp_path: Path) -> None:
+def test_single_level_slide_is_reduced_streaming_under_1_gb(large: dicomseries.LargeLevel, tmp_path: Path) -> None:
     out = in_own_process(REDUCE, large.path, tmp_path)
     result = json.loads(out)
     assert result["peak_mb"] < 1024
@@ -127,7 +127,7 @@ print(box, peak_kb // 1024)
 
 
 def test_openslide_backend_reads_a_single_level_slide_in_bands(tmp_path: Path) -> None:
-    level = synthetic.write_large_level(tmp_path / "level.dcm", (12000, 12000), seed=5)
+    level = dicomseries.write_large_level(tmp_path / "level.dcm", (12000, 12000), seed=5)
     out = in_own_process(OPENSLIDE_REDUCE, level.path, tmp_path)
     box, peak_mb = (int(v) for v in out.split())
     assert box == 8  # 0.25 µm/px to 15 µm/px: 18x, of which 8x by box average, the rest by Lanczos

@@ -7,7 +7,7 @@ file id: ``drop_after`` bytes (the first body is cut there), ``statuses``
 (answers to send before serving, e.g. [503, 500]), ``ignore_range`` (always
 200 with the whole file). Run as a process and stopped by its PID.
 
-    python -m slidestock.gdcserver ROOT --port 0 [--faults '{...}'] [--token T]
+    python -m slidestock_testkit.gdcserver ROOT --port 0 [--faults '{...}'] [--token T]
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def serving(
         yield url
     finally:
         # Imported here: run as a script, this module has no slidestock package beside it.
-        from slidestock.s3server import stop
+        from slidestock_testkit.s3server import stop
 
         stop(proc)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from slidestock.errors import SlidestockError
-from slidestock.s3server import free_port
+from slidestock_testkit.s3server import free_port
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo", "srun")

@@ -1,6 +1,6 @@
 """An HTTP proxy in front of the local S3 server that misbehaves on request, for the fault tests.
 
-Usage: python -m slidestock.faultproxy --upstream URL --port PORT --rules RULES.json
+Usage: python -m slidestock_testkit.faultproxy --upstream URL --port PORT --rules RULES.json
 
 Requests are forwarded to ``--upstream`` (rclone serve s3) and its answers
 streamed back, except for request paths that contain a rule's ``match``:

@@ -1,0 +1,469 @@
+"""DICOM WSI series as IDC serves them, written from a :class:`SlideSpec`.
+
+Objects are laid out as in IDC's buckets (``<bucket>/<crdc_series_uuid>/<crdc_instance_uuid>.dcm``):
+TILED_FULL or TILED_SPARSE levels in 4x steps, JPEG, JPEG 2000 or uncompressed frames,
+optionally a label and overview, concatenations, fluorescence channels, and the shapes other
+converters give (short edge frames, an RGB label over YCbCr frames).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import pyvips
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import UID
+
+from slidestock.levels import Level
+from slidestock_testkit.slides import (
+    BACKGROUND_RGB,
+    BUCKET,
+    EXPLICIT_VR_LE,
+    JPEG_2000,
+    JPEG_2000_LOSSLESS,
+    JPEG_BASELINE,
+    PHOTOMETRIC,
+    TILE_PX,
+    WSI_SOP_CLASS,
+    SeriesRecord,
+    SlideSpec,
+    exact_size,
+    level_sizes,
+    tissue_image,
+    to_array,
+    uid_for,
+    uuid_for,
+)
+
+
+def encode_frame(tile: np.ndarray, transfer_syntax: str) -> bytes:
+    """Encode one RGB tile as a DICOM frame of the given transfer syntax."""
+    if transfer_syntax == JPEG_BASELINE:
+        image = pyvips.Image.new_from_array(tile).copy(interpretation="srgb" if tile.ndim == 3 else "b-w")
+        data: bytes = image.jpegsave_buffer(Q=85, keep="none")
+        return data
+    if transfer_syntax == JPEG_2000:
+        return bytes(imagecodecs.jpeg2k_encode(tile, level=45, codecformat="J2K", reversible=False, mct=True))
+    if transfer_syntax == JPEG_2000_LOSSLESS:
+        return bytes(imagecodecs.jpeg2k_encode(tile, codecformat="J2K", reversible=True, mct=True))
+    if transfer_syntax == EXPLICIT_VR_LE:
+        return np.ascontiguousarray(tile, dtype=np.uint8).tobytes()
+    raise ValueError(f"transfer syntax {transfer_syntax!r} is not one the fixtures can encode")
+
+
+def tile_frames(
+    level: np.ndarray, transfer_syntax: str, tile_px: int = TILE_PX, sparse: bool = False, short_edges: bool = False
+) -> tuple[list[bytes], list[tuple[int, int]]]:
+    """Cut a level into frames (row-major, edge tiles padded) and their 1-based (column, row) positions.
+
+    With ``sparse``, tiles holding only background are left out (TILED_SPARSE);
+    with ``short_edges``, edge tiles are encoded at the size of the pixels they hold.
+    """
+    rows, cols = level.shape[:2]
+    frames, positions = [], []
+    for y in range(0, rows, tile_px):
+        for x in range(0, cols, tile_px):
+            part = level[y : y + tile_px, x : x + tile_px]
+            if sparse and np.abs(part.astype(int) - np.asarray(BACKGROUND_RGB)[: part.shape[-1]]).max() <= 2:
+                continue
+            tile = np.empty((tile_px, tile_px, *part.shape[2:]), dtype=np.uint8)
+            tile[...] = BACKGROUND_RGB if part.ndim == 3 else BACKGROUND_RGB[0]
+            tile[: part.shape[0], : part.shape[1]] = part
+            frames.append(encode_frame(np.ascontiguousarray(part) if short_edges else tile, transfer_syntax))
+            positions.append((x + 1, y + 1))
+    return frames, positions
+
+
+def srgb_profile() -> bytes:
+    """libvips's built-in sRGB ICC profile."""
+    image = pyvips.Image.black(1, 1, bands=3).copy(interpretation="srgb")
+    profile: bytes = image.icc_transform("srgb", input_profile="srgb").get("icc-profile-data")
+    return profile
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue = value
+    item.CodingSchemeDesignator = scheme
+    item.CodeMeaning = meaning
+    return item
+
+
+def illumination(spec: SlideSpec) -> Dataset:
+    if spec.channels:
+        return _code("111743", "DCM", "Epifluorescence illumination")
+    return _code("111744", "DCM", "Brightfield illumination")
+
+
+def _dataset(
+    spec: SlideSpec,
+    series: SeriesRecord,
+    *,
+    sop_instance_uid: str,
+    instance_number: int,
+    image_type: Sequence[str],
+    size_px: tuple[int, int],
+    tile_px: tuple[int, int],
+    spacing_mm: float | None,
+    transfer_syntax: str,
+    frames: list[bytes],
+    positions: list[tuple[int, int]] | None = None,
+    channel: int = 0,
+) -> Dataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = WSI_SOP_CLASS
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = WSI_SOP_CLASS
+    ds.SOPInstanceUID = sop_instance_uid
+    ds.StudyInstanceUID = series.study_uid
+    ds.SeriesInstanceUID = series.series_uid
+    ds.FrameOfReferenceUID = uid_for(spec.key, "frame-of-reference")
+    ds.DimensionOrganizationType = "TILED_FULL" if positions is None else "TILED_SPARSE"
+    ds.Modality = "SM"
+    ds.PatientID = spec.patient_id
+    ds.PatientName = spec.patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.StudyDate = "20260101"
+    ds.StudyTime = "000000"
+    ds.StudyID = ""
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.AcquisitionDateTime = "20260101000000"
+    ds.ContentDate = "20260101"
+    ds.ContentTime = "000000"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = instance_number
+    ds.Manufacturer = "slidestock synthetic"
+    ds.ManufacturerModelName = "fixture"
+    ds.DeviceSerialNumber = "0"
+    ds.SoftwareVersions = "0"
+    ds.ContainerIdentifier = spec.container_id
+    ds.IssuerOfTheContainerIdentifierSequence = DicomSequence([])
+    ds.ContainerTypeCodeSequence = DicomSequence([_code("433466003", "SCT", "Microscope slide")])
+    specimen = Dataset()
+    specimen.SpecimenIdentifier = spec.container_id
+    specimen.SpecimenUID = uid_for(spec.key, "specimen")
+    specimen.IssuerOfTheSpecimenIdentifierSequence = DicomSequence([])
+    specimen.SpecimenPreparationSequence = DicomSequence([])
+    ds.SpecimenDescriptionSequence = DicomSequence([specimen])
+    ds.ImageType = list(image_type)
+    ds.SamplesPerPixel = 1 if spec.channels else 3
+    ds.PhotometricInterpretation = spec.photometric or PHOTOMETRIC[UID(transfer_syntax)]
+    if not spec.channels:
+        ds.PlanarConfiguration = 0
+    ds.Rows, ds.Columns = tile_px[1], tile_px[0]
+    ds.BitsAllocated = 8
+    ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.NumberOfFrames = len(frames)
+    ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows = size_px
+    ds.TotalPixelMatrixFocalPlanes = 1
+    ds.NumberOfOpticalPaths = 1
+    ds.NumberOfFocalPlanes = 1
+    ds.ImageOrientationSlide = [0, -1, 0, -1, 0, 0]
+    origin = Dataset()
+    origin.XOffsetInSlideCoordinateSystem = 20.0
+    origin.YOffsetInSlideCoordinateSystem = 40.0
+    ds.TotalPixelMatrixOriginSequence = DicomSequence([origin])
+    ds.SpecimenLabelInImage = "YES" if "LABEL" in image_type else "NO"
+    ds.BurnedInAnnotation = "YES" if "LABEL" in image_type else "NO"
+    ds.FocusMethod = "AUTO"
+    ds.ExtendedDepthOfField = "NO"
+    ds.VolumetricProperties = "VOLUME"
+    if transfer_syntax in (EXPLICIT_VR_LE, JPEG_2000_LOSSLESS):
+        ds.LossyImageCompression = "00"
+    else:
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionMethod = "ISO_10918_1" if transfer_syntax == JPEG_BASELINE else "ISO_15444_1"
+        ds.LossyImageCompressionRatio = 10
+    optical_path = Dataset()
+    optical_path.OpticalPathIdentifier = str(channel + 1)
+    optical_path.IlluminationTypeCodeSequence = DicomSequence([illumination(spec)])
+    optical_path.IlluminationColorCodeSequence = DicomSequence([_code("11744", "DCM", "Full Spectrum")])
+    if spec.icc_profile:
+        optical_path.ICCProfile = srgb_profile()
+    ds.OpticalPathSequence = DicomSequence([optical_path])
+
+    shared = Dataset()
+    frame_type = Dataset()
+    frame_type.FrameType = list(image_type)
+    shared.WholeSlideMicroscopyImageFrameTypeSequence = DicomSequence([frame_type])
+    path_id = Dataset()
+    path_id.OpticalPathIdentifier = str(channel + 1)
+    shared.OpticalPathIdentificationSequence = DicomSequence([path_id])
+    if spacing_mm is not None:
+        measures = Dataset()
+        measures.PixelSpacing = [spacing_mm, spacing_mm]
+        measures.SliceThickness = 0.004
+        shared.PixelMeasuresSequence = DicomSequence([measures])
+        ds.ImagedVolumeWidth = size_px[0] * spacing_mm
+        ds.ImagedVolumeHeight = size_px[1] * spacing_mm
+        ds.ImagedVolumeDepth = 0.004
+    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    if positions is not None:
+        ds.PerFrameFunctionalGroupsSequence = DicomSequence([_plane_position(c, r, spacing_mm) for c, r in positions])
+    ds.PixelData = b"".join(frames) if transfer_syntax == EXPLICIT_VR_LE else encapsulate(frames, has_bot=True)
+    ds["PixelData"].VR = "OB"
+    return ds
+
+
+def _plane_position(column: int, row: int, spacing_mm: float | None) -> Dataset:
+    """A per-frame item placing one TILED_SPARSE frame (1-based pixel position of its top-left)."""
+    position = Dataset()
+    position.ColumnPositionInTotalImagePixelMatrix = column
+    position.RowPositionInTotalImagePixelMatrix = row
+    step = spacing_mm or 0.00025
+    position.XOffsetInSlideCoordinateSystem = round(20.0 + (row - 1) * step, 6)
+    position.YOffsetInSlideCoordinateSystem = round(40.0 + (column - 1) * step, 6)
+    position.ZOffsetInSlideCoordinateSystem = 0.0
+    item = Dataset()
+    item.PlanePositionSlideSequence = DicomSequence([position])
+    return item
+
+
+def _write_instance(
+    root: Path,
+    spec: SlideSpec,
+    series: SeriesRecord,
+    *,
+    name: str,
+    number: int,
+    image_type: tuple[str, ...],
+    pixels: np.ndarray,
+    spacing_mm: float | None,
+    tiled: bool,
+    transfer_syntax: str,
+    channel: int = 0,
+) -> list[Level]:
+    """One instance, or the parts of a concatenation when the level is at least ``concatenate_from_px`` wide."""
+    rows, cols = pixels.shape[:2]
+    positions: list[tuple[int, int]] | None = None
+    if tiled:
+        frames, positions = tile_frames(pixels, transfer_syntax, sparse=spec.sparse, short_edges=spec.short_edge_frames)
+        tile = (TILE_PX, TILE_PX)
+        positions = positions if spec.sparse else None
+    else:
+        frames = [encode_frame(np.ascontiguousarray(pixels), transfer_syntax)]
+        tile = (cols, rows)
+    # A concatenation splits the frames in two parts, each its own instance (as some scanners write large levels).
+    split = len(frames) // 2 if spec.concatenate_from_px and cols >= spec.concatenate_from_px and tiled else 0
+    parts = [(0, frames[:split]), (split, frames[split:])] if split else [(0, frames)]
+    written = []
+    for k, (offset, part_frames) in enumerate(parts):
+        part_name = f"{name}-part{k + 1}" if split else name
+        sop_uid = uid_for(spec.key, part_name)
+        crdc_uuid = uuid_for(spec.key, part_name)
+        ds = _dataset(
+            spec,
+            series,
+            sop_instance_uid=sop_uid,
+            instance_number=number * 10 + k if split else number,
+            image_type=image_type,
+            size_px=(cols, rows),
+            tile_px=tile,
+            spacing_mm=spacing_mm,
+            transfer_syntax=transfer_syntax,
+            frames=part_frames,
+            positions=None if positions is None else positions[offset : offset + len(part_frames)],
+            channel=channel,
+        )
+        if split:
+            ds.ConcatenationUID = uid_for(spec.key, name, "concatenation")
+            ds.SOPInstanceUIDOfConcatenationSource = uid_for(spec.key, name)
+            ds.InConcatenationNumber = k + 1
+            ds.InConcatenationTotalNumber = len(parts)
+            ds.ConcatenationFrameOffsetNumber = offset
+        path = root / BUCKET / series.crdc_series_uuid / f"{crdc_uuid}.dcm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+        written.append(
+            Level(
+                sop_instance_uid=sop_uid,
+                crdc_instance_uuid=crdc_uuid,
+                image_type=image_type,
+                size_px=(cols, rows),
+                spacing_um=None if spacing_mm is None else spacing_mm * 1000.0,
+                transfer_syntax=transfer_syntax,
+                size_bytes=path.stat().st_size,
+            )
+        )
+    return written
+
+
+@dataclass(frozen=True)
+class LargeLevel:
+    """A single-level slide written tile by tile: which palette tile stands at each place, and their colours."""
+
+    path: Path
+    size_px: tuple[int, int]
+    tile_map: np.ndarray  # (tile rows, tile columns): index into colours
+    colours: np.ndarray  # (n, 3) uint8: the mean colour of each palette tile
+
+
+def write_large_level(
+    path: Path, size_px: tuple[int, int], seed: int = 0, spacing_um: float = 0.25, noise: float = 40.0
+) -> LargeLevel:
+    """Write a single-level JPEG DICOM WSI of ``size_px`` without ever holding it in memory.
+
+    Each tile is one of a small palette (a flat colour from a coarse tissue
+    map, with Gaussian texture of ``noise`` sigma, so JPEG files come out the
+    size real tissue gives), encoded once and written wherever the map puts
+    it. That makes 40,000 x 40,000 px (about 1 GB) take seconds to write.
+    """
+    width, height = size_px
+    across, down = math.ceil(width / TILE_PX), math.ceil(height / TILE_PX)
+    coarse = tissue_image((across, down), seed).numpy()
+    # Colours quantised to steps of 16 (the background kept exact): a palette of a few dozen tiles.
+    quantised = np.where(coarse == np.asarray(BACKGROUND_RGB), coarse, coarse // 16 * 16 + 8).reshape(-1, 3)
+    colours, tile_map = np.unique(quantised, axis=0, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    frames = []
+    for colour in colours:
+        texture = 0.0 if (colour == BACKGROUND_RGB).all() else noise
+        tile = np.clip(colour + rng.normal(0.0, texture, (TILE_PX, TILE_PX, 1)), 0, 255).astype(np.uint8)
+        frames.append(encode_frame(tile, JPEG_BASELINE))
+    spec = SlideSpec("large", "LARGE-01", "LARGE-01-01Z-00-DX1", size_px, spacing_um, n_levels=1, seed=seed)
+    series = SeriesRecord(spec, uid_for(spec.key, "study"), uid_for(spec.key, "series"), uuid_for(spec.key, "series"))
+    ds = _dataset(
+        spec,
+        series,
+        sop_instance_uid=uid_for(spec.key, "level0"),
+        instance_number=1,
+        image_type=("ORIGINAL", "PRIMARY", "VOLUME", "NONE"),
+        size_px=size_px,
+        tile_px=(TILE_PX, TILE_PX),
+        spacing_mm=spacing_um / 1000.0,
+        transfer_syntax=JPEG_BASELINE,
+        frames=[],
+    )
+    ds.NumberOfFrames = across * down
+    del ds.PixelData
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    with path.open("ab") as out:
+        # Encapsulated pixel data: undefined length, an empty basic offset table, an item per frame.
+        out.write(b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\x00\x00\x00\x00")
+        padded = [f + b"\x00" * (len(f) % 2) for f in frames]  # items have an even length
+        items = [b"\xfe\xff\x00\xe0" + len(f).to_bytes(4, "little") + f for f in padded]
+        for index in tile_map.ravel():
+            out.write(items[index])
+        out.write(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
+    return LargeLevel(path, size_px, tile_map.reshape(down, across), colours.astype(np.uint8))
+
+
+def write_series(spec: SlideSpec, root: Path) -> SeriesRecord:
+    """Write every instance of one slide under ``root/<bucket>/<crdc_series_uuid>/``."""
+    series = SeriesRecord(
+        spec=spec,
+        study_uid=uid_for(spec.key, "study"),
+        series_uid=uid_for(spec.key, "series"),
+        crdc_series_uuid=uuid_for(spec.key, "series"),
+    )
+    base_w, base_h = spec.base_size_px
+    base = tissue_image(spec.base_size_px, spec.seed).copy_memory()
+    instances = []
+    for k, (width, height) in enumerate(level_sizes(spec)):
+        level = base if k == 0 else base.resize(width / base_w, vscale=height / base_h)
+        level = exact_size(level, width, height)
+        # The exact spacing of a level follows from the base spacing and the size ratio.
+        spacing_mm = spec.base_spacing_um * base_w / width / 1000.0
+        pixels = to_array(level)
+        # Fluorescence: one grey instance per channel (here the RGB image's bands stand for the channels).
+        channels = [(c, f"level{k}-ch{c + 1}", np.ascontiguousarray(pixels[:, :, c])) for c in range(spec.channels)]
+        for channel, name, plane in channels or [(0, f"level{k}", pixels)]:
+            instances.extend(
+                _write_instance(
+                    root,
+                    spec,
+                    series,
+                    name=name,
+                    number=k + 1,
+                    image_type=("ORIGINAL" if k == 0 else "DERIVED", "PRIMARY", "VOLUME", "NONE"),
+                    pixels=plane,
+                    spacing_mm=None if spec.no_spacing or (k and spec.spacing_on_base_only) else spacing_mm,
+                    tiled=True,
+                    transfer_syntax=spec.level_syntaxes[k] if spec.level_syntaxes else spec.transfer_syntax,
+                    channel=channel,
+                )
+            )
+        if spec.second_volume and k == 2:
+            instances.extend(
+                _write_instance(
+                    root,
+                    spec,
+                    series,
+                    name="resampled2",
+                    number=50,
+                    image_type=("DERIVED", "PRIMARY", "VOLUME", "RESAMPLED"),
+                    pixels=to_array(level),
+                    spacing_mm=spacing_mm,
+                    tiled=True,
+                    transfer_syntax=JPEG_BASELINE,
+                )
+            )
+    if spec.label_and_overview:
+        instances.extend(_label_and_overview(root, spec, series, base))
+    return SeriesRecord(
+        spec=spec,
+        study_uid=series.study_uid,
+        series_uid=series.series_uid,
+        crdc_series_uuid=series.crdc_series_uuid,
+        instances=tuple(instances),
+    )
+
+
+def _label_and_overview(root: Path, spec: SlideSpec, series: SeriesRecord, base: pyvips.Image) -> list[Level]:
+    """A barcode-like LABEL without spacing, and an OVERVIEW at 15 µm/px.
+
+    The overview's spacing equals the demo target, so a level rule that forgot
+    to exclude non-VOLUME instances would pick it.
+    """
+    stripes = np.full((300, 600, 3), 255, dtype=np.uint8)
+    widths = np.random.default_rng(spec.seed).integers(2, 9, size=60)
+    x = 20
+    for i, w in enumerate(widths):
+        if i % 2 == 0 and x + w < 580:
+            stripes[60:240, x : x + w] = 0
+        x += int(w)
+    overview_spacing_um = 15.0
+    scale = spec.base_spacing_um / overview_spacing_um
+    overview = to_array(base.resize(scale))
+    return [
+        *_write_instance(
+            root,
+            spec,
+            series,
+            name="label",
+            number=90,
+            image_type=("ORIGINAL", "PRIMARY", "LABEL", "NONE"),
+            pixels=stripes,
+            spacing_mm=None,
+            tiled=False,
+            transfer_syntax=JPEG_BASELINE,
+        ),
+        *_write_instance(
+            root,
+            spec,
+            series,
+            name="overview",
+            number=91,
+            image_type=("ORIGINAL", "PRIMARY", "OVERVIEW", "NONE"),
+            pixels=overview,
+            spacing_mm=overview_spacing_um / 1000.0,
+            tiled=False,
+            transfer_syntax=JPEG_BASELINE,
+        ),
+    ]
