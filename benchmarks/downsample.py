@@ -39,7 +39,8 @@ sys.path.insert(0, str(REPO / "testkit"))
 FLOOR = """
 import io, math
 from PIL import Image
-from slidestock.dicomlevel import plan_shrink, read_header, read_frame
+from slidestock.dicom import read_frame, read_header
+from slidestock.reduce import plan_shrink
 header = read_header(Path(SRC))
 decode = plan_shrink(header.transfer_syntax, SCALE, header.tile_px)[0] if SHRUNK else 1
 for frame in header.grid:
@@ -48,16 +49,18 @@ for frame in header.grid:
         picture.load()
 """
 SLIDESTOCK = """
-from slidestock.dicomlevel import read_level
-from slidestock.downsample import resize_exact, write_image
+from slidestock.reduce import read_level
+from slidestock.output import write_image
+from slidestock.reduce import resize_exact
 level = read_level(Path(SRC), scale=SCALE, threads=THREADS)
 (w, h), s = level.header.size_px, level.shrink
 write_image(resize_exact(level.image, SIZE, (w / s, h / s)), Path(OUT) / "s.png", (15.0, 15.0))
 """
 BACKEND_OPENSLIDE = """
-from slidestock.dicomlevel import read_header
-from slidestock.downsample import resize_exact, write_image
-from slidestock.pipeline import openslide_reduced
+from slidestock.dicom import read_header
+from slidestock.output import write_image
+from slidestock.reduce import resize_exact
+from slidestock.reduce import openslide_reduced
 header = read_header(Path(SRC))
 image, box = openslide_reduced(Path(SRC), header, SCALE)
 (w, h) = header.size_px

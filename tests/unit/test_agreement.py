@@ -17,10 +17,9 @@ import pandas as pd
 import pytest
 import pyvips
 
-from slidestock.dicomlevel import read_header, reduce_level
-from slidestock.downsample import resize_exact
+from slidestock.dicom import read_header
 from slidestock.levels import Target, choose_level, output_size_px
-from slidestock.pipeline import openslide_reduced, openslide_region
+from slidestock.reduce import openslide_reduced, openslide_region, reduce_level, resize_exact
 from slidestock.svs import decode_page, page_levels
 from slidestock.tiff import read_pages, tile_locations
 from slidestock_testkit import slides, svsfiles

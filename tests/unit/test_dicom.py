@@ -17,8 +17,9 @@ import pyarrow.parquet as pq
 import pydicom
 import pytest
 
-from slidestock.dicomlevel import plan_shrink, read_concatenation, read_header, read_level, reduce_level
+from slidestock.dicom import read_concatenation, read_header
 from slidestock.errors import DecodeError
+from slidestock.reduce import plan_shrink, read_level, reduce_level
 from slidestock_testkit import fixtures, indextables, slides
 
 
@@ -263,7 +264,7 @@ def level_file(demo_build: dict[str, Path], instances: pd.DataFrame, syntax: str
 def test_shrink_on_decode_gives_the_same_picture(
     demo_build: dict[str, Path], instance_table: pd.DataFrame, tmp_path: Path, syntax: str, columns: int
 ) -> None:
-    from slidestock.downsample import resize_exact
+    from slidestock.reduce import resize_exact
 
     # A 1 µm/px level to 15 µm/px: JPEG in the DCT, JPEG 2000 by dropping two wavelet levels.
     path = level_file(demo_build, instance_table, syntax, columns, tmp_path / "one")
@@ -293,7 +294,7 @@ def test_box_average_is_the_rounded_block_mean(edge_build: dict[str, Path], tmp_
 
 
 def test_box_reduce_averages_the_pixels_a_cut_block_has() -> None:
-    from slidestock.dicomlevel import box_reduce
+    from slidestock.reduce import box_reduce
 
     rng = np.random.default_rng(7)
     pixels = rng.integers(0, 256, size=(11, 13, 3), dtype=np.uint8)

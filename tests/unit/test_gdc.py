@@ -17,7 +17,7 @@ import openslide
 import pytest
 
 from slidestock.errors import FetchError
-from slidestock.gdc import BlockCache, GdcClient, RangeNotSupportedError, coalesce, fetch_ranges
+from slidestock.gdcapi import BlockCache, GdcClient, RangeNotSupportedError, coalesce, fetch_ranges
 from slidestock.svs import decode_page, page_levels
 from slidestock.tiff import read_pages, tile_locations
 from slidestock_testkit import gdcserver, svsfiles

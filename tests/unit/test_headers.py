@@ -8,7 +8,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from slidestock.dicomlevel import header_spacing_um
+from slidestock.dicom import header_spacing_um
 from slidestock.errors import FetchError, UnreachableError
 from slidestock.headers import PREFIX_BYTES, HeaderReader, http_url, parse_prefix
 from slidestock.plan import object_url

@@ -20,7 +20,8 @@ import pydicom
 import pytest
 from PIL import Image
 
-from slidestock.dicomlevel import read_frame, read_header, read_level
+from slidestock.dicom import read_frame, read_header
+from slidestock.reduce import read_level
 from slidestock_testkit import dicomseries, slides
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,8 +30,9 @@ import json, sys
 from pathlib import Path
 import numpy as np
 import pyvips
-from slidestock.dicomlevel import read_level
-from slidestock.downsample import resize_exact, write_image
+from slidestock.reduce import read_level
+from slidestock.output import write_image
+from slidestock.reduce import resize_exact
 src, out = Path(sys.argv[1]), Path(sys.argv[2])
 level = read_level(src, scale=667 / 40000, threads=2)
 np.save(out / "reduced.npy", level.image.numpy())
@@ -116,8 +118,8 @@ OPENSLIDE_REDUCE = """
 import sys
 from pathlib import Path
 import numpy as np
-from slidestock.dicomlevel import read_header
-from slidestock.pipeline import openslide_reduced
+from slidestock.dicom import read_header
+from slidestock.reduce import openslide_reduced
 src, out = Path(sys.argv[1]), Path(sys.argv[2])
 image, box = openslide_reduced(src, read_header(src), 667 / 12000)
 np.save(out / "openslide.npy", image.numpy())

@@ -210,9 +210,10 @@ def test_lock_header_joins_continuation_lines(tmp_path: Path) -> None:
 
 
 def test_a_failed_slide_leaves_no_image_or_side_files(tmp_path: Path) -> None:
+    from slidestock.batch import run_batch
     from slidestock.levels import Target
-    from slidestock.pipeline import SIDE_FILES, SlideJob, run_batch
     from slidestock.plan import PLAN_COLUMNS
+    from slidestock.slide import SIDE_FILES, SlideJob
 
     image = tmp_path / "s1.png"
     stale = [image, *(tmp_path / f"s1.{name}.png" for name in SIDE_FILES)]
@@ -229,7 +230,7 @@ def test_a_failed_slide_leaves_no_image_or_side_files(tmp_path: Path) -> None:
 
 
 def test_batch_table_has_one_line_per_slide_with_hash_or_reason(tmp_path: Path) -> None:
-    from slidestock.pipeline import write_batch_table
+    from slidestock.batch import write_batch_table
 
     done = record("a", "done", 10)
     failed = {**record("b", "failed", 0, "b: frame 3 cannot be decoded\n(broken data)"), "retryable": False}

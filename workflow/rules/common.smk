@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 from slidestock.cohort import resolve_idc_version
 from slidestock.config import check_input_files, validate_config
 from slidestock.errors import ConfigError
-from slidestock.downsample import FORMATS
+from slidestock.output import FORMATS
 from slidestock.plan import batch_name, n_batches, read_batch_plan
 from slidestock.provenance import SLIDESTOCK_VERSION
 from slidestock.status import read_outcome, redo_notice, tables_to_redo

@@ -6,10 +6,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
 
+from slidestock.batch import run_batch, write_batch_table
 from slidestock.errors import UnreachableError
 from slidestock.levels import target_of
-from slidestock.pipeline import GdcSettings, SlideJob, read_token, run_batch, write_batch_table
 from slidestock.plan import read_batch_plan
+from slidestock.slide import GdcSettings, SlideJob, read_token
 
 smk = snakemake  # noqa: F821
 logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

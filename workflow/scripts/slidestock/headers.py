@@ -18,10 +18,10 @@ from threading import Lock
 import pydicom
 from pydicom.filereader import read_partial
 
-from slidestock.dicomlevel import header_spacing_um
+from slidestock.dicom import header_spacing_um
 from slidestock.errors import FetchError, UnreachableError
 from slidestock.fetch import endpoint_url, source_url
-from slidestock.gdc import retrying
+from slidestock.gdcapi import retrying
 
 # Growing prefix sizes: most WSI headers fit in the first; one with a large ICC profile in a later one.
 PREFIX_BYTES = (8 << 10, 64 << 10, 1 << 20, 8 << 20)

@@ -194,7 +194,7 @@ class _SlideHeaders:
         return self.read[level.crdc_instance_uuid]
 
     def spacing(self, level: Level) -> tuple[float, float] | None:
-        from slidestock.dicomlevel import header_spacing_um
+        from slidestock.dicom import header_spacing_um
 
         found = self.dataset(level)
         return None if found is None else header_spacing_um(found)

@@ -1,44 +1,22 @@
-"""Downsample a level to the exact output size and write it with its physical resolution."""
+"""What a slide's job writes: the image at its exact size and spacing, and its tissue mask."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pyvips
 
 from slidestock.errors import ConfigError
+from slidestock.levels import Target, output_size_px
+from slidestock.provenance import sha256_file
+from slidestock.reduce import resize_exact
+from slidestock.slide import SlideJob, side_path
 
 # Output format -> file extension. PNG (pHYs), TIFF (resolution tags), JPEG and WebP (EXIF)
 # all carry the resolution.
 FORMATS = {"png": "png", "jpeg": "jpg", "tiff": "tiff", "webp": "webp"}
-
-
-def resize_exact(
-    image: pyvips.Image, size_px: tuple[int, int], extent_px: tuple[float, float] | None = None
-) -> pyvips.Image:
-    """Resize to exactly ``size_px`` (columns, rows) with an antialiasing Lanczos-3 filter.
-
-    ``extent_px`` is how many of ``image``'s pixels the level spans (its
-    size by default): a level reduced by ``s`` whose size is no multiple of
-    ``s`` spans ``size / s``, its last pixel standing for a part of one. The
-    scale is taken against that extent, so output pixel ``x`` is centred at
-    ``(x + 0.5) * extent / size`` of the level, whatever the reduction. A size
-    equal to the input's returns the input: we never upsample and never
-    resample for nothing.
-    """
-    width, height = size_px
-    extent_w, extent_h = extent_px or (image.width, image.height)
-    if (width, height) == (image.width, image.height) == (extent_w, extent_h):
-        return image
-    if width > image.width or height > image.height:
-        raise ValueError(f"resize to {width} x {height} px from {image.width} x {image.height} px would upsample")
-    resized: pyvips.Image = image.resize(width / extent_w, vscale=height / extent_h, kernel="lanczos3")
-    if (resized.width, resized.height) != (width, height):
-        # libvips rounds its output size from the image's; pin it to the planned one (at most a pixel).
-        resized = resized.crop(0, 0, min(width, resized.width), min(height, resized.height))
-        resized = resized.embed(0, 0, width, height, extend="copy")
-    return resized
 
 
 def write_image(
@@ -102,3 +80,44 @@ def tissue_mask(image: pyvips.Image, min_saturation: int = 20, max_brightness: i
 def tissue_fraction(mask: pyvips.Image) -> float:
     """The share of mask pixels that are tissue, rounded to 4 decimals."""
     return round(float(mask.avg()) / 255.0, 4)
+
+
+def write_output(
+    job: SlideJob,
+    target: Target,
+    record: dict[str, Any],
+    image: pyvips.Image,
+    spacing: tuple[float, float] | None,
+    level_size: tuple[int, int] | None = None,
+    shrink: int = 1,
+) -> None:
+    """Resize ``image`` to ``target``, write it, and record what was written.
+
+    ``spacing`` is the level's µm/px (None: unknown, the image gets none) and
+    ``level_size`` its full size; ``image`` is ``ceil(level size / shrink)`` when
+    the level was reduced while decoding, and always covers the whole level.
+    """
+    level_size = level_size or (image.width, image.height)
+    size = output_size_px(level_size, spacing, target)
+    out_spacing = (
+        None if spacing is None else (spacing[0] * level_size[0] / size[0], spacing[1] * level_size[1] / size[1])
+    )
+    extent = (level_size[0] / shrink, level_size[1] / shrink)
+    # In memory: the image file and the tissue mask are made from one computation of it.
+    output = resize_exact(image, size, extent).copy_memory()
+    write_image(output, job.image_path, out_spacing, job.fmt, job.quality, job.pyramid)
+    record["scale"] = [size[0] / level_size[0], size[1] / level_size[1]]
+    record["output"] = {
+        "path": str(job.image_path),
+        "format": job.fmt,
+        "size_px": list(size),
+        "spacing_um": None if out_spacing is None else list(out_spacing),
+        "bytes": job.image_path.stat().st_size,
+        "sha256": sha256_file(job.image_path),
+    }
+    if job.tissue_mask:
+        mask = tissue_mask(output)
+        mask_path = side_path(job, "mask")
+        write_image(mask, mask_path, out_spacing, "png")
+        record["output"]["tissue_fraction"] = tissue_fraction(mask)
+        record["output"]["mask_path"] = str(mask_path)

@@ -1,0 +1,104 @@
+"""The IDC source: a slide's level fetched by the batch's ``s5cmd run``, read, reduced and written."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pyvips
+
+from slidestock.dicom import read_concatenation, read_header
+from slidestock.errors import FetchError
+from slidestock.fetch import FetchResult
+from slidestock.levels import output_size_px
+from slidestock.output import write_image, write_output
+from slidestock.provenance import sha256_file
+from slidestock.reduce import openslide_reduced, read_level, reduce_level
+from slidestock.slide import SlideJob, level_downloads, level_file, plan_spacing, side_path, slide_target
+
+log = logging.getLogger(__name__)
+
+
+def prefetched(fetched: Mapping[Path, FetchResult | FetchError], local: Path) -> FetchResult:
+    result = fetched.get(local)
+    if result is None:
+        raise FetchError(f"{local.name}: not in the batch's downloads")
+    if isinstance(result, FetchError):
+        raise result
+    return result
+
+
+def fetch_and_downsample(
+    job: SlideJob, record: dict[str, Any], fetched: Mapping[Path, FetchResult | FetchError]
+) -> None:
+    plan = job.plan
+    files = [item.dest for item in level_downloads(job)]
+    n_parts = len(files) if len(files) > 1 else 0
+    results = [prefetched(fetched, path) for path in files]
+    local = files[0]
+    level_fetch = FetchResult(local, sum(r.bytes_fetched for r in results), max(r.seconds for r in results),
+                              max(r.attempts for r in results))  # fmt: skip
+    log.info("%s: %d bytes fetched (attempt %d)", plan["url"], level_fetch.bytes_fetched, level_fetch.attempts)
+    record["bytes_fetched"] += level_fetch.bytes_fetched
+    record["fetch_attempts"] = level_fetch.attempts
+    t0 = time.monotonic()
+    item = f"{plan['slide_id']} ({plan['url']})"
+    header = read_concatenation(files, item) if n_parts else read_header(local, item=item)
+    if n_parts:
+        record["level"]["concatenation_parts"] = n_parts
+    # The header's full-precision spacing beats the index's two significant figures.
+    spacing = header.spacing_xy_um or plan_spacing(plan)
+    record["level"]["header_spacing_um"] = header.spacing_xy_um and list(header.spacing_xy_um)
+    record["level"]["photometric"] = header.photometric
+    record["level"]["organization"] = header.organization
+    record["level"]["missing_tiles"] = header.missing_tiles
+    record["level"]["icc_profile_bytes"] = len(header.icc_profile or b"")
+    record["level"]["backend"] = job.backend
+    target = slide_target(job, spacing)
+    size = output_size_px(header.size_px, spacing, target)
+    scale = max(size[0] / header.size_px[0], size[1] / header.size_px[1])
+    if job.backend == "pyvips":
+        level = reduce_level(header, scale=scale, threads=job.threads)
+        record["level"]["decode_shrink"], record["level"]["box_shrink"] = level.decode_shrink, level.box
+        for warning in level.warnings:
+            log.warning("%s: %s", plan["slide_id"], warning)
+        record["warnings"] = list(level.warnings)
+        image, shrink = level.image, level.shrink
+    else:
+        image, shrink = openslide_reduced(local, header, scale)
+        record["level"]["box_shrink"] = shrink
+    if header.icc_profile:
+        image = image.copy()
+        image.set_type(pyvips.GValue.blob_type, "icc-profile-data", header.icc_profile)
+    write_output(job, target, record, image, spacing, header.size_px, shrink)
+    _export_associated(job, record, fetched)
+    record["timings_s"] = {"fetch": round(level_fetch.seconds, 3), "downsample": round(time.monotonic() - t0, 3)}
+
+
+def _export_associated(job: SlideJob, record: dict[str, Any], fetched: Mapping[Path, FetchResult | FetchError]) -> None:
+    """Write the slide's label and overview images (fetched with its batch) as they are, when asked to."""
+    exported: dict[str, Any] = {}
+    for kind in job.associated:
+        url = job.plan.get(f"{kind}_url", "")
+        if not url:
+            exported[kind] = None  # the series has no such instance
+            continue
+        local = level_file(job, kind)
+        result = prefetched(fetched, local)
+        record["bytes_fetched"] += result.bytes_fetched
+        image = read_level(local, item=f"{job.plan['slide_id']} {kind} ({url})")
+        spacing = image.header.spacing_xy_um
+        path = side_path(job, kind)
+        write_image(image.image, path, spacing, "png")
+        exported[kind] = {
+            "path": str(path),
+            "size_px": list(image.header.size_px),
+            "spacing_um": None if spacing is None else list(spacing),
+            "bytes_fetched": result.bytes_fetched,
+            "sha256": sha256_file(path),
+        }
+    if job.associated:
+        record["associated"] = exported
