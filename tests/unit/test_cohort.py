@@ -13,20 +13,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from slidestock.cohort import (
-    Cohort,
-    CohortSpec,
-    TablePaths,
-    allocate,
-    connect,
-    instance_levels,
-    lock_frame,
-    lock_text,
-    read_lock,
-    select_cohort,
-    slide_id,
-)
+from slidestock.cohort import Cohort, CohortSpec, allocate, select_cohort
 from slidestock.errors import CohortError, ConfigError
+from slidestock.lockfile import lock_frame, lock_text, read_lock, slide_id
+from slidestock.sources import TablePaths, connect, instance_levels
 from slidestock_testkit.indextables import arrow_table
 
 REAL_INDEX = Path(str(idc_index_data.IDC_INDEX_PARQUET_FILEPATH))

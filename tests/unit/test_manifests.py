@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from slidestock.cohort import resolve_idc_version
+from slidestock.config import resolve_idc_version
 from slidestock.errors import CohortError, ConfigError
 from slidestock.manifests import read_gdc_manifest, read_idc_manifest, slide_barcode
 

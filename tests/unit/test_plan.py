@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from slidestock.levels import Level, Target
-from slidestock.plan import plan_frame, read_batch_plan, write_batch_plans
+from slidestock.plan import plan_frame
+from slidestock.planrow import read_batch_plan, write_batch_plans
 
 LEVELS = [
     Level(
@@ -66,8 +67,8 @@ def test_batch_plans_are_rewritten_only_when_they_change(tmp_path: Path) -> None
     plan = plan_frame(COHORT, levels, Target(mpp=15.0))
     assert write_batch_plans(plan, tmp_path, 2) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b00000.tsv", "b00001.tsv"]
-    assert [row["slide_id"] for row in read_batch_plan(tmp_path / "b00000.tsv")] == plan["slide_id"].tolist()[:2]
-    assert [row["slide_id"] for row in read_batch_plan(tmp_path / "b00001.tsv")] == plan["slide_id"].tolist()[2:]
+    assert [row.slide_id for row in read_batch_plan(tmp_path / "b00000.tsv")] == plan["slide_id"].tolist()[:2]
+    assert [row.slide_id for row in read_batch_plan(tmp_path / "b00001.tsv")] == plan["slide_id"].tolist()[2:]
     for p in tmp_path.iterdir():
         os.utime(p, ns=(1, 1))
     assert write_batch_plans(plan, tmp_path, 2) == 0
@@ -78,8 +79,9 @@ def test_batch_plans_are_rewritten_only_when_they_change(tmp_path: Path) -> None
     assert gdc_only == [2]
     assert write_batch_plans(coarser, tmp_path, 2) == 1
     assert tmp_path.joinpath("b00001.tsv").stat().st_mtime_ns == 1
-    both = {row["slide_id"]: row for row in read_batch_plan(tmp_path / "b00000.tsv")}["both"]
-    assert both["output_columns"] == "67"
+    both = {row.slide_id: row for row in read_batch_plan(tmp_path / "b00000.tsv")}["both"]
+    assert both.output_size_px is not None
+    assert both.output_size_px[0] == 67
     # One batch of everything: the stale second batch plan is removed.
     assert write_batch_plans(coarser, tmp_path, 100) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b00000.tsv"]

@@ -13,16 +13,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from slidestock import plots
-from slidestock.report import (
-    ReportInputs,
-    contact_sheet,
-    lock_header,
-    render_html,
-    report_frame,
-    run_date,
-    summary,
-    write_tables,
-)
+from slidestock.lockfile import read_lock_header
+from slidestock.report import ReportInputs, contact_sheet, render_html, report_frame, run_date, summary, write_tables
 
 
 def record(slide: str, status: str, fetched: int, error: str | None = None) -> dict[str, Any]:
@@ -206,13 +198,13 @@ def test_many_collections_are_summed_beyond_the_cap() -> None:
 def test_lock_header_joins_continuation_lines(tmp_path: Path) -> None:
     path = tmp_path / "cohort.tsv"
     path.write_text("# seed: 4\n# query: SELECT *\n#   FROM x\nslide_id\tb\n1\t2\n")
-    assert lock_header(path) == {"seed": "4", "query": "SELECT *\nFROM x"}
+    assert read_lock_header(path) == {"seed": "4", "query": "SELECT *\nFROM x"}
 
 
 def test_a_failed_slide_leaves_no_image_or_side_files(tmp_path: Path) -> None:
     from slidestock.batch import run_batch
     from slidestock.levels import Target
-    from slidestock.plan import PLAN_COLUMNS
+    from slidestock.planrow import PLAN_COLUMNS, PlanRow
     from slidestock.slide import SIDE_FILES, SlideJob
 
     image = tmp_path / "s1.png"
@@ -221,7 +213,9 @@ def test_a_failed_slide_leaves_no_image_or_side_files(tmp_path: Path) -> None:
         path.write_bytes(b"from an earlier run")
     plan = dict.fromkeys(PLAN_COLUMNS, "")
     plan.update(slide_id="s1", status="failed", reason="s1: no VOLUME instance", SeriesInstanceUID="1.2")
-    job = SlideJob(plan, Target(mpp=15.0), "png", "aws", 1, image, tmp_path / "s1.json", tmp_path / "scratch")
+    job = SlideJob(
+        PlanRow.from_columns(plan), Target(mpp=15.0), "png", "aws", 1, image, tmp_path / "s1.json", tmp_path / "scratch"
+    )
     [record] = run_batch([job], "b00000", tmp_path / "scratch")
     assert json.loads((tmp_path / "s1.json").read_text()) == record
     assert record["status"] == "failed"

@@ -8,11 +8,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
-from slidestock.cohort import resolve_idc_version
-from slidestock.config import check_input_files, validate_config
+from slidestock.config import check_input_files, resolve_idc_version, validate_config
 from slidestock.errors import ConfigError
 from slidestock.output import FORMATS
-from slidestock.plan import batch_name, n_batches, read_batch_plan
+from slidestock.planrow import batch_name, n_batches, read_batch_plan
 from slidestock.provenance import SLIDESTOCK_VERSION
 from slidestock.status import read_outcome, redo_notice, tables_to_redo
 
@@ -115,7 +114,7 @@ def get_batch_disk_mb(wildcards, input, attempt):
     rows = _planned_slides(input)
     if rows is None:
         return 1000 * attempt
-    size = sum(int(row["instance_size"] or 0) for row in rows)
+    size = sum(row.instance_size for row in rows)
     return (int(size / 1e6 * 1.2) + 50) * attempt
 
 

@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
 from slidestock.batch import run_batch, write_batch_table
 from slidestock.errors import UnreachableError
 from slidestock.levels import target_of
-from slidestock.plan import read_batch_plan
+from slidestock.planrow import read_batch_plan
 from slidestock.slide import GdcSettings, SlideJob, read_token
 
 smk = snakemake  # noqa: F821
@@ -39,11 +39,11 @@ jobs = [
         associated=tuple(target["associated"]),
         endpoint=fetch["endpoint"],
         attempts=fetch["attempts"],
-        image_path=slides / f"{plan['slide_id']}.{smk.params.suffix}",
-        json_path=slides / f"{plan['slide_id']}.json",
+        image_path=slides / f"{plan.slide_id}.{smk.params.suffix}",
+        json_path=slides / f"{plan.slide_id}.json",
         tmpdir=Path(smk.resources.tmpdir),
         gdc=settings,
-        log_path=Path(f"logs/slide/{plan['slide_id']}.log"),
+        log_path=Path(f"logs/slide/{plan.slide_id}.log"),
         redo_failed=smk.params.redo_failed,
     )
     for plan in read_batch_plan(Path(smk.input.plan))

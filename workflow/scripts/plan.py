@@ -6,12 +6,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
 
-from slidestock.cohort import instance_levels, read_lock
-from slidestock.config import cohort_connection
 from slidestock.errors import UnreachableError
 from slidestock.headers import HeaderReader
 from slidestock.levels import target_of
-from slidestock.plan import n_batches, plan_frame, write_batch_plans
+from slidestock.lockfile import read_lock
+from slidestock.plan import plan_frame
+from slidestock.planrow import n_batches, write_batch_plans
+from slidestock.sources import cohort_connection, instance_levels
 
 smk = snakemake  # noqa: F821
 logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

@@ -6,12 +6,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
 
-from slidestock.cohort import read_lock
+from slidestock.lockfile import read_lock, read_lock_header
 from slidestock.report import (
     ReportInputs,
     contact_sheet,
     load_records,
-    lock_header,
     plot_svgs,
     render_html,
     report_frame,
@@ -35,7 +34,7 @@ for name, svg in svgs.items():
     Path(getattr(smk.output, f"plot_{name}")).write_text(svg)
 shown = sheet_records(frame, smk.params.sheet_max)
 contact_sheet([Path(str(row["output_path"])) for row in shown], Path(smk.output.sheet))
-header = lock_header(lock_path)
+header = read_lock_header(lock_path)
 software = next((rec["software"] for rec in records if rec.get("software")), {})
 inputs = ReportInputs(
     idc_version=header.get("idc_version", ""),

@@ -6,8 +6,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
 
-from slidestock.cohort import read_lock
 from slidestock.errors import SlidestockError
+from slidestock.lockfile import read_lock
 from slidestock.verify import verify
 
 smk = snakemake  # noqa: F821

@@ -27,9 +27,9 @@ from typing import Any
 from slidestock import gdc, idc
 from slidestock.errors import FetchError, SlidestockError, UnreachableError
 from slidestock.fetch import BatchItem, FetchResult, check_free_disk, fetch_batch, s5cmd_binary
-from slidestock.plan import slide_plan_text
+from slidestock.planrow import slide_plan_text
 from slidestock.provenance import SLIDESTOCK_VERSION, software_versions, write_json, write_text_atomic
-from slidestock.slide import SIDE_FILES, SlideJob, level_downloads, level_file, plan_spacing, side_path
+from slidestock.slide import SIDE_FILES, SlideJob, level_downloads, level_file, side_path
 
 log = logging.getLogger(__name__)
 
@@ -57,28 +57,28 @@ def slide_log(path: Path | None) -> Iterator[None]:
 def _base_record(job: SlideJob) -> dict[str, Any]:
     plan = job.plan
     return {
-        "slide_id": plan["slide_id"],
+        "slide_id": plan.slide_id,
         "status": "failed",
         "error": None,
         "source": {
-            "SeriesInstanceUID": plan["SeriesInstanceUID"],
-            "SOPInstanceUID": plan["SOPInstanceUID"] or None,
-            "url": plan["url"] or None,
+            "SeriesInstanceUID": plan.series_instance_uid,
+            "SOPInstanceUID": plan.sop_instance_uid or None,
+            "url": plan.url or None,
             "endpoint": job.endpoint,
         },
-        "series_size_bytes": int(plan["series_size_bytes"] or 0),
+        "series_size_bytes": plan.series_size_bytes,
         # The plan's ranged reads of this slide's instance headers count as fetched bytes too.
-        "bytes_fetched": int(plan.get("header_bytes") or 0),
+        "bytes_fetched": plan.header_bytes,
         "level": {
-            "reason": plan["reason"],
-            "n_levels": int(plan["n_levels"] or 0),
-            "transfer_syntax": plan["transfer_syntax"] or None,
-            "size_px": [int(plan["level_columns"]), int(plan["level_rows"])] if plan["level_columns"] else None,
-            "index_spacing_um": float(plan["index_spacing_um"]) if plan["index_spacing_um"] else None,
-            "plan_spacing_um": list(xy) if (xy := plan_spacing(plan)) else None,
-            "spacing_source": plan["spacing_source"] or None,
-            "header_bytes_fetched": int(plan.get("header_bytes") or 0),
-            "spacing_derived": plan["spacing_derived"] == "true",
+            "reason": plan.reason,
+            "n_levels": plan.n_levels,
+            "transfer_syntax": plan.transfer_syntax or None,
+            "size_px": None if plan.level_size_px is None else list(plan.level_size_px),
+            "index_spacing_um": plan.index_spacing_um,
+            "plan_spacing_um": None if plan.level_spacing_um is None else list(plan.level_spacing_um),
+            "spacing_source": plan.spacing_source or None,
+            "header_bytes_fetched": plan.header_bytes,
+            "spacing_derived": plan.spacing_derived,
         },
         "target": {
             "mpp": job.target.mpp,
@@ -139,13 +139,13 @@ def _batch_items(jobs: Sequence[SlideJob]) -> list[BatchItem]:
     items = []
     for job in jobs:
         plan = job.plan
-        if plan["status"] != "planned" or plan["url"].startswith("gdc:"):
+        if not plan.planned or plan.source == "gdc":
             continue
         items += level_downloads(job)
         items += [
-            BatchItem(plan[f"{kind}_url"], level_file(job, kind), int(plan[f"{kind}_size"]))
+            BatchItem(plan.associated[kind][0], level_file(job, kind), plan.associated[kind][1])
             for kind in job.associated
-            if plan.get(f"{kind}_url")
+            if kind in plan.associated
         ]
     return items
 
@@ -212,7 +212,7 @@ def run_batch(
         def one(job: SlideJob) -> dict[str, Any]:
             with slide_log(job.log_path):
                 record = _run_slide(job, fetched, software)
-                log.info("%s: %s", job.plan["slide_id"], record["error"] or "done")
+                log.info("%s: %s", job.plan.slide_id, record["error"] or "done")
             record["started_at"] = started
             record.setdefault("timings_s", {})["total"] = round(time.monotonic() - start, 3)
             write_json(job.json_path, record)
@@ -294,11 +294,11 @@ def _run_slide(
     record = _base_record(job)
     record["software"] = dict(software)
     record["output_digest"] = output_digest(job)
-    log.info("%s: %s", job.plan["slide_id"], job.plan["reason"])
+    log.info("%s: %s", job.plan.slide_id, job.plan.reason)
     try:
-        if job.plan["status"] != "planned":
-            raise SlidestockError(job.plan["reason"])
-        if job.plan["url"].startswith("gdc:"):
+        if not job.plan.planned:
+            raise SlidestockError(job.plan.reason)
+        if job.plan.source == "gdc":
             gdc.fetch_and_downsample(job, record)
         else:
             idc.fetch_and_downsample(job, record, fetched)
@@ -307,11 +307,11 @@ def _run_slide(
         # Network, server and size troubles may pass on a later run; a level or file that is wrong will not.
         record["retryable"] = isinstance(err, FetchError)
         if isinstance(err, SlidestockError):
-            log.error("%s failed: %s", job.plan["slide_id"], err)
+            log.error("%s failed: %s", job.plan.slide_id, err)
             record["error"] = str(err)
         else:
-            log.exception("%s failed unexpectedly", job.plan["slide_id"])
-            record["error"] = f"{job.plan['slide_id']}: unexpected {type(err).__name__}: {err}"
+            log.exception("%s failed unexpectedly", job.plan.slide_id)
+            record["error"] = f"{job.plan.slide_id}: unexpected {type(err).__name__}: {err}"
         record["output"] = None
         record.pop("associated", None)
         # Nothing of an earlier, finished run of this slide may outlive its failure.

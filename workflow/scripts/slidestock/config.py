@@ -1,4 +1,6 @@
-"""Configuration: validation against the JSON schema, defaults, and typed views.
+"""Configuration: validation against the JSON schema, defaults, and the IDC release asked for.
+
+Nothing heavier than jsonschema and YAML: every Snakefile parse runs it.
 
 Messages name the key, the value found and what was expected, e.g.
 ``config key cohort.n: got 0; expected an integer >= 1 (or null for all)``.
@@ -7,23 +9,14 @@ Messages name the key, the value found and what was expected, e.g.
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import jsonschema
 import yaml
 
-from slidestock.cohort import (
-    EXPORT_URL,
-    ParquetSource,
-    TablePaths,
-    connect,
-    connect_parquet,
-    idc_index_tables,
-    resolve_idc_version,
-)
 from slidestock.errors import ConfigError
 from slidestock.levels import target_of
 
@@ -98,30 +91,22 @@ def check_input_files(config: Mapping[str, Any], base: Path) -> None:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  {line}" for line in missing))
 
 
-def tables_of(config: Mapping[str, Any], base: Path) -> TablePaths | None:
-    """Configured table paths (relative to ``base``), or None to use idc-index's tables."""
-    tables = config["cohort"].get("tables")
-    if not tables:
-        return None
-    prior = tables.get("prior_versions_index")
-    return TablePaths(
-        index=base / Path(tables["index"]),
-        sm_index=base / Path(tables["sm_index"]),
-        sm_instance_index=base / Path(tables["sm_instance_index"]),
-        prior_versions_index=None if prior is None else base / Path(prior),
-    )
+def installed_idc_version() -> int:
+    """The IDC release of the installed idc-index-data wheel (its major version), from its metadata."""
+    return int(importlib.metadata.version("idc-index-data").split(".")[0])
 
 
-def cohort_connection(config: Mapping[str, Any], version: int, base: Path) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the idc-index views of the configured source."""
-    cohort = config["cohort"]
-    if cohort["source"] == "idc_parquet":
-        parquet = cohort.get("parquet") or {}
-        source = ParquetSource(
-            url=parquet.get("url") or EXPORT_URL.format(version=version),
-            mode=parquet.get("mode", "in_place"),
-            cache=base / Path(parquet.get("cache", "resources/idc_parquet")),
-            endpoint=config["fetch"]["endpoint"],
+def resolve_idc_version(requested: int | str) -> int:
+    """The IDC release number for ``cohort.idc_version`` (``current`` or an integer)."""
+    installed = installed_idc_version()
+    if requested == "current":
+        return installed
+    if not isinstance(requested, int) or requested < 1:
+        raise ConfigError(f"cohort.idc_version: got {requested!r}; expected 'current' or a release number")
+    if requested > installed:
+        raise ConfigError(
+            f"cohort.idc_version: got {requested}; the installed idc-index-data holds IDC "
+            f"v{installed}. Upgrade it (pip install --upgrade idc-index-data, or pin "
+            f"idc-index-data=={requested}.* in requirements.txt) or use idc_version: current"
         )
-        return connect_parquet(source)
-    return connect(tables_of(config, base) or idc_index_tables())
+    return requested

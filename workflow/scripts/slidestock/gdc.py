@@ -38,14 +38,14 @@ def fetch_and_downsample(job: SlideJob, record: dict[str, Any]) -> None:
     """
     plan = job.plan
     if job.gdc is None:
-        raise SlidestockError(f"{plan['slide_id']}: a GDC slide, but no gdc settings were given")
-    file_id = plan["url"].removeprefix("gdc:")
-    size = int(plan["instance_size"])
+        raise SlidestockError(f"{plan.slide_id}: a GDC slide, but no gdc settings were given")
+    file_id = plan.gdc_file_id
+    size = plan.instance_size
     client = GdcClient(job.gdc.api, job.gdc.token, attempts=job.attempts)
     meta = client.metadata(file_id)
     if int(meta["file_size"]) != size:
         raise FetchError(f"{file_id}: the GDC API says {meta['file_size']} bytes; the manifest says {size}")
-    item = f"{plan['slide_id']} (GDC {file_id})"
+    item = f"{plan.slide_id} (GDC {file_id})"
     t0 = time.monotonic()
     record["source"]["url"] = f"{job.gdc.api.rstrip('/')}/data/{file_id}"
     record["source"]["gdc_file_id"] = file_id
@@ -54,7 +54,7 @@ def fetch_and_downsample(job: SlideJob, record: dict[str, Any]) -> None:
         if job.gdc.mode == "range" and size <= SMALL_FILE_BYTES:
             # The directory reads alone would move about this much: the file whole costs no more.
             record["gdc"]["mode"] = f"whole (a file of {size} bytes: no larger than its directory reads)"
-            image = _svs_whole(client, file_id, size, plan["md5"], Path(scratch), job, record, item)
+            image = _svs_whole(client, file_id, size, plan.md5, Path(scratch), job, record, item)
         elif job.gdc.mode == "range":
             try:
                 cache = BlockCache(client, file_id, size)
@@ -64,9 +64,9 @@ def fetch_and_downsample(job: SlideJob, record: dict[str, Any]) -> None:
                 why = "server ignored Range" if isinstance(err, RangeNotSupportedError) else f"range read failed: {err}"
                 log.warning("%s: %s; downloading the whole file", item, why)
                 record["gdc"]["mode"] = f"whole ({why})"
-                image = _svs_whole(client, file_id, size, plan["md5"], Path(scratch), job, record, item)
+                image = _svs_whole(client, file_id, size, plan.md5, Path(scratch), job, record, item)
         else:
-            image = _svs_whole(client, file_id, size, plan["md5"], Path(scratch), job, record, item)
+            image = _svs_whole(client, file_id, size, plan.md5, Path(scratch), job, record, item)
         record["bytes_fetched"] += client.bytes_fetched
         record["gdc"]["requests"] = client.requests
         spacing = record["level"]["spacing_um"]  # None when the SVS has none: sized by the fallback

@@ -17,7 +17,7 @@ from slidestock.levels import output_size_px
 from slidestock.output import write_image, write_output
 from slidestock.provenance import sha256_file
 from slidestock.reduce import openslide_reduced, read_level, reduce_level
-from slidestock.slide import SlideJob, level_downloads, level_file, plan_spacing, side_path, slide_target
+from slidestock.slide import SlideJob, level_downloads, level_file, side_path, slide_target
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +41,16 @@ def fetch_and_downsample(
     local = files[0]
     level_fetch = FetchResult(local, sum(r.bytes_fetched for r in results), max(r.seconds for r in results),
                               max(r.attempts for r in results))  # fmt: skip
-    log.info("%s: %d bytes fetched (attempt %d)", plan["url"], level_fetch.bytes_fetched, level_fetch.attempts)
+    log.info("%s: %d bytes fetched (attempt %d)", plan.url, level_fetch.bytes_fetched, level_fetch.attempts)
     record["bytes_fetched"] += level_fetch.bytes_fetched
     record["fetch_attempts"] = level_fetch.attempts
     t0 = time.monotonic()
-    item = f"{plan['slide_id']} ({plan['url']})"
+    item = f"{plan.slide_id} ({plan.url})"
     header = read_concatenation(files, item) if n_parts else read_header(local, item=item)
     if n_parts:
         record["level"]["concatenation_parts"] = n_parts
     # The header's full-precision spacing beats the index's two significant figures.
-    spacing = header.spacing_xy_um or plan_spacing(plan)
+    spacing = header.spacing_xy_um or plan.level_spacing_um
     record["level"]["header_spacing_um"] = header.spacing_xy_um and list(header.spacing_xy_um)
     record["level"]["photometric"] = header.photometric
     record["level"]["organization"] = header.organization
@@ -64,7 +64,7 @@ def fetch_and_downsample(
         level = reduce_level(header, scale=scale, threads=job.threads)
         record["level"]["decode_shrink"], record["level"]["box_shrink"] = level.decode_shrink, level.box
         for warning in level.warnings:
-            log.warning("%s: %s", plan["slide_id"], warning)
+            log.warning("%s: %s", plan.slide_id, warning)
         record["warnings"] = list(level.warnings)
         image, shrink = level.image, level.shrink
     else:
@@ -82,14 +82,14 @@ def _export_associated(job: SlideJob, record: dict[str, Any], fetched: Mapping[P
     """Write the slide's label and overview images (fetched with its batch) as they are, when asked to."""
     exported: dict[str, Any] = {}
     for kind in job.associated:
-        url = job.plan.get(f"{kind}_url", "")
-        if not url:
+        if kind not in job.plan.associated:
             exported[kind] = None  # the series has no such instance
             continue
+        url = job.plan.associated[kind][0]
         local = level_file(job, kind)
         result = prefetched(fetched, local)
         record["bytes_fetched"] += result.bytes_fetched
-        image = read_level(local, item=f"{job.plan['slide_id']} {kind} ({url})")
+        image = read_level(local, item=f"{job.plan.slide_id} {kind} ({url})")
         spacing = image.header.spacing_xy_um
         path = side_path(job, kind)
         write_image(image.image, path, spacing, "png")

@@ -5,49 +5,17 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slidestock.errors import FetchError, LevelError, UnreachableError
 from slidestock.levels import Level, LevelChoice, Target, choose_level, volume_levels
-from slidestock.provenance import write_text_atomic
+from slidestock.planrow import ASSOCIATED, PLAN_COLUMNS
 
 if TYPE_CHECKING:  # batch jobs import this module for its plan files; they need not load pandas
     import pandas as pd
     import pydicom
 
     from slidestock.headers import HeaderReader
-
-PLAN_COLUMNS = (
-    "slide_id",
-    "status",
-    "reason",
-    "SeriesInstanceUID",
-    "SOPInstanceUID",
-    "url",
-    "instance_size",
-    "series_size_bytes",
-    "level_columns",
-    "level_rows",
-    "level_spacing_um",
-    "level_row_spacing_um",
-    "spacing_source",
-    "index_spacing_um",
-    "spacing_derived",
-    "n_levels",
-    "output_columns",
-    "output_rows",
-    "transfer_syntax",
-    "md5",
-    "part_urls",
-    "part_sizes",
-    "header_bytes",
-    "label_url",
-    "label_size",
-    "overview_url",
-    "overview_size",
-)
-ASSOCIATED = ("label", "overview")
 
 
 def object_url(bucket: str, crdc_series_uuid: str, crdc_instance_uuid: str) -> str:
@@ -259,60 +227,3 @@ def plan_frame(
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
         rows = list(pool.map(row, cohort.to_dict("records")))
     return pd.DataFrame(rows, columns=list(PLAN_COLUMNS))
-
-
-def _plan_line(row: Mapping[Any, Any]) -> str:
-    values = ["" if row[c] is None else str(row[c]) for c in PLAN_COLUMNS]
-    if any("\t" in v or "\n" in v or "\r" in v for v in values):
-        raise LevelError(f"{row['slide_id']}: a plan value holds a tab or line break; expected plain text")
-    return "\t".join(values) + "\n"
-
-
-def slide_plan_text(row: Mapping[Any, Any]) -> str:
-    """One slide's plan as a two-line TSV (header, values): what its output digest is taken over."""
-    return "\t".join(PLAN_COLUMNS) + "\n" + _plan_line(row)
-
-
-def batch_name(index: int) -> str:
-    """``b00000``, ``b00001``, ...: batches in cohort order."""
-    return f"b{index:05d}"
-
-
-def n_batches(n_slides: int, batch_size: int) -> int:
-    return -(-n_slides // batch_size)
-
-
-def write_batch_plans(plan: pd.DataFrame, folder: Path, batch_size: int) -> int:
-    """Write ``folder/<batch>.tsv`` (``batch_size`` slides each, in cohort order), touching only changed files.
-
-    A batch job depends on its plan file, so re-planning re-runs only batches
-    whose plan changed, and inside those only slides whose own plan changed
-    (each slide's record holds the digest of its plan). Plan files of batches
-    beyond the cohort's end are removed. Returns how many files were written.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = plan.to_dict("records")
-    header = "\t".join(PLAN_COLUMNS) + "\n"
-    wanted = set()
-    written = 0
-    for index in range(n_batches(len(rows), batch_size)):
-        path = folder / f"{batch_name(index)}.tsv"
-        wanted.add(path.name)
-        text = header + "".join(_plan_line(row) for row in rows[index * batch_size : (index + 1) * batch_size])
-        if not path.exists() or path.read_text() != text:
-            write_text_atomic(path, text)
-            written += 1
-    for stale in folder.glob("b*.tsv"):
-        if stale.name not in wanted:
-            stale.unlink()
-    return written
-
-
-def read_batch_plan(path: Path) -> list[dict[str, str]]:
-    """The slide plans of a file written by :func:`write_batch_plans`, in order."""
-    header, *lines = path.read_text().rstrip("\n").split("\n")
-    columns = header.split("\t")
-    missing = set(PLAN_COLUMNS) - set(columns)
-    if missing:
-        raise LevelError(f"{path}: columns {sorted(missing)} missing; expected a slidestock batch plan")
-    return [dict(zip(columns, line.split("\t"), strict=True)) for line in lines if line]

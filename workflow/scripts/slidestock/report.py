@@ -163,21 +163,6 @@ def wall_time_s(records: Iterable[Mapping[str, Any]]) -> float | None:
     return max(ends) - min(starts) if starts else None
 
 
-def lock_header(path: Path) -> dict[str, str]:
-    """The ``# key: value`` header of a lock file, continuation lines joined."""
-    header: dict[str, str] = {}
-    key = ""
-    for line in path.read_text().splitlines():
-        if not line.startswith("#"):
-            break
-        if line.startswith("#   ") and key:
-            header[key] += "\n" + line[4:]
-        else:
-            key, _, value = line[2:].partition(": ")
-            header[key] = value
-    return header
-
-
 def plot_svgs(frame: pd.DataFrame) -> dict[str, str]:
     """The report's plots by file stem."""
     done = frame[frame["status"] == "done"]

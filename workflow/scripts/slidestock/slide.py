@@ -7,13 +7,13 @@ downloads and outputs lie, for both and for the driver's clean-up.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from slidestock.errors import SlidestockError
 from slidestock.fetch import BatchItem
 from slidestock.levels import Target
+from slidestock.planrow import PlanRow
 
 # Files written beside a slide's image: {slide}.<name>.png
 SIDE_FILES = ("mask", "label", "overview")
@@ -46,7 +46,7 @@ def read_token(path: Path | None) -> str | None:
 class SlideJob:
     """Everything one slide's job needs, from its plan row and the config."""
 
-    plan: Mapping[str, str]
+    plan: PlanRow
     target: Target
     fmt: str
     endpoint: str
@@ -70,33 +70,18 @@ def side_path(job: SlideJob, name: str) -> Path:
     return job.image_path.with_name(f"{job.image_path.stem}.{name}.png")
 
 
-def plan_spacing(plan: Mapping[str, str]) -> tuple[float, float] | None:
-    """The (column, row) spacing the plan sized the output by: the header's where it read one."""
-    if not plan["level_spacing_um"]:
-        return None
-    column = float(plan["level_spacing_um"])
-    return (column, float(plan["level_row_spacing_um"] or column))
-
-
 def slide_target(job: SlideJob, spacing: tuple[float, float] | None) -> Target:
     """The target the slide is sized by: the configured one, or for a slide without any spacing its fallback."""
-    return job.target if spacing is not None else job.target.without_spacing(job.plan["slide_id"])
+    return job.target if spacing is not None else job.target.without_spacing(job.plan.slide_id)
 
 
 def level_file(job: SlideJob, kind: str = "") -> Path:
     """Where the batch puts a slide's downloaded level (or ``label``/``overview``) in its scratch folder."""
-    return job.tmpdir / f"{job.plan['slide_id']}{'.' + kind if kind else ''}.dcm"
-
-
-def level_parts(plan: Mapping[str, str]) -> list[tuple[str, int]]:
-    """(URL, size) of each part of a level planned as a DICOM concatenation, in frame order; [] for one instance."""
-    urls, sizes = plan.get("part_urls", "").split(), plan.get("part_sizes", "").split()
-    return [(url, int(size)) for url, size in zip(urls, sizes, strict=True)]
+    return job.tmpdir / f"{job.plan.slide_id}{'.' + kind if kind else ''}.dcm"
 
 
 def level_downloads(job: SlideJob) -> list[BatchItem]:
     """The chosen level's objects and where the batch puts them: each part of a concatenation, or the instance."""
-    parts = level_parts(job.plan)
-    if parts:
-        return [BatchItem(url, level_file(job, f"part{k + 1}"), size) for k, (url, size) in enumerate(parts)]
-    return [BatchItem(job.plan["url"], level_file(job), int(job.plan["instance_size"] or 0))]
+    if job.plan.parts:
+        return [BatchItem(url, level_file(job, f"part{k + 1}"), size) for k, (url, size) in enumerate(job.plan.parts)]
+    return [BatchItem(job.plan.url, level_file(job), job.plan.instance_size)]
