@@ -1,12 +1,14 @@
 # make demo: the workflow on the offline demo. make test: every gate and test.
-# Both create .venv from the pinned requirements.txt on first use.
+# make test-fast: the gates and the tests not marked slow (no daemons, no large fixtures).
+# Each creates .venv on first use: requirements.txt for the demo, requirements-dev.txt to test.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 CORES ?= 2
 
-.PHONY: demo test lint clean
+.PHONY: demo test test-fast lint clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,10 +16,14 @@ $(STAMP): requirements.txt
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $(DEV_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/python resources/demo/run_demo.py --cores $(CORES)
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy workflow/scripts/slidestock testkit/slidestock_testkit
@@ -29,6 +35,9 @@ test: lint
 	bash resources/install-browser.sh
 	bash resources/slurm/install.sh
 	$(BIN)/pytest
+
+test-fast: lint
+	$(BIN)/pytest -m "not slow"
 
 clean:
 	rm -rf results logs .snakemake resources/demo/build benchmarks/cohort benchmarks/plan benchmarks/batch

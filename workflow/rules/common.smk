@@ -8,9 +8,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
-from slidestock.config import check_input_files, resolve_idc_version, validate_config
+from slidestock.config import (
+    FORMATS,
+    check_input_files,
+    resolve_idc_version,
+    validate_config,
+)
 from slidestock.errors import ConfigError
-from slidestock.output import FORMATS
 from slidestock.planrow import batch_name, n_batches, read_batch_plan
 from slidestock.provenance import SLIDESTOCK_VERSION
 from slidestock.status import read_outcome, redo_notice, tables_to_redo

@@ -8,15 +8,12 @@ from typing import Any
 
 import pyvips
 
+from slidestock.config import FORMATS
 from slidestock.errors import ConfigError
 from slidestock.levels import Target, output_size_px
 from slidestock.provenance import sha256_file
 from slidestock.reduce import resize_exact
 from slidestock.slide import SlideJob, side_path
-
-# Output format -> file extension. PNG (pHYs), TIFF (resolution tags), JPEG and WebP (EXIF)
-# all carry the resolution.
-FORMATS = {"png": "png", "jpeg": "jpg", "tiff": "tiff", "webp": "webp"}
 
 
 def write_image(

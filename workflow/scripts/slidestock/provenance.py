@@ -11,7 +11,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-SLIDESTOCK_VERSION = "0.3.0"
+from slidestock import __version__
+
+SLIDESTOCK_VERSION = __version__
 _PACKAGES = (
     "snakemake",
     "idc-index",
