@@ -210,7 +210,7 @@ def test_target_change_reruns_plan_and_slides_but_not_the_cohort(first: Run, dem
     out = dry.stdout + dry.stderr
     assert dry.returncode == 0, out[-2000:]
     assert "checkpoint plan:" in out
-    assert "checkpoint cohort:" not in out
+    assert "rule cohort:" not in out
     n_made = len(list((first.workdir / "results/slides").glob("*.json")))
     notice = (
         f"slidestock: {n_made} of the {n_made} slides made before differ from this config "
@@ -239,7 +239,7 @@ def test_an_upgraded_index_reselects_a_current_cohort(first: Run, tmp_path: Path
         argv, capture_output=True, text=True, check=False, env={**env, "PYTHONPATH": str(newer.parent)}
     )
     assert upgraded.returncode == 0, upgraded.stderr[-2000:]
-    assert "checkpoint cohort:" in upgraded.stdout + upgraded.stderr
+    assert "rule cohort:" in upgraded.stdout + upgraded.stderr
     same = snakemake(first.workdir, first.config, "-n")
     assert "Nothing to be done" in same.stdout + same.stderr
 
@@ -251,7 +251,7 @@ def test_new_target_is_applied_to_every_slide(tmp_path: Path, demo_build: dict[s
     run.config.write_text(yaml.safe_dump(config))
     proc = snakemake(run.workdir, run.config)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "checkpoint cohort:" not in proc.stdout + proc.stderr
+    assert "rule cohort:" not in proc.stdout + proc.stderr
     for record in (run.workdir / "results/slides").glob("*.json"):
         output = json.loads(record.read_text())["output"]
         assert output["spacing_um"][0] == pytest.approx(30.0, rel=0.01)

@@ -77,6 +77,13 @@ def wait_for(condition: object, timeout_s: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def batch_gets(proxy: Proxy) -> int:
+    """GETs of levels since s5cmd's first HEAD: the batch's downloads, not the plan's header reads before them."""
+    lines = proxy.log.read_text().splitlines()
+    first_head = next((i for i, line in enumerate(lines) if line.startswith("HEAD ") and ".dcm" in line), len(lines))
+    return sum(line.startswith("GET ") and ".dcm" in line for line in lines[first_head:])
+
+
 def start_slow_run(
     proxy: Proxy, tmp_path: Path, demo_build: dict[str, Path], bytes_per_s: int, **fetch: object
 ) -> tuple[Path, Path, subprocess.Popen[str]]:
@@ -92,12 +99,13 @@ def start_slow_run(
 def test_server_killed_mid_transfer_then_restarted(
     reference: Run, proxy: Proxy, tmp_path: Path, demo_build: dict[str, Path]
 ) -> None:
-    # Every level trickles at 10 kB/s, so the kill lands in the middle of the downloads.
+    # Every level trickles at 10 kB/s (seconds each), so the kill lands in the middle of the downloads.
     folder, _, run = start_slow_run(proxy, tmp_path, demo_build, 10_000)
-    wait_for(lambda: proxy.requests_for(".dcm", "GET ") >= 3, 60, "the downloads to start")
-    time.sleep(0.5)
+    wait_for(lambda: batch_gets(proxy) >= 3, 120, "the batch's downloads to start")
     proxy.kill()
-    time.sleep(1.0)
+    # Back once the batch has seen its attempt fail (its log says so), as a server restarted by hand would be.
+    batch_log = folder / "logs/batch/b00000.log"
+    wait_for(lambda: batch_log.is_file() and "attempt 1/3 failed" in batch_log.read_text(), 120, "the failed attempt")
     proxy.set_rules([])
     proxy.start()
     out, _ = run.communicate(timeout=300)
@@ -117,12 +125,10 @@ def test_503_and_a_stalled_server_fail_only_their_slides(
     proxy.set_rules([{"match": keys[answers_503], "mode": "503"}, {"match": keys[stalls], "mode": "stall"}])
     top = fetch_settings(proxy.url, attempts=2, timeout=5, retry_count=1)
     config = write_config(tmp_path / "config.yaml", demo_tables(demo_build), proxy.url, top)
-    start = time.monotonic()
     proc = snakemake(tmp_path / "run", config)
-    elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # Two attempts of at most 5 s each and a 2 s backoff: bounded, whatever the server does.
-    assert elapsed < 90
+    # Two attempts of at most 5 s each and a 2 s backoff: bounded by the config, whatever the server does
+    # (the requests counted below; the time is for benchmarks, not tests).
     table = report(tmp_path / "run")
     assert (table["status"] == "done").sum() == 4
     assert table.loc[answers_503, "status"] == "failed"
@@ -192,10 +198,11 @@ def test_workflow_killed_then_rerun_finishes_without_redoing_slides(
     folder, config, run = start_slow_run(proxy, tmp_path, demo_build, 8_000, batch_size=1)
     wait_for(lambda: (folder / "results/batches/b00000.tsv").exists(), 120, "the first batch")
     os.kill(run.pid, signal.SIGINT)
-    time.sleep(1.0)
-    if run.poll() is None:
-        os.kill(run.pid, signal.SIGKILL)
-    run.communicate(timeout=60)
+    try:
+        run.communicate(timeout=30)  # Snakemake stops its jobs on SIGINT; SIGKILL if it will not
+    except subprocess.TimeoutExpired:
+        run.kill()
+        run.communicate(timeout=60)
     done_before = {
         p.name: p.stat().st_mtime_ns
         for p in (folder / "results/slides").glob("*.json")

@@ -1,10 +1,11 @@
-# The cohort (lock file) and the level plan; both are checkpoints because the
-# batch jobs, and their parameters, depend on what they contain. Neither is
-# retried: they read tables and headers, and fail the same way a second time
-# (an unreachable server, a filter that selects nothing); the message says what to do.
+# The cohort (lock file) and the level plan. The plan is a checkpoint: how many
+# batch jobs there are, and their parameters, depend on what it contains; the
+# cohort is a plain rule (the plan reads it as a file). Neither is retried: they
+# read tables and headers, and fail the same way a second time (an unreachable
+# server, a filter that selects nothing); the message says what to do.
 
 
-checkpoint cohort:
+rule cohort:
     input:
         unpack(get_cohort_inputs),
     output:
