@@ -28,7 +28,15 @@ from slidestock import gdc, idc
 from slidestock.errors import FetchError, SlidestockError, UnreachableError
 from slidestock.fetch import BatchItem, FetchResult, check_free_disk, fetch_batch, s5cmd_binary
 from slidestock.planrow import slide_plan_text
-from slidestock.provenance import SLIDESTOCK_VERSION, software_versions, write_json, write_text_atomic
+from slidestock.provenance import (
+    SLIDESTOCK_VERSION,
+    Part,
+    Timed,
+    compose,
+    software_versions,
+    write_json,
+    write_text_atomic,
+)
 from slidestock.slide import SIDE_FILES, SlideJob, level_downloads, level_file, side_path
 
 log = logging.getLogger(__name__)
@@ -211,10 +219,8 @@ def run_batch(
 
         def one(job: SlideJob) -> dict[str, Any]:
             with slide_log(job.log_path):
-                record = _run_slide(job, fetched, software)
+                record = _run_slide(job, fetched, software, started, start)
                 log.info("%s: %s", job.plan.slide_id, record["error"] or "done")
-            record["started_at"] = started
-            record.setdefault("timings_s", {})["total"] = round(time.monotonic() - start, 3)
             write_json(job.json_path, record)
             counter.count(record["status"] == "done")
             return record
@@ -288,38 +294,52 @@ def write_batch_table(json_paths: Sequence[Path], out: Path) -> int:
 
 
 def _run_slide(
-    job: SlideJob, fetched: Mapping[Path, FetchResult | FetchError], software: Mapping[str, str]
+    job: SlideJob,
+    fetched: Mapping[Path, FetchResult | FetchError],
+    software: Mapping[str, str],
+    started_at: str,
+    batch_start: float,
 ) -> dict[str, Any]:
-    """One slide's record: done with its output, or failed with the reason (nothing of it left on disk)."""
-    record = _base_record(job)
-    record["software"] = dict(software)
-    record["output_digest"] = output_digest(job)
+    """One slide's record: done with its output, or failed with the reason (nothing of it left on disk).
+
+    The record is the plan's and the settings' facts with the parts its source
+    yielded folded in (a failed slide keeps those it had), composed once.
+    """
+    base = {**_base_record(job), "software": dict(software), "output_digest": output_digest(job)}
+    base["started_at"] = started_at
     log.info("%s: %s", job.plan.slide_id, job.plan.reason)
+    parts: list[Part] = []
     try:
         if not job.plan.planned:
             raise SlidestockError(job.plan.reason)
-        if job.plan.source == "gdc":
-            gdc.fetch_and_downsample(job, record)
-        else:
-            idc.fetch_and_downsample(job, record, fetched)
-        record["status"] = "done"
+        source = gdc.fetch_and_downsample(job) if job.plan.source == "gdc" else idc.fetch_and_downsample(job, fetched)
+        for part in source:
+            parts.append(part)
+        ending: dict[str, Any] = {"status": "done"}
     except Exception as err:  # one slide never stops its batch; a bug is logged with its traceback
-        # Network, server and size troubles may pass on a later run; a level or file that is wrong will not.
-        record["retryable"] = isinstance(err, FetchError)
-        if isinstance(err, SlidestockError):
-            log.error("%s failed: %s", job.plan.slide_id, err)
-            record["error"] = str(err)
-        else:
-            log.exception("%s failed unexpectedly", job.plan.slide_id)
-            record["error"] = f"{job.plan.slide_id}: unexpected {type(err).__name__}: {err}"
-        record["output"] = None
-        record.pop("associated", None)
-        # Nothing of an earlier, finished run of this slide may outlive its failure.
-        for stale in (job.image_path, *(side_path(job, name) for name in SIDE_FILES)):
-            stale.unlink(missing_ok=True)
+        ending = _failure(job, err)
     finally:
         for item in level_downloads(job):
             item.dest.unlink(missing_ok=True)
         for kind in job.associated:
             level_file(job, kind).unlink(missing_ok=True)
+    parts.append(Timed({"total": round(time.monotonic() - batch_start, 3)}))
+    record = {**compose(base, parts), **ending}
+    if record["status"] != "done":
+        record.pop("associated", None)
     return record
+
+
+def _failure(job: SlideJob, err: Exception) -> dict[str, Any]:
+    """What a failed slide's record says, once anything of an earlier, finished run of it is removed."""
+    for stale in (job.image_path, *(side_path(job, name) for name in SIDE_FILES)):
+        stale.unlink(missing_ok=True)
+    # Network, server and size troubles may pass on a later run; a level or file that is wrong will not.
+    failure: dict[str, Any] = {"retryable": isinstance(err, FetchError), "output": None}
+    if isinstance(err, SlidestockError):
+        log.error("%s failed: %s", job.plan.slide_id, err)
+        failure["error"] = str(err)
+    else:
+        log.exception("%s failed unexpectedly", job.plan.slide_id)
+        failure["error"] = f"{job.plan.slide_id}: unexpected {type(err).__name__}: {err}"
+    return failure

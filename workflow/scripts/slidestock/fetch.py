@@ -153,20 +153,7 @@ def fetch_batch(
             time.sleep(backoff_s * 2 ** (attempt - 2))
         for item in pending:
             item.dest.unlink(missing_ok=True)
-        with tempfile.NamedTemporaryFile("w", suffix=".s5cmd", dir=pending[0].dest.parent, delete=False) as handle:
-            handle.write("".join(command_file_line(item, endpoint) + "\n" for item in pending))
-        try:
-            proc = subprocess.run(
-                [*base, "run", handle.name], capture_output=True, text=True, timeout=timeout_s, check=False
-            )
-            code, stderr, general = proc.returncode, proc.stderr, proc.stderr.strip()[-500:]
-        except subprocess.TimeoutExpired as timed_out:
-            # What s5cmd reported before it was killed still names the objects that failed.
-            partial = timed_out.stderr or b""
-            stderr = partial.decode(errors="replace") if isinstance(partial, bytes) else partial
-            code, general = -1, f"s5cmd run timed out after {timeout_s:g} s (fetch.timeout)"
-        finally:
-            Path(handle.name).unlink(missing_ok=True)
+        code, stderr, general = _s5cmd_run(base, pending, endpoint, timeout_s)
         errors = _errors_by_dest(stderr, pending, endpoint)
         still: list[BatchItem] = []
         for item in pending:
@@ -195,6 +182,24 @@ def fetch_batch(
     for item in pending:
         outcome[item.dest] = FetchError(f"{item.url}: {attempts} attempts failed; last: {last_error[item.dest]}")
     return outcome
+
+
+def _s5cmd_run(base: list[str], items: Sequence[BatchItem], endpoint: str, timeout_s: float) -> tuple[int, str, str]:
+    """One ``s5cmd run`` of ``items``: its exit code, its stderr and the line that says why it failed, if any."""
+    with tempfile.NamedTemporaryFile("w", suffix=".s5cmd", dir=items[0].dest.parent, delete=False) as handle:
+        handle.write("".join(command_file_line(item, endpoint) + "\n" for item in items))
+    try:
+        proc = subprocess.run(
+            [*base, "run", handle.name], capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+        return proc.returncode, proc.stderr, proc.stderr.strip()[-500:]
+    except subprocess.TimeoutExpired as timed_out:
+        # What s5cmd reported before it was killed still names the objects that failed.
+        partial = timed_out.stderr or b""
+        stderr = partial.decode(errors="replace") if isinstance(partial, bytes) else partial
+        return -1, stderr, f"s5cmd run timed out after {timeout_s:g} s (fetch.timeout)"
+    finally:
+        Path(handle.name).unlink(missing_ok=True)
 
 
 def check_free_disk(folder: Path, needed_bytes: int, what: str) -> None:

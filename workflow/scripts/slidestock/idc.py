@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pyvips
 
-from slidestock.dicom import read_concatenation, read_header
+from slidestock.dicom import LevelHeader, read_concatenation, read_header
 from slidestock.errors import FetchError
 from slidestock.fetch import FetchResult
 from slidestock.levels import output_size_px
 from slidestock.output import write_image, write_output
-from slidestock.provenance import sha256_file
+from slidestock.provenance import Associated, Facts, Fetched, Part, Timed, Warned, sha256_file
 from slidestock.reduce import openslide_reduced, read_level, reduce_level
 from slidestock.slide import SlideJob, level_downloads, level_file, side_path, slide_target
 
@@ -31,56 +31,60 @@ def prefetched(fetched: Mapping[Path, FetchResult | FetchError], local: Path) ->
     return result
 
 
-def fetch_and_downsample(
-    job: SlideJob, record: dict[str, Any], fetched: Mapping[Path, FetchResult | FetchError]
-) -> None:
+def fetch_and_downsample(job: SlideJob, fetched: Mapping[Path, FetchResult | FetchError]) -> Iterator[Part]:
+    """Read the slide's downloaded level, reduce it, write the output; yield what it learns as it goes."""
     plan = job.plan
     files = [item.dest for item in level_downloads(job)]
     n_parts = len(files) if len(files) > 1 else 0
     results = [prefetched(fetched, path) for path in files]
-    local = files[0]
-    level_fetch = FetchResult(local, sum(r.bytes_fetched for r in results), max(r.seconds for r in results),
-                              max(r.attempts for r in results))  # fmt: skip
-    log.info("%s: %d bytes fetched (attempt %d)", plan.url, level_fetch.bytes_fetched, level_fetch.attempts)
-    record["bytes_fetched"] += level_fetch.bytes_fetched
-    record["fetch_attempts"] = level_fetch.attempts
+    fetch_s, attempts = max(r.seconds for r in results), max(r.attempts for r in results)
+    level_bytes = sum(r.bytes_fetched for r in results)
+    log.info("%s: %d bytes fetched (attempt %d)", plan.url, level_bytes, attempts)
+    yield Fetched(level_bytes, attempts)
     t0 = time.monotonic()
     item = f"{plan.slide_id} ({plan.url})"
-    header = read_concatenation(files, item) if n_parts else read_header(local, item=item)
-    if n_parts:
-        record["level"]["concatenation_parts"] = n_parts
+    header = read_concatenation(files, item) if n_parts else read_header(files[0], item=item)
+    yield Facts("level", _header_facts(header, n_parts, job.backend))
     # The header's full-precision spacing beats the index's two significant figures.
     spacing = header.spacing_xy_um or plan.level_spacing_um
-    record["level"]["header_spacing_um"] = header.spacing_xy_um and list(header.spacing_xy_um)
-    record["level"]["photometric"] = header.photometric
-    record["level"]["organization"] = header.organization
-    record["level"]["missing_tiles"] = header.missing_tiles
-    record["level"]["icc_profile_bytes"] = len(header.icc_profile or b"")
-    record["level"]["backend"] = job.backend
     target = slide_target(job, spacing)
     size = output_size_px(header.size_px, spacing, target)
     scale = max(size[0] / header.size_px[0], size[1] / header.size_px[1])
     if job.backend == "pyvips":
         level = reduce_level(header, scale=scale, threads=job.threads)
-        record["level"]["decode_shrink"], record["level"]["box_shrink"] = level.decode_shrink, level.box
+        yield Facts("level", {"decode_shrink": level.decode_shrink, "box_shrink": level.box})
         for warning in level.warnings:
             log.warning("%s: %s", plan.slide_id, warning)
-        record["warnings"] = list(level.warnings)
+        yield Warned(level.warnings)
         image, shrink = level.image, level.shrink
     else:
-        image, shrink = openslide_reduced(local, header, scale)
-        record["level"]["box_shrink"] = shrink
+        image, shrink = openslide_reduced(files[0], header, scale)
+        yield Facts("level", {"box_shrink": shrink})
     if header.icc_profile:
         image = image.copy()
         image.set_type(pyvips.GValue.blob_type, "icc-profile-data", header.icc_profile)
-    write_output(job, target, record, image, spacing, header.size_px, shrink)
-    _export_associated(job, record, fetched)
-    record["timings_s"] = {"fetch": round(level_fetch.seconds, 3), "downsample": round(time.monotonic() - t0, 3)}
+    yield write_output(job, target, image, spacing, header.size_px, shrink)
+    yield from _export_associated(job, fetched)
+    yield Timed({"fetch": round(fetch_s, 3), "downsample": round(time.monotonic() - t0, 3)})
 
 
-def _export_associated(job: SlideJob, record: dict[str, Any], fetched: Mapping[Path, FetchResult | FetchError]) -> None:
+def _header_facts(header: LevelHeader, n_parts: int, backend: str) -> dict[str, Any]:
+    """What the level's own header says, for the record."""
+    facts: dict[str, Any] = {"concatenation_parts": n_parts} if n_parts else {}
+    facts.update(
+        header_spacing_um=header.spacing_xy_um and list(header.spacing_xy_um),
+        photometric=header.photometric,
+        organization=header.organization,
+        missing_tiles=header.missing_tiles,
+        icc_profile_bytes=len(header.icc_profile or b""),
+        backend=backend,
+    )
+    return facts
+
+
+def _export_associated(job: SlideJob, fetched: Mapping[Path, FetchResult | FetchError]) -> Iterator[Part]:
     """Write the slide's label and overview images (fetched with its batch) as they are, when asked to."""
-    exported: dict[str, Any] = {}
+    exported: dict[str, dict[str, Any] | None] = {}
     for kind in job.associated:
         if kind not in job.plan.associated:
             exported[kind] = None  # the series has no such instance
@@ -88,7 +92,7 @@ def _export_associated(job: SlideJob, record: dict[str, Any], fetched: Mapping[P
         url = job.plan.associated[kind][0]
         local = level_file(job, kind)
         result = prefetched(fetched, local)
-        record["bytes_fetched"] += result.bytes_fetched
+        yield Fetched(result.bytes_fetched)
         image = read_level(local, item=f"{job.plan.slide_id} {kind} ({url})")
         spacing = image.header.spacing_xy_um
         path = side_path(job, kind)
@@ -101,4 +105,4 @@ def _export_associated(job: SlideJob, record: dict[str, Any], fetched: Mapping[P
             "sha256": sha256_file(path),
         }
     if job.associated:
-        record["associated"] = exported
+        yield Associated(exported)

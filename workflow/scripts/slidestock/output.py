@@ -11,7 +11,7 @@ import pyvips
 from slidestock.config import FORMATS
 from slidestock.errors import ConfigError
 from slidestock.levels import Target, output_size_px
-from slidestock.provenance import sha256_file
+from slidestock.provenance import Written, sha256_file
 from slidestock.reduce import resize_exact
 from slidestock.slide import SlideJob, side_path
 
@@ -82,13 +82,12 @@ def tissue_fraction(mask: pyvips.Image) -> float:
 def write_output(
     job: SlideJob,
     target: Target,
-    record: dict[str, Any],
     image: pyvips.Image,
     spacing: tuple[float, float] | None,
     level_size: tuple[int, int] | None = None,
     shrink: int = 1,
-) -> None:
-    """Resize ``image`` to ``target``, write it, and record what was written.
+) -> Written:
+    """Resize ``image`` to ``target`` and write it (and its tissue mask); what was written, for the record.
 
     ``spacing`` is the level's µm/px (None: unknown, the image gets none) and
     ``level_size`` its full size; ``image`` is ``ceil(level size / shrink)`` when
@@ -103,8 +102,7 @@ def write_output(
     # In memory: the image file and the tissue mask are made from one computation of it.
     output = resize_exact(image, size, extent).copy_memory()
     write_image(output, job.image_path, out_spacing, job.fmt, job.quality, job.pyramid)
-    record["scale"] = [size[0] / level_size[0], size[1] / level_size[1]]
-    record["output"] = {
+    written: dict[str, Any] = {
         "path": str(job.image_path),
         "format": job.fmt,
         "size_px": list(size),
@@ -116,5 +114,6 @@ def write_output(
         mask = tissue_mask(output)
         mask_path = side_path(job, "mask")
         write_image(mask, mask_path, out_spacing, "png")
-        record["output"]["tissue_fraction"] = tissue_fraction(mask)
-        record["output"]["mask_path"] = str(mask_path)
+        written["tissue_fraction"] = tissue_fraction(mask)
+        written["mask_path"] = str(mask_path)
+    return Written((size[0] / level_size[0], size[1] / level_size[1]), written)

@@ -1,4 +1,9 @@
-"""Provenance: hashes, software versions and the per-slide JSON record."""
+"""Provenance: hashes, software versions and the per-slide JSON record.
+
+A slide's source yields what it learns as it goes, as frozen parts (bytes fetched, facts
+about the level, the output written, ...); :func:`compose` folds them, in order, into the
+record, which the batch writes once. A slide that fails keeps the parts it had yielded.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,8 @@ import hashlib
 import json
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -93,3 +99,69 @@ def write_text_atomic(path: Path, text: str) -> None:
 def write_json(path: Path, record: Mapping[str, Any]) -> None:
     """Write a JSON record atomically (sorted keys, so equal records give equal files)."""
     write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """Bytes moved for the slide (added up); ``attempts`` of its level's download, when it had one."""
+
+    bytes: int
+    attempts: int | None = None
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Facts for one section of the record (``level``, ``source``, ``gdc``), merged in the order they come."""
+
+    section: str
+    values: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Written:
+    """The output image: its scale against the level and what ``output`` says of it."""
+
+    scale: tuple[float, float]
+    output: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Associated:
+    """The label and overview images written beside the output (None for one the series lacks)."""
+
+    images: Mapping[str, Mapping[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class Warned:
+    messages: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Timed:
+    seconds: Mapping[str, float] = field(default_factory=dict)
+
+
+Part = Fetched | Facts | Written | Associated | Warned | Timed
+
+
+def compose(base: Mapping[str, Any], parts: Iterable[Part]) -> dict[str, Any]:
+    """The record: ``base`` (what the plan and the settings say) with each part folded in, in order."""
+    record: dict[str, Any] = json.loads(json.dumps(base))  # a deep copy; the base is JSON already
+    for part in parts:
+        match part:
+            case Fetched():
+                record["bytes_fetched"] += part.bytes
+                if part.attempts is not None:
+                    record["fetch_attempts"] = part.attempts
+            case Facts():
+                record.setdefault(part.section, {}).update(part.values)
+            case Written():
+                record["scale"], record["output"] = list(part.scale), dict(part.output)
+            case Associated():
+                record["associated"] = {kind: None if v is None else dict(v) for kind, v in part.images.items()}
+            case Warned():
+                record["warnings"] = list(part.messages)
+            case Timed():
+                record.setdefault("timings_s", {}).update(part.seconds)
+    return record
