@@ -139,10 +139,11 @@ def snakemake(config: Path, *extra: str) -> list[str]:
             "--cores", str(CORES), *extra]  # fmt: skip
 
 
-def jobs_of(output: str) -> int:
-    """The 'total' of Snakemake's job stats table (the last one printed)."""
-    totals = [line.split()[1] for line in output.splitlines() if line.startswith("total ")]
-    return int(totals[-1])
+def jobs_of(output: str, dry: bool = False) -> int:
+    """Jobs in the DAG: a dry run's job stats total, or the jobs a run finished (with the batches the plan added)."""
+    if dry:
+        return int([line.split()[1] for line in output.splitlines() if line.startswith("total ")][-1])
+    return sum(line.startswith("Finished jobid") for line in output.splitlines())
 
 
 def reduce_and_write(work: list[tuple[str, str, int, int, int]]) -> int:
@@ -205,7 +206,7 @@ def main() -> None:
                 if n in dry:
                     measured(snakemake(config, "results/cohort/instances.tsv"), folder)
                     seconds, rss, out = measured(snakemake(config, "-n"), folder)
-                    row.update(dry_run_s=round(seconds, 1), dry_run_rss_mb=round(rss), jobs=jobs_of(out))
+                    row.update(dry_run_s=round(seconds, 1), dry_run_rss_mb=round(rss), jobs=jobs_of(out, dry=True))
                     print(f"scale: N={n}: dry-run {seconds:.1f} s, {rss:.0f} MB, {row['jobs']} jobs", flush=True)
                 if n in run:
                     shutil.rmtree(folder / "results", ignore_errors=True)

@@ -58,7 +58,7 @@ def test_defaults_are_filled_in() -> None:
         "endpoint": "aws",
         "attempts": 3,
         "prefer": "idc",
-        "batch_size": 100,
+        "batch_size": "auto",
         "workers": 16,
         "timeout": 1800,
         "retry_count": 10,

@@ -9,7 +9,7 @@ import pandas as pd
 
 from slidestock.levels import Level, Target
 from slidestock.plan import plan_frame
-from slidestock.planrow import read_batch_plan, write_batch_plans
+from slidestock.planrow import batch_size_for, n_batches, read_batch_plan, write_batch_plans
 
 LEVELS = [
     Level(
@@ -86,3 +86,12 @@ def test_batch_plans_are_rewritten_only_when_they_change(tmp_path: Path) -> None
     assert write_batch_plans(coarser, tmp_path, 100) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b00000.tsv"]
     assert len(read_batch_plan(tmp_path / "b00000.tsv")) == 3
+
+
+def test_auto_batch_size_depends_on_the_cohort_alone() -> None:
+    """About 20 batches of 500 to 1,000 slides; a number is taken as it is."""
+    assert [batch_size_for(n, "auto") for n in (1, 1000, 10_000, 10_001, 20_000, 30_000)] == [
+        500, 500, 500, 501, 1000, 1000,
+    ]  # fmt: skip
+    assert [n_batches(n, batch_size_for(n, "auto")) for n in (6, 1000, 10_000, 30_000)] == [1, 2, 20, 30]
+    assert batch_size_for(10_000, 7) == 7

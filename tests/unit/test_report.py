@@ -14,7 +14,16 @@ import pyarrow.parquet as pq
 
 from slidestock import plots
 from slidestock.lockfile import read_lock_header
-from slidestock.report import ReportInputs, contact_sheet, render_html, report_frame, run_date, summary, write_tables
+from slidestock.report import (
+    ReportInputs,
+    contact_sheet,
+    render_html,
+    report_frame,
+    run_date,
+    summary,
+    thumbnails,
+    write_tables,
+)
 
 
 def record(slide: str, status: str, fetched: int, error: str | None = None) -> dict[str, Any]:
@@ -144,6 +153,16 @@ def test_contact_sheets_show_at_most_sheet_max_slides_and_say_so(tmp_path: Path)
     contact_sheet([Path(r["output"]["path"]) for r in records[:3]], tmp_path / "sheet.png")
     sheet = pyvips.Image.new_from_file(str(tmp_path / "sheet.png"))
     assert (sheet.width, sheet.height, sheet.bands) == (3 * 136, 136, 3)
+
+    # The rule makes each thumbnail once, on threads, for the page and the sheet: the same page and sheet.
+    paths = [Path(r["output"]["path"]) for r in records]
+    made = thumbnails(paths, threads=2)
+    assert [(made[p].width, made[p].height) for p in paths] == [(160, 107)] * 5
+    assert render_html(frame, inputs(), plots_of(frame), made) == whole
+    contact_sheet(paths[:3], tmp_path / "from_made.png", made=made)
+    again = pyvips.Image.new_from_file(str(tmp_path / "from_made.png"))
+    assert (again.width, again.height, again.bands) == (3 * 136, 136, 3)
+    assert abs(again.avg() - sheet.avg()) < 3  # the same pictures, resized once more
 
 
 SVG = "{http://www.w3.org/2000/svg}"

@@ -15,7 +15,7 @@ from slidestock.config import (
     validate_config,
 )
 from slidestock.errors import ConfigError
-from slidestock.planrow import batch_name, n_batches, read_batch_plan
+from slidestock.planrow import batch_name, batch_size_for, n_batches, read_batch_plan
 from slidestock.provenance import SLIDESTOCK_VERSION
 from slidestock.status import read_outcome, redo_notice, tables_to_redo
 
@@ -75,12 +75,15 @@ def _n_planned(path, mtime_ns, size):
 
 
 def get_batch_ids():
-    """``b00000`` ... : the cohort in plan order, ``fetch.batch_size`` slides per batch."""
+    """``b00000`` ... : the cohort in plan order, ``fetch.batch_size`` slides per batch (see batch_size_for)."""
     planned = Path(checkpoints.plan.get().output.plan)
     stat = planned.stat()
     n_slides = _n_planned(str(planned), stat.st_mtime_ns, stat.st_size)
     return [
-        batch_name(i) for i in range(n_batches(n_slides, CONFIG["fetch"]["batch_size"]))
+        batch_name(i)
+        for i in range(
+            n_batches(n_slides, batch_size_for(n_slides, CONFIG["fetch"]["batch_size"]))
+        )
     ]
 
 
@@ -125,7 +128,11 @@ def get_batch_disk_mb(wildcards, input, attempt):
 def get_batch_runtime(wildcards, input, attempt):
     """Minutes: 10 plus 6 s per slide, more on each attempt."""
     rows = _planned_slides(input)
-    n_slides = CONFIG["fetch"]["batch_size"] if rows is None else len(rows)
+    n_slides = (
+        batch_size_for(100_000, CONFIG["fetch"]["batch_size"])
+        if rows is None
+        else len(rows)
+    )
     return (10 + -(-n_slides // 10)) * attempt
 
 
@@ -141,6 +148,11 @@ def get_batch_threads(wildcards):
     if not cores:
         return 4
     return max(1, cores // len(get_batch_ids()))
+
+
+def get_report_threads(wildcards):
+    """The report runs last, alone: its thumbnails are made on every local core (4 without a count)."""
+    return workflow.resource_settings.cores or 4
 
 
 def get_batch_mem_mb(wildcards, threads, attempt):

@@ -48,6 +48,7 @@ rule report:
         "logs/report/report.log",
     conda:
         ENV
+    threads: get_report_threads
     resources:
         mem_mb=2000,
         runtime=30,

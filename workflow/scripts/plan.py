@@ -11,7 +11,7 @@ from slidestock.headers import HeaderReader
 from slidestock.levels import target_of
 from slidestock.lockfile import read_lock
 from slidestock.plan import plan_frame
-from slidestock.planrow import n_batches, write_batch_plans
+from slidestock.planrow import batch_size_for, n_batches, write_batch_plans
 from slidestock.sources import cohort_connection, instance_levels
 
 smk = snakemake  # noqa: F821
@@ -38,8 +38,9 @@ except UnreachableError as err:
     sys.exit(message)
 logging.info("read %d instance headers by range (%d bytes in all)", reader.requests, reader.bytes_fetched)
 plan.to_csv(smk.output.plan, sep="\t", index=False, lineterminator="\n")
-changed = write_batch_plans(plan, Path(smk.params.batch_plans), smk.params.batch_size)
-total = n_batches(len(plan), smk.params.batch_size)
+batch_size = batch_size_for(len(plan), smk.params.batch_size)
+changed = write_batch_plans(plan, Path(smk.params.batch_plans), batch_size)
+total = n_batches(len(plan), batch_size)
 logging.info("%d of %d batch plans written (the others are unchanged)", changed, total)
 for row in plan[plan["status"] != "planned"].itertuples():
     logging.warning("%s: %s", row.slide_id, row.reason)

@@ -2,6 +2,7 @@
 
 import logging
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
@@ -17,6 +18,7 @@ from slidestock.report import (
     run_date,
     sheet_records,
     summary,
+    thumbnails,
     wall_time_s,
     write_tables,
 )
@@ -28,12 +30,15 @@ lock_path = Path(smk.input.lock)
 lock = read_lock(lock_path)
 records = load_records(Path(f"{smk.params.slides}/{slide}.json") for slide in lock["slide_id"])
 frame = report_frame(records, lock)
+shown = [Path(str(row["output_path"])) for row in sheet_records(frame, smk.params.sheet_max)]
+made = thumbnails(shown, threads=smk.threads)  # once, for the sheet and the page
+# The sheet (a large PNG to compress) is written while the rest is made.
+background = ThreadPoolExecutor(max_workers=1)
+sheet = background.submit(contact_sheet, shown, Path(smk.output.sheet), made=made)
 write_tables(frame, Path(smk.output.csv), Path(smk.output.parquet))
 svgs = plot_svgs(frame)
 for name, svg in svgs.items():
     Path(getattr(smk.output, f"plot_{name}")).write_text(svg)
-shown = sheet_records(frame, smk.params.sheet_max)
-contact_sheet([Path(str(row["output_path"])) for row in shown], Path(smk.output.sheet))
 header = read_lock_header(lock_path)
 software = next((rec["software"] for rec in records if rec.get("software")), {})
 inputs = ReportInputs(
@@ -47,5 +52,7 @@ inputs = ReportInputs(
     config_files=smk.config.get("config_files", []),
     run_date=run_date(records),
 )
-Path(smk.output.html).write_text(render_html(frame, inputs, svgs))
+Path(smk.output.html).write_text(render_html(frame, inputs, svgs, made))
+sheet.result()
+background.shutdown()
 logging.info("report: %s", summary(frame))

@@ -99,8 +99,9 @@ def write_output(
         None if spacing is None else (spacing[0] * level_size[0] / size[0], spacing[1] * level_size[1] / size[1])
     )
     extent = (level_size[0] / shrink, level_size[1] / shrink)
-    # In memory: the image file and the tissue mask are made from one computation of it.
-    output = resize_exact(image, size, extent).copy_memory()
+    output = resize_exact(image, size, extent)
+    if job.tissue_mask:  # in memory: the image file and the mask are made from one computation of it
+        output = output.copy_memory()
     write_image(output, job.image_path, out_spacing, job.fmt, job.quality, job.pyramid)
     written: dict[str, Any] = {
         "path": str(job.image_path),

@@ -166,6 +166,24 @@ def n_batches(n_slides: int, batch_size: int) -> int:
     return -(-n_slides // batch_size)
 
 
+# fetch.batch_size: auto aims at about this many batches, of AUTO_BATCH_SIZE slides each.
+AUTO_BATCHES = 20
+AUTO_BATCH_SIZE = (500, 1000)
+
+
+def batch_size_for(n_slides: int, setting: int | str) -> int:
+    """Slides per batch: the configured number, or for ``auto`` about ``AUTO_BATCHES`` batches of 500 to 1,000.
+
+    It depends on the cohort's size alone (not on the cores), so the same cohort is
+    always batched the same way: each job's fixed cost (starting Python, one ``s5cmd
+    run``) stays small against its slides, and a cluster gets few, full jobs.
+    """
+    if setting != "auto":
+        return int(setting)
+    low, high = AUTO_BATCH_SIZE
+    return min(high, max(low, -(-n_slides // AUTO_BATCHES)))
+
+
 def write_batch_plans(plan: pd.DataFrame, folder: Path, batch_size: int) -> int:
     """Write ``folder/<batch>.tsv`` (``batch_size`` slides each, in cohort order), touching only changed files.
 
