@@ -5,7 +5,7 @@ Usage: python benchmarks/scale.py [--dry 1000,10000,30000] [--run 1000,10000] [-
 A synthetic cohort of N tiny but real DICOM slides (two JPEG levels, 512 px at
 4 µm/px and 128 px at 16 µm/px) is made by cloning a few generated series with
 new UIDs (pydicom), indexed in the real idc-index schema and served by the
-local S3 server. For each N in --dry, the cohort and plan checkpoints run,
+local S3 server. For each N in --dry, the cohort and plan steps run,
 then `snakemake -n` over the whole DAG is timed with its peak RSS. For each N
 in --run, the whole workflow runs from scratch (cohort, fetch, downsample,
 report) with `--cores 2`, and the per-slide work floor is measured in the same
@@ -229,7 +229,7 @@ def main() -> None:
         "# benchmarks/scale.py\n\n"
         f"`python benchmarks/scale.py --dry {args.dry} --run {args.run}` on {os.cpu_count()} cores, "
         f"fetch.batch_size {yaml.safe_load((REPO / 'config/demo.yaml').read_text())['fetch']['batch_size']}, "
-        "`--cores 2`. Dry-run: after the cohort and plan checkpoints ran, `snakemake -n` over the whole DAG. "
+        "`--cores 2`. Dry-run: after the cohort and the plan ran, `snakemake -n` over the whole DAG. "
         "Run: the whole workflow from scratch. Floor: one `s5cmd run` of the same files, then decode, resize "
         f"and PNG write of each on {CORES} worker processes (the run's cores).\n\n" + table + "\n"
     )

@@ -117,11 +117,11 @@ def _dataset(
     positions: list[tuple[int, int]] | None = None,
     channel: int = 0,
 ) -> Dataset:
+    """One instance of the series: its modules filled in turn, then its frames as pixel data."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = WSI_SOP_CLASS
     meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
     meta.TransferSyntaxUID = UID(transfer_syntax)
-
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID = WSI_SOP_CLASS
@@ -130,6 +130,20 @@ def _dataset(
     ds.SeriesInstanceUID = series.series_uid
     ds.FrameOfReferenceUID = uid_for(spec.key, "frame-of-reference")
     ds.DimensionOrganizationType = "TILED_FULL" if positions is None else "TILED_SPARSE"
+    ds.InstanceNumber = instance_number
+    _patient_study_equipment(ds, spec)
+    _image(ds, spec, image_type, size_px, tile_px, transfer_syntax, len(frames))
+    ds.OpticalPathSequence = DicomSequence([_optical_path(spec, channel)])
+    ds.SharedFunctionalGroupsSequence = DicomSequence([_shared_groups(ds, image_type, size_px, spacing_mm, channel)])
+    if positions is not None:
+        ds.PerFrameFunctionalGroupsSequence = DicomSequence([_plane_position(c, r, spacing_mm) for c, r in positions])
+    ds.PixelData = b"".join(frames) if transfer_syntax == EXPLICIT_VR_LE else encapsulate(frames, has_bot=True)
+    ds["PixelData"].VR = "OB"
+    return ds
+
+
+def _patient_study_equipment(ds: Dataset, spec: SlideSpec) -> None:
+    """Patient, study, series, equipment and specimen modules: fixed values but the slide's ids."""
     ds.Modality = "SM"
     ds.PatientID = spec.patient_id
     ds.PatientName = spec.patient_id
@@ -144,7 +158,6 @@ def _dataset(
     ds.ContentDate = "20260101"
     ds.ContentTime = "000000"
     ds.SeriesNumber = 1
-    ds.InstanceNumber = instance_number
     ds.Manufacturer = "slidestock synthetic"
     ds.ManufacturerModelName = "fixture"
     ds.DeviceSerialNumber = "0"
@@ -158,6 +171,18 @@ def _dataset(
     specimen.IssuerOfTheSpecimenIdentifierSequence = DicomSequence([])
     specimen.SpecimenPreparationSequence = DicomSequence([])
     ds.SpecimenDescriptionSequence = DicomSequence([specimen])
+
+
+def _image(
+    ds: Dataset,
+    spec: SlideSpec,
+    image_type: Sequence[str],
+    size_px: tuple[int, int],
+    tile_px: tuple[int, int],
+    transfer_syntax: str,
+    n_frames: int,
+) -> None:
+    """Image pixel, multi-frame and whole-slide image modules: the level's geometry and its compression."""
     ds.ImageType = list(image_type)
     ds.SamplesPerPixel = 1 if spec.channels else 3
     ds.PhotometricInterpretation = spec.photometric or PHOTOMETRIC[UID(transfer_syntax)]
@@ -168,7 +193,7 @@ def _dataset(
     ds.BitsStored = 8
     ds.HighBit = 7
     ds.PixelRepresentation = 0
-    ds.NumberOfFrames = len(frames)
+    ds.NumberOfFrames = n_frames
     ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows = size_px
     ds.TotalPixelMatrixFocalPlanes = 1
     ds.NumberOfOpticalPaths = 1
@@ -189,14 +214,22 @@ def _dataset(
         ds.LossyImageCompression = "01"
         ds.LossyImageCompressionMethod = "ISO_10918_1" if transfer_syntax == JPEG_BASELINE else "ISO_15444_1"
         ds.LossyImageCompressionRatio = 10
+
+
+def _optical_path(spec: SlideSpec, channel: int) -> Dataset:
     optical_path = Dataset()
     optical_path.OpticalPathIdentifier = str(channel + 1)
     optical_path.IlluminationTypeCodeSequence = DicomSequence([illumination(spec)])
     optical_path.IlluminationColorCodeSequence = DicomSequence([_code("11744", "DCM", "Full Spectrum")])
     if spec.icc_profile:
         optical_path.ICCProfile = srgb_profile()
-    ds.OpticalPathSequence = DicomSequence([optical_path])
+    return optical_path
 
+
+def _shared_groups(
+    ds: Dataset, image_type: Sequence[str], size_px: tuple[int, int], spacing_mm: float | None, channel: int
+) -> Dataset:
+    """The shared functional groups (frame type, optical path, pixel spacing); the imaged volume on ``ds``."""
     shared = Dataset()
     frame_type = Dataset()
     frame_type.FrameType = list(image_type)
@@ -212,12 +245,7 @@ def _dataset(
         ds.ImagedVolumeWidth = size_px[0] * spacing_mm
         ds.ImagedVolumeHeight = size_px[1] * spacing_mm
         ds.ImagedVolumeDepth = 0.004
-    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
-    if positions is not None:
-        ds.PerFrameFunctionalGroupsSequence = DicomSequence([_plane_position(c, r, spacing_mm) for c, r in positions])
-    ds.PixelData = b"".join(frames) if transfer_syntax == EXPLICIT_VR_LE else encapsulate(frames, has_bot=True)
-    ds["PixelData"].VR = "OB"
-    return ds
+    return shared
 
 
 def _plane_position(column: int, row: int, spacing_mm: float | None) -> Dataset:
@@ -281,26 +309,23 @@ def _write_instance(
             channel=channel,
         )
         if split:
-            ds.ConcatenationUID = uid_for(spec.key, name, "concatenation")
-            ds.SOPInstanceUIDOfConcatenationSource = uid_for(spec.key, name)
-            ds.InConcatenationNumber = k + 1
-            ds.InConcatenationTotalNumber = len(parts)
-            ds.ConcatenationFrameOffsetNumber = offset
+            concatenation = (uid_for(spec.key, name, "concatenation"), uid_for(spec.key, name))
+            _concatenation_part(ds, concatenation, k + 1, len(parts), offset)
         path = root / BUCKET / series.crdc_series_uuid / f"{crdc_uuid}.dcm"
         path.parent.mkdir(parents=True, exist_ok=True)
         ds.save_as(path, enforce_file_format=True)
-        written.append(
-            Level(
-                sop_instance_uid=sop_uid,
-                crdc_instance_uuid=crdc_uuid,
-                image_type=image_type,
-                size_px=(cols, rows),
-                spacing_um=None if spacing_mm is None else spacing_mm * 1000.0,
-                transfer_syntax=transfer_syntax,
-                size_bytes=path.stat().st_size,
-            )
-        )
+        spacing_um = None if spacing_mm is None else spacing_mm * 1000.0
+        size = path.stat().st_size
+        written.append(Level(sop_uid, crdc_uuid, image_type, (cols, rows), spacing_um, transfer_syntax, size))
     return written
+
+
+def _concatenation_part(ds: Dataset, uids: tuple[str, str], number: int, total: int, frame_offset: int) -> None:
+    """Mark ``ds`` as part ``number`` of ``total`` of a concatenation (its UID, and its source instance's)."""
+    ds.ConcatenationUID, ds.SOPInstanceUIDOfConcatenationSource = uids
+    ds.InConcatenationNumber = number
+    ds.InConcatenationTotalNumber = total
+    ds.ConcatenationFrameOffsetNumber = frame_offset
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ def test_unknown_format_is_refused_before_writing(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("fmt", "suffix"), [("png", "png"), ("jpeg", "jpg"), ("tiff", "tiff"), ("webp", "webp")])
 def test_every_format_that_can_carries_the_resolution(tmp_path: Path, fmt: str, suffix: str) -> None:
-    from slidestock.config import FORMATS
+    from slidestock.levels import FORMATS
 
     assert FORMATS[fmt] == suffix
     path = tmp_path / f"slide.{suffix}"

@@ -14,16 +14,8 @@ import pyarrow.parquet as pq
 
 from slidestock import plots
 from slidestock.lockfile import read_lock_header
-from slidestock.report import (
-    ReportInputs,
-    contact_sheet,
-    render_html,
-    report_frame,
-    run_date,
-    summary,
-    thumbnails,
-    write_tables,
-)
+from slidestock.report import ReportInputs, render_html, report_frame, run_date, summary, write_tables
+from slidestock.thumbnails import contact_sheet, thumbnails
 
 
 def record(slide: str, status: str, fetched: int, error: str | None = None) -> dict[str, Any]:

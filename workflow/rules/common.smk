@@ -8,12 +8,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
-from slidestock.config import (
-    FORMATS,
-    check_input_files,
-    resolve_idc_version,
-    validate_config,
-)
+from slidestock.config import check_input_files, resolve_idc_version, validate_config
+from slidestock.levels import FORMATS
 from slidestock.errors import ConfigError
 from slidestock.planrow import batch_name, batch_size_for, n_batches, read_batch_plan
 from slidestock.provenance import SLIDESTOCK_VERSION

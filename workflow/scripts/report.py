@@ -10,18 +10,16 @@ sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
 from slidestock.lockfile import read_lock, read_lock_header
 from slidestock.report import (
     ReportInputs,
-    contact_sheet,
     load_records,
     plot_svgs,
     render_html,
     report_frame,
     run_date,
-    sheet_records,
     summary,
-    thumbnails,
     wall_time_s,
     write_tables,
 )
+from slidestock.thumbnails import contact_sheet, sheet_records, thumbnails
 
 smk = snakemake  # noqa: F821
 logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

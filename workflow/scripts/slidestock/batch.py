@@ -164,6 +164,14 @@ def _scratch_prefix(job: SlideJob, name: str) -> str:
     return f"slidestock-{name}-{workflow}-"
 
 
+def _remove_stale_scratch(scratch_root: Path, prefix: str, name: str) -> None:
+    """Remove what an earlier attempt of this batch left, killed (out of memory or time) before it could."""
+    scratch_root.mkdir(parents=True, exist_ok=True)
+    for stale in scratch_root.glob(f"{prefix}*"):
+        log.warning("%s: removing %s, left by an earlier attempt", name, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def run_batch(
     jobs: Sequence[SlideJob],
     name: str,
@@ -192,11 +200,7 @@ def run_batch(
     start = time.monotonic()
     software = software_versions(s5cmd_binary())
     prefix = _scratch_prefix(jobs[0], name)
-    scratch_root.mkdir(parents=True, exist_ok=True)
-    for stale in scratch_root.glob(f"{prefix}*"):
-        # Left by an earlier attempt of this batch that was killed (out of memory or time).
-        log.warning("%s: removing %s, left by an earlier attempt", name, stale)
-        shutil.rmtree(stale, ignore_errors=True)
+    _remove_stale_scratch(scratch_root, prefix, name)
     with tempfile.TemporaryDirectory(prefix=prefix, dir=scratch_root) as scratch:
         # Slides share the batch's threads; a slide left alone decodes its tiles on all of them.
         per_slide = max(1, threads // max(1, min(threads, len(todo))))

@@ -20,10 +20,6 @@ import yaml
 from slidestock.errors import ConfigError
 from slidestock.levels import target_of
 
-# Output format -> file extension. PNG (pHYs), TIFF (resolution tags), JPEG and WebP (EXIF)
-# all carry the resolution.
-FORMATS = {"png": "png", "jpeg": "jpg", "tiff": "tiff", "webp": "webp"}
-
 
 def load_schema(path: Path) -> dict[str, Any]:
     schema = yaml.safe_load(path.read_text())

@@ -163,17 +163,12 @@ def fetch_batch(
                 last_error[item.dest] = f"s5cmd exited {code}: {why}"
                 still.append(item)
                 continue
-            try:
-                size = check_size(item.dest, item.expected_bytes, item.url)
-            except FetchError as err:
-                last_error[item.dest] = str(err)
-                wrong_sizes[item.dest] = wrong_sizes.get(item.dest, 0) + 1
-                if wrong_sizes[item.dest] == 2:
-                    outcome[item.dest] = FetchError(f"{item.url}: wrong size twice; {err}")
-                else:
-                    still.append(item)
-                continue
-            outcome[item.dest] = FetchResult(item.dest, size, time.monotonic() - start, attempt)
+            result = _checked(item, wrong_sizes, time.monotonic() - start, attempt)
+            if isinstance(result, str):  # a wrong size, the first time: fetched again
+                last_error[item.dest] = result
+                still.append(item)
+            else:
+                outcome[item.dest] = result
         for item in still:
             log.warning("fetch %s: attempt %d/%d failed: %s", item.url, attempt, attempts, last_error[item.dest])
         pending = still
@@ -182,6 +177,22 @@ def fetch_batch(
     for item in pending:
         outcome[item.dest] = FetchError(f"{item.url}: {attempts} attempts failed; last: {last_error[item.dest]}")
     return outcome
+
+
+def _checked(
+    item: BatchItem, wrong_sizes: dict[Path, int], seconds: float, attempt: int
+) -> FetchResult | FetchError | str:
+    """A downloaded item checked against its expected size: its result, or why it is wrong.
+
+    A first wrong size is only a reason (the item is fetched again); the same twice is the
+    object itself, not the network, and fails the item.
+    """
+    try:
+        size = check_size(item.dest, item.expected_bytes, item.url)
+    except FetchError as err:
+        wrong_sizes[item.dest] = wrong_sizes.get(item.dest, 0) + 1
+        return FetchError(f"{item.url}: wrong size twice; {err}") if wrong_sizes[item.dest] == 2 else str(err)
+    return FetchResult(item.dest, size, seconds, attempt)
 
 
 def _s5cmd_run(base: list[str], items: Sequence[BatchItem], endpoint: str, timeout_s: float) -> tuple[int, str, str]:

@@ -16,6 +16,10 @@ from typing import Any
 
 from slidestock.errors import ConfigError, LevelError
 
+# Output format -> file extension. PNG (pHYs), TIFF (resolution tags), JPEG and WebP (EXIF)
+# all carry the resolution.
+FORMATS = {"png": "png", "jpeg": "jpg", "tiff": "tiff", "webp": "webp"}
+
 # A level within this relative margin of the target counts as fine enough:
 # it absorbs float noise only, never a visible upsampling.
 _SPACING_TOLERANCE = 1e-6

@@ -8,9 +8,8 @@ from typing import Any
 
 import pyvips
 
-from slidestock.config import FORMATS
 from slidestock.errors import ConfigError
-from slidestock.levels import Target, output_size_px
+from slidestock.levels import FORMATS, Target, output_size_px
 from slidestock.provenance import Written, sha256_file
 from slidestock.reduce import resize_exact
 from slidestock.slide import SlideJob, side_path

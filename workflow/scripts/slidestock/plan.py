@@ -81,21 +81,9 @@ def plan_row(
     if unavailable:
         row.update(status="failed", reason=unavailable)
         return row
-    slide_id = str(slide["slide_id"])
     headers = None if reader is None else _SlideHeaders(slide, reader)
-    spacing = None if headers is None or target.mpp is None else headers.spacing
-    parts: list[Level] = []
     try:
-        try:
-            choice = choose_level(levels, target, slide_id, spacing)
-            parts = [] if headers is None else _same_level_parts(slide_id, levels, choice, headers)
-        except UnreachableError:
-            raise  # the store cannot be reached at all: the same for every slide, so the plan stops
-        except FetchError as err:
-            # This object's header could not be read: decide on the index alone (never coarser than
-            # the target) and say so; the batch then meets the object's trouble itself.
-            choice = choose_level(levels, target, slide_id)
-            choice = replace(choice, reason=f"{choice.reason}; header not read ({err}): decided on the index alone")
+        choice, parts = _choose(slide, levels, target, headers)
     except LevelError as err:
         row.update(status="failed", reason=str(err), header_bytes=0 if headers is None else headers.bytes_fetched)
         return row
@@ -107,29 +95,55 @@ def plan_row(
         # The level rule's words stand; a note on same-size volumes does not, for these are one level.
         choice = replace(choice, reason=f"{choice.reason.split('; ')[0]}; a DICOM concatenation of {len(parts)} "
                          "instances (one ConcatenationUID): all fetched and read as one level")  # fmt: skip
-    row.update(
-        status="planned",
-        reason=choice.reason,
-        SOPInstanceUID=lv.sop_instance_uid,
-        url=object_url(slide["aws_bucket"], slide["crdc_series_uuid"], lv.crdc_instance_uuid),
-        instance_size=row["instance_size"] or lv.size_bytes,
-        level_columns=lv.size_px[0],
-        level_rows=lv.size_px[1],
-        level_spacing_um=_number(choice.spacing_xy_um and choice.spacing_xy_um[0]),
-        level_row_spacing_um=_number(choice.spacing_xy_um and choice.spacing_xy_um[1]),
-        spacing_source=choice.spacing_source,
-        index_spacing_um=_number(lv.spacing_um),
-        spacing_derived=str(choice.spacing_derived).lower(),
-        output_columns=choice.output_size_px[0],
-        output_rows=choice.output_size_px[1],
-        transfer_syntax=lv.transfer_syntax,
-    )
+    row.update(_chosen_level(slide, choice, lv, row["instance_size"]))
     for kind in ASSOCIATED:
         found = sorted((a for a in levels if a.flavor == kind.upper()), key=lambda a: a.sop_instance_uid)
         if found:
             row[f"{kind}_url"] = object_url(slide["aws_bucket"], slide["crdc_series_uuid"], found[0].crdc_instance_uuid)
             row[f"{kind}_size"] = found[0].size_bytes
     return row
+
+
+def _choose(
+    slide: Mapping[Hashable, Any], levels: Sequence[Level], target: Target, headers: _SlideHeaders | None
+) -> tuple[LevelChoice, list[Level]]:
+    """The level rule's choice, on header spacings where they decide it, and the instances it spans.
+
+    Raises :class:`LevelError` when no level can serve the slide.
+    """
+    slide_id = str(slide["slide_id"])
+    spacing = None if headers is None or target.mpp is None else headers.spacing
+    try:
+        choice = choose_level(levels, target, slide_id, spacing)
+        return choice, [] if headers is None else _same_level_parts(slide_id, levels, choice, headers)
+    except UnreachableError:
+        raise  # the store cannot be reached at all: the same for every slide, so the plan stops
+    except FetchError as err:
+        # This object's header could not be read: decide on the index alone (never coarser than
+        # the target) and say so; the batch then meets the object's trouble itself.
+        choice = choose_level(levels, target, slide_id)
+        return replace(choice, reason=f"{choice.reason}; header not read ({err}): decided on the index alone"), []
+
+
+def _chosen_level(slide: Mapping[Hashable, Any], choice: LevelChoice, lv: Level, size: object) -> dict[str, object]:
+    """The plan fields of the chosen level: where it is, its size and spacing, the output's size."""
+    return {
+        "status": "planned",
+        "reason": choice.reason,
+        "SOPInstanceUID": lv.sop_instance_uid,
+        "url": object_url(slide["aws_bucket"], slide["crdc_series_uuid"], lv.crdc_instance_uuid),
+        "instance_size": size or lv.size_bytes,
+        "level_columns": lv.size_px[0],
+        "level_rows": lv.size_px[1],
+        "level_spacing_um": _number(choice.spacing_xy_um and choice.spacing_xy_um[0]),
+        "level_row_spacing_um": _number(choice.spacing_xy_um and choice.spacing_xy_um[1]),
+        "spacing_source": choice.spacing_source,
+        "index_spacing_um": _number(lv.spacing_um),
+        "spacing_derived": str(choice.spacing_derived).lower(),
+        "output_columns": choice.output_size_px[0],
+        "output_rows": choice.output_size_px[1],
+        "transfer_syntax": lv.transfer_syntax,
+    }
 
 
 def _concatenation(slide: Mapping[Hashable, Any], parts: Sequence[Level]) -> dict[str, object]:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pyvips
 
+from slidestock.codestreams import j2k_resolution_levels
 from slidestock.dicom import (
     BACKGROUND,
     JPEG2000_SYNTAXES,
@@ -29,7 +30,6 @@ from slidestock.dicom import (
     Frame,
     LevelHeader,
     decode_frame,
-    j2k_resolution_levels,
     label_disagreement,
     read_frame,
     read_header,

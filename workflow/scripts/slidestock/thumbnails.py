@@ -1,0 +1,76 @@
+"""Thumbnails of the output images: for the report page (as data URIs) and the contact sheet."""
+
+from __future__ import annotations
+
+import base64
+import io
+import itertools
+from collections.abc import Hashable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from PIL import Image
+
+THUMBNAIL_PX = 160
+
+
+def thumbnail(path: Path, size_px: int = THUMBNAIL_PX) -> Image.Image:
+    """``path`` shrunk to fit ``size_px`` (never enlarged), on white where it has alpha.
+
+    Pillow, not pyvips: for images this small, pyvips' cost per call dominates.
+    """
+    with Image.open(path) as opened:
+        opened.draft("RGB", (size_px, size_px))  # a JPEG decodes at a reduced scale
+        image = opened.convert("RGBA")
+    image.thumbnail((size_px, size_px))
+    flat = Image.new("RGB", image.size, "white")
+    flat.paste(image, mask=image.getchannel("A"))
+    return flat
+
+
+def thumbnails(paths: Sequence[Path], threads: int = 1) -> dict[Path, Image.Image]:
+    """Each image shrunk to fit ``THUMBNAIL_PX``, in memory: made once, on ``threads``, for the page and the sheet."""
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        made = list(pool.map(thumbnail, paths))
+    return dict(zip(paths, made, strict=True))
+
+
+def thumbnail_data_uri(path: Path, made: Mapping[Path, Image.Image] | None = None) -> str:
+    """A small JPEG of ``path`` (its thumbnail in ``made`` when there) as a data URI: the page needs no other file."""
+    image = made[path] if made and path in made else thumbnail(path)
+    data = io.BytesIO()
+    image.save(data, "JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(data.getvalue()).decode("ascii")
+
+
+def sheet_records(frame: pd.DataFrame, sheet_max: int | None) -> list[dict[Hashable, Any]]:
+    """The rows the contact sheets show: finished slides whose image exists, in table order, at most ``sheet_max``."""
+    done = frame[frame["status"] == "done"].to_dict("records")
+    return list(itertools.islice((row for row in done if Path(str(row["output_path"])).is_file()), sheet_max))
+
+
+def contact_sheet(
+    paths: Sequence[Path],
+    out: Path,
+    across: int = 8,
+    cell_px: int = 128,
+    made: Mapping[Path, Image.Image] | None = None,
+) -> None:
+    """The images in one PNG grid of ``cell_px + 8`` px cells (for Snakemake's own report).
+
+    From their thumbnails in ``made`` when there; one white cell when there are none.
+    """
+    if not paths:
+        Image.new("RGB", (cell_px, cell_px), "white").save(out, "PNG")
+        return
+    cell = cell_px + 8
+    across = min(across, len(paths))
+    sheet = Image.new("RGB", (across * cell, -(-len(paths) // across) * cell), "white")
+    for k, path in enumerate(paths):
+        small = made[path].copy() if made and path in made else thumbnail(path, cell_px)
+        small.thumbnail((cell_px, cell_px))
+        left, top = (k % across) * cell, (k // across) * cell
+        sheet.paste(small, (left + (cell - small.width) // 2, top + (cell - small.height) // 2))
+    sheet.save(out, "PNG", compress_level=1)  # a large sheet: level 6 would take seconds for a few % less
