@@ -86,6 +86,8 @@ def test_defaults_are_filled_in() -> None:
         ("cohort.n", "ten", "config key cohort.n: got 'ten'; expected an integer >= 1"),
         ("cohort.seed", 4.5, "config key cohort.seed: got 4.5; expected an integer"),
         ("cohort.seed", "42", "config key cohort.seed: got '42'; expected an integer"),
+        ("fetch.batch_size", 0, "config key fetch.batch_size: got 0; expected auto, or an integer from 1 to 100000"),
+        ("fetch.batch_size", "autox", "config key fetch.batch_size: got 'autox'; expected auto, or an integer"),
         (
             "cohort.idc_version",
             "latest",
