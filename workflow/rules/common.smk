@@ -124,6 +124,7 @@ def get_batch_disk_mb(wildcards, input, attempt):
 def get_batch_runtime(wildcards, input, attempt):
     """Minutes: 10 plus 6 s per slide, more on each attempt."""
     rows = _planned_slides(input)
+    # Before the plan: the largest batch the setting can make (auto: AUTO_BATCH_SIZE's upper bound).
     n_slides = (
         batch_size_for(100_000, CONFIG["fetch"]["batch_size"])
         if rows is None

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from slidestock.config import installed_idc_version
 from slidestock.errors import CohortError
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ def header_of(spec: CohortSpec, cohort: Cohort, version: int, software: Mapping[
         "slidestock cohort lock": f"{len(cohort.slides)} slides",
         "source": spec.source,
         "idc_version": version,
-        "idc_index_data_version": software.get("idc-index-data", "").split(".")[0],
+        "idc_index_data_version": installed_idc_version(),
         "filter": dict(spec.filters),
         "n": spec.n,
         "seed": spec.seed,
