@@ -244,6 +244,27 @@ def test_an_upgraded_index_reselects_a_current_cohort(first: Run, tmp_path: Path
     assert "Nothing to be done" in same.stdout + same.stderr
 
 
+def test_tables_gone_since_the_cohort_stop_the_plan_in_one_line(
+    tmp_path: Path, demo_build: dict[str, Path], s3: S3Server
+) -> None:
+    """Observed: the lock stood, a new target re-ran the plan, and the tables were gone: a traceback."""
+    tables = {name: tmp_path / "tables" / path.name for name, path in demo_tables(demo_build).items()}
+    tables["index"].parent.mkdir()
+    for name, path in tables.items():
+        shutil.copy(demo_build[name], path)
+    run = run_in(tmp_path / "run", tables, s3, n=1, seed=3)
+    shutil.rmtree(tables["index"].parent)
+    config = yaml.safe_load(run.config.read_text())
+    config["target"]["mpp"] = 30.0
+    run.config.write_text(yaml.safe_dump(config))
+    proc = snakemake(run.workdir, run.config)
+    assert proc.returncode != 0
+    said = proc.stderr.splitlines()
+    assert f"plan: cohort.tables.index: file {str(tables['index'])!r} not found; expected a Parquet file" in said
+    assert not [line for line in said if line.startswith("Traceback")]
+    assert (run.workdir / "results/cohort/cohort.tsv").is_file()
+
+
 def test_new_target_is_applied_to_every_slide(tmp_path: Path, demo_build: dict[str, Path], s3: S3Server) -> None:
     run = run_in(tmp_path, demo_tables(demo_build), s3, n=2, seed=5)
     config = yaml.safe_load(run.config.read_text())

@@ -3,10 +3,11 @@
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
 
-from slidestock.errors import UnreachableError
+from slidestock.errors import SlidestockError, UnreachableError
 from slidestock.headers import HeaderReader
 from slidestock.levels import target_of
 from slidestock.lockfile import read_lock
@@ -22,20 +23,27 @@ idc = lock[lock["fetch_from"] == "idc"]
 version = int(lock["idc_version"].iloc[0]) if len(lock) else 0
 # The endpoint is read from the config, not a parameter: changing it re-runs nothing.
 config = {"cohort": smk.params.cohort, "fetch": smk.config["fetch"]}
-levels = instance_levels(cohort_connection(config, version, Path.cwd()), idc["SeriesInstanceUID"].tolist())
 target = target_of({"target": smk.params.target})
 # Headers are read where idc-index's rounded spacings cannot decide the level, and for the output size.
 fetch = smk.config["fetch"]
 reader = HeaderReader(fetch["endpoint"], attempts=fetch["attempts"], timeout_s=min(30.0, fetch["timeout"]))
+
+
+def stop(message: str) -> NoReturn:
+    """One line in the log and the terminal, not a traceback, as the cohort step says it."""
+    logging.error("%s", message)
+    sys.exit(message)
+
+
+try:
+    levels = instance_levels(cohort_connection(config, version, Path.cwd()), idc["SeriesInstanceUID"].tolist())
+except SlidestockError as err:  # the index tables cannot be read (a missing file, a download that fails)
+    stop(f"plan: {err}")
 try:
     plan = plan_frame(lock, levels, target, smk.params.prefer, reader)
 except UnreachableError as err:
-    message = (
-        f"plan: cannot read instance headers from the slide bucket: {err}. "
-        "Check the network or proxy, or fetch.endpoint."
-    )
-    logging.error("%s", message)
-    sys.exit(message)
+    bucket = f"plan: cannot read instance headers from the slide bucket: {err}."
+    stop(f"{bucket} Check the network or proxy, or fetch.endpoint.")
 logging.info("read %d instance headers by range (%d bytes in all)", reader.requests, reader.bytes_fetched)
 plan.to_csv(smk.output.plan, sep="\t", index=False, lineterminator="\n")
 batch_size = batch_size_for(len(plan), smk.params.batch_size)
