@@ -11,6 +11,7 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/cohort.smk"
 include: "workflow/rules/slides.smk"
+include: "workflow/rules/patches.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -20,5 +21,6 @@ rule all:
     default_target: True
     input:
         get_batch_tables,
+        get_patch_outputs,
         "results/report/slides.csv",
         "results/report/index.html",

@@ -54,3 +54,9 @@ def fidelity_build() -> dict[str, Path]:
 def fidelity_svs() -> dict[str, Path]:
     """The one-level fidelity slide's pixels as a GDC SVS file, with its manifest."""
     return svsfiles.build_gdc(FIXTURES / "fidelity-gdc", (svsfiles.FIDELITY_SVS,))
+
+
+@pytest.fixture(scope="session")
+def patch_build() -> dict[str, Path]:
+    """One slide per way of locating frames without the level: BOT, EOT, a TIFF directory, none."""
+    return fixtures.build(FIXTURES / "patches", slides.PATCH_SLIDES)

@@ -9,6 +9,7 @@ converters give (short edge frames, an RGB label over YCbCr frames).
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,11 @@ import imagecodecs
 import numpy as np
 import pyvips
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, encapsulate_extended
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID
 
+from slidestock.dicom import read_header
 from slidestock.levels import Level
 from slidestock_testkit.slides import (
     BACKGROUND_RGB,
@@ -137,9 +139,61 @@ def _dataset(
     ds.SharedFunctionalGroupsSequence = DicomSequence([_shared_groups(ds, image_type, size_px, spacing_mm, channel)])
     if positions is not None:
         ds.PerFrameFunctionalGroupsSequence = DicomSequence([_plane_position(c, r, spacing_mm) for c, r in positions])
-    ds.PixelData = b"".join(frames) if transfer_syntax == EXPLICIT_VR_LE else encapsulate(frames, has_bot=True)
+    if transfer_syntax == EXPLICIT_VR_LE:
+        ds.PixelData = b"".join(frames)
+    elif spec.frame_index == "eot" and len(frames) > 1:
+        ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = encapsulate_extended(frames)
+    else:
+        ds.PixelData = encapsulate(frames, has_bot=spec.frame_index == "bot" or len(frames) == 1)
     ds["PixelData"].VR = "OB"
     return ds
+
+
+def add_tiff_directory(path: Path, transfer_syntax: str) -> None:
+    """Make a written DICOM file dual-personality: a TIFF directory of its tiles, as IDC's converted slides have.
+
+    The directory goes in a DataSetTrailingPadding element at the end of the
+    file; the 128-byte preamble starts the TIFF header that points to it. Each
+    tile's offset and byte count are those of its fragment's data.
+    """
+    level = read_header(path)
+    frames = [frame for frame in level.grid if frame is not None]
+    offsets = [frame.parts[0][0] for frame in frames]
+    counts = [frame.parts[0][1] for frame in frames]
+    end = path.stat().st_size
+    ifd_at = end + 12  # after the padding element's tag, VR, reserved bytes and length
+    n_tags = 11
+    values_at = ifd_at + 2 + n_tags * 12 + 4
+    bits_at, offsets_at = values_at, values_at + 6
+    counts_at = offsets_at + 4 * len(frames)
+    compression = 7 if transfer_syntax in (JPEG_BASELINE,) else 33003
+    entries = [
+        (256, 4, 1, level.size_px[0]),
+        (257, 4, 1, level.size_px[1]),
+        (258, 3, 3, bits_at),
+        (259, 3, 1, compression),
+        (262, 3, 1, 6 if compression == 7 else 2),
+        (277, 3, 1, 3),
+        (284, 3, 1, 1),
+        (322, 4, 1, level.tile_px[0]),
+        (323, 4, 1, level.tile_px[1]),
+        (324, 4, len(frames), offsets_at),
+        (325, 4, len(frames), counts_at),
+    ]
+    assert len(entries) == n_tags
+    body = struct.pack("<H", n_tags)
+    for tag, typ, count, value in entries:
+        body += struct.pack("<HHI", tag, typ, count) + (
+            struct.pack("<HH", value, 0) if typ == 3 and count == 1 else struct.pack("<I", value)
+        )
+    body += struct.pack("<I", 0) + struct.pack("<3H", 8, 8, 8)
+    body += struct.pack(f"<{len(frames)}I", *offsets) + struct.pack(f"<{len(frames)}I", *counts)
+    body += b"\0" * (len(body) % 2)
+    with path.open("r+b") as out:
+        out.seek(end)
+        out.write(b"\xfc\xff\xfc\xffOB\x00\x00" + struct.pack("<I", len(body)) + body)
+        out.seek(0)
+        out.write(b"II*\x00" + struct.pack("<I", ifd_at))
 
 
 def _patient_study_equipment(ds: Dataset, spec: SlideSpec) -> None:
@@ -314,6 +368,8 @@ def _write_instance(
         path = root / BUCKET / series.crdc_series_uuid / f"{crdc_uuid}.dcm"
         path.parent.mkdir(parents=True, exist_ok=True)
         ds.save_as(path, enforce_file_format=True)
+        if spec.frame_index == "tiff" and tiled and len(part_frames) > 1:
+            add_tiff_directory(path, transfer_syntax)
         spacing_um = None if spacing_mm is None else spacing_mm * 1000.0
         size = path.stat().st_size
         written.append(Level(sop_uid, crdc_uuid, image_type, (cols, rows), spacing_um, transfer_syntax, size))
@@ -339,7 +395,12 @@ class LargeLevel:
 
 
 def write_large_level(
-    path: Path, size_px: tuple[int, int], seed: int = 0, spacing_um: float = 0.25, noise: float = 40.0
+    path: Path,
+    size_px: tuple[int, int],
+    seed: int = 0,
+    spacing_um: float = 0.25,
+    noise: float = 40.0,
+    tiff_directory: bool = False,
 ) -> LargeLevel:
     """Write a single-level JPEG DICOM WSI of ``size_px`` without ever holding it in memory.
 
@@ -386,6 +447,8 @@ def write_large_level(
         for index in tile_map.ravel():
             out.write(items[index])
         out.write(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
+    if tiff_directory:  # no offset table, but a dual-personality preamble: as IDC's converted TCGA slides
+        add_tiff_directory(path, JPEG_BASELINE)
     return LargeLevel(path, size_px, tile_map.reshape(down, across), colours.astype(np.uint8))
 
 

@@ -11,6 +11,12 @@ streamed back, except for request paths that contain a rule's ``match``:
 
 The rules file is read on every request, so a test can change them while a
 run goes on. Listens on 127.0.0.1 only; a test stops it by its PID.
+
+A ranged GET that rclone answers with 200 and a Content-Range (rclone 1.75's S3
+server does; gofakes3 answers 206 since its pull request 121) goes back as 206
+Partial Content, as AWS and GCS answer it: obstore, rightly, takes a 200 for a
+range as the whole object. Each answer's range and body size is logged as
+``sent PATH RANGE BYTES``, so that tests can count what a client fetched.
 """
 
 from __future__ import annotations
@@ -18,13 +24,20 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
+import subprocess
+import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-CHUNK = 4096
+CHUNK = 64 << 10
+PRINTING = threading.Lock()
 
 
 def make_handler(upstream: str, rules_path: Path) -> type[BaseHTTPRequestHandler]:
@@ -43,7 +56,8 @@ def make_handler(upstream: str, rules_path: Path) -> type[BaseHTTPRequestHandler
         def _forward(self) -> None:
             rule = self._rule()
             mode = rule["mode"] if rule else ""
-            print(f"{self.command} {self.path} {mode or 'forward'}", flush=True)
+            with PRINTING:
+                print(f"{self.command} {self.path} {mode or 'forward'}", flush=True)
             if mode == "503":
                 body = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
                 self.send_response(503)
@@ -62,22 +76,60 @@ def make_handler(upstream: str, rules_path: Path) -> type[BaseHTTPRequestHandler
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
             conn.request(self.command, self.path, body=body_in, headers=headers)
             answer = conn.getresponse()
-            self.send_response(answer.status, answer.reason)
+            ranged = "Range" in self.headers and answer.status == 200 and answer.getheader("Content-Range")
+            self.send_response(206 if ranged else answer.status, "Partial Content" if ranged else answer.reason)
             for key, value in answer.getheaders():
                 if key.lower() not in ("connection", "transfer-encoding"):
                     self.send_header(key, value)
             self.end_headers()
             rate = float(rule["bytes_per_s"]) if rule and mode == "slow" else 0.0
+            sent = 0
             while chunk := answer.read(CHUNK):
                 self.wfile.write(chunk)
                 self.wfile.flush()
+                sent += len(chunk)
                 if rate:
                     time.sleep(len(chunk) / rate)
             conn.close()
+            with PRINTING:  # one whole line per answer, whichever thread sent it
+                print(f"sent {self.path} {self.headers.get('Range', '-')} {sent}", flush=True)
 
         do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward  # noqa: N815 (http.server's names)
 
     return Handler
+
+
+@contextmanager
+def serving(upstream: str, log_path: Path, rules_path: Path | None = None) -> Iterator[str]:
+    """Run the proxy in front of ``upstream`` for a ``with`` block; yields its URL. Stopped by its PID."""
+    from slidestock_testkit.s3server import free_port, stop, wait_ready
+
+    port = free_port()
+    rules = rules_path or log_path.with_suffix(".rules.json")
+    argv = [sys.executable, "-m", "slidestock_testkit.faultproxy", "--upstream", upstream, "--port", str(port),
+            "--rules", str(rules)]  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc, timeout_s=30, name="the proxy")
+        yield url
+    finally:
+        stop(proc)
+
+
+def sent(log_path: Path, fragment: str = "") -> list[tuple[str, str, int]]:
+    """(path, Range header, body bytes) of every answer the proxy logged whose path holds ``fragment``."""
+    out = []
+    for line in log_path.read_text().splitlines():
+        if line.startswith("sent ") and fragment in line:
+            _, path, ranged, size = line.split(" ")
+            out.append((path, ranged, int(size)))
+    return out
 
 
 def main() -> None:

@@ -49,11 +49,11 @@ def rclone_binary() -> str:
     return found
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float, name: str = "rclone serve s3") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SlidestockError(f"rclone serve s3 exited with {proc.returncode} before {url} answered")
+            raise SlidestockError(f"{name} exited with {proc.returncode} before {url} answered")
         try:
             with urllib.request.urlopen(url + "/", timeout=1):
                 return
@@ -61,7 +61,7 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> No
             return  # any HTTP answer means the server is listening
         except OSError:
             time.sleep(0.1)
-    raise SlidestockError(f"rclone serve s3 did not answer at {url} within {timeout_s:.0f} s")
+    raise SlidestockError(f"{name} did not answer at {url} within {timeout_s:.0f} s")
 
 
 def start(
@@ -77,7 +77,7 @@ def start(
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_ready(url, proc, timeout_s=30)
+        wait_ready(url, proc, timeout_s=30)
     except BaseException:
         stop(proc)
         raise

@@ -80,6 +80,9 @@ class SlideSpec:
     concatenate_from_px: int = 0
     # Fluorescence: this many channels, one MONOCHROME2 instance per optical path and level (0: brightfield RGB).
     channels: int = 0
+    # Where a tiled level's frames are indexed: "bot" (a Basic Offset Table), "eot" (an Extended Offset
+    # Table), "tiff" (neither, but a dual-personality TIFF directory, as IDC's converted slides) or "none".
+    frame_index: str = "bot"
 
     @property
     def key(self) -> str:
@@ -229,4 +232,24 @@ FIDELITY_SLIDES: tuple[SlideSpec, ...] = (
     SlideSpec(
         "fidelity", "FID-06", "FID-FLUO-01", (1200, 900), n_levels=2, channels=2, photometric="MONOCHROME2", seed=46
     ),
+)
+
+
+# One slide per way of finding frames in a level without reading it (patches): a Basic Offset
+# Table, an Extended Offset Table, neither but a dual-personality TIFF directory (as IDC's
+# converted TCGA slides, with their 0.2527 µm base), and neither at all.
+PATCH_SLIDES: tuple[SlideSpec, ...] = (
+    SlideSpec("patch_demo", "PT-01", "PT-BOT-01", (4000, 3000), n_levels=3, icc_profile=True, seed=61),
+    SlideSpec("patch_demo", "PT-02", "PT-EOT-01", (3600, 2800), n_levels=3, frame_index="eot", seed=62),
+    SlideSpec(
+        "patch_demo",
+        "PT-03",
+        "PT-TIFF-01",
+        (4200, 3100),
+        base_spacing_um=0.2527,
+        n_levels=3,
+        frame_index="tiff",
+        seed=63,
+    ),
+    SlideSpec("patch_demo", "PT-04", "PT-NONE-01", (3800, 3000), n_levels=3, frame_index="none", seed=64),
 )

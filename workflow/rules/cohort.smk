@@ -50,5 +50,9 @@ checkpoint plan:
         prefer=CONFIG["fetch"]["prefer"],
         batch_plans=BATCH_PLANS,
         batch_size=CONFIG["fetch"]["batch_size"],
+        # Only what the patch plan depends on: other patch settings re-run no plan.
+        patches={k: CONFIG["patches"][k] for k in ("enabled", "mpp")},
+        patch_plans=PATCH_PLANS,
+        patch_instances="results/cohort/patch_instances.tsv",
     script:
         "../scripts/plan.py"

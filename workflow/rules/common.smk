@@ -38,7 +38,9 @@ IMAGE_SUFFIX = FORMATS[CONFIG["target"]["format"]]
 RUN_STARTED = time.time()
 ENV = "../../envs/slidestock.yaml"
 BATCH_PLANS = "results/cohort/batches"
+PATCH_PLANS = "results/cohort/patches"
 SLIDES = "results/slides"
+PATCHES = "results/patches"
 
 # Before the job list (a dry run's too): slides made before that a run with this config redoes.
 if workflow.is_main_process:
@@ -102,6 +104,30 @@ def get_batch_plan(wildcards):
     if not Path(plan).exists():
         checkpoints.plan.get()
     return {"plan": plan, "planned": ancient("results/cohort/instances.tsv")}
+
+
+def get_patch_plan(wildcards):
+    """A batch's patch plan (written by the plan checkpoint beside its batch plan), and the batch's slides done."""
+    plan = f"{PATCH_PLANS}/{wildcards.batch}.tsv"
+    if not Path(plan).exists():
+        checkpoints.plan.get()
+    return {
+        "plan": plan,
+        "planned": ancient("results/cohort/instances.tsv"),
+        "slides": f"results/batches/{wildcards.batch}.tsv",
+    }
+
+
+def get_patch_tables(wildcards):
+    """One patch outcome table per batch."""
+    return expand(f"{PATCHES}/batches/{{batch}}.tsv", batch=get_batch_ids())
+
+
+def get_patch_outputs(wildcards):
+    """What patches add to a run: every batch's patch table and patches.parquet; nothing when off."""
+    if not CONFIG["patches"]["enabled"]:
+        return []
+    return [*get_patch_tables(wildcards), f"{PATCHES}/patches.parquet"]
 
 
 def _planned_slides(input):

@@ -9,10 +9,10 @@ sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
 
 from slidestock.errors import SlidestockError, UnreachableError
 from slidestock.headers import HeaderReader
-from slidestock.levels import target_of
+from slidestock.levels import Target, base_size, target_of
 from slidestock.lockfile import read_lock
 from slidestock.plan import plan_frame
-from slidestock.planrow import batch_size_for, n_batches, write_batch_plans
+from slidestock.planrow import PATCH_PLAN_COLUMNS, batch_size_for, n_batches, write_batch_plans
 from slidestock.sources import cohort_connection, instance_levels
 
 smk = snakemake  # noqa: F821
@@ -50,6 +50,16 @@ batch_size = batch_size_for(len(plan), smk.params.batch_size)
 changed = write_batch_plans(plan, Path(smk.params.batch_plans), batch_size)
 total = n_batches(len(plan), batch_size)
 logging.info("%d of %d batch plans written (the others are unchanged)", changed, total)
+if smk.params.patches["enabled"]:
+    # Patches: the same rule at the patch spacing, on the same batches; and each slide's base level size.
+    patch_plan = plan_frame(lock, levels, Target(mpp=smk.params.patches["mpp"]), smk.params.prefer, reader)
+    bases = {series: base_size(found) for series, found in levels.items()}
+    sizes = [bases.get(series) for series in patch_plan["SeriesInstanceUID"]]
+    patch_plan["base_columns"] = [None if size is None else size[0] for size in sizes]
+    patch_plan["base_rows"] = [None if size is None else size[1] for size in sizes]
+    patch_plan.to_csv(smk.params.patch_instances, sep="\t", index=False, lineterminator="\n")
+    changed = write_batch_plans(patch_plan, Path(smk.params.patch_plans), batch_size, PATCH_PLAN_COLUMNS)
+    logging.info("%d of %d patch plans written at %s µm/px", changed, total, smk.params.patches["mpp"])
 for row in plan[plan["status"] != "planned"].itertuples():
     logging.warning("%s: %s", row.slide_id, row.reason)
 logging.info("planned %d of %d slides", int((plan["status"] == "planned").sum()), len(plan))

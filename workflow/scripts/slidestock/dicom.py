@@ -145,7 +145,7 @@ def read_header(path: Path, item: str | None = None) -> LevelHeader:
                 f"{part.ds.get('InConcatenationTotalNumber', '?')} instances holds {len(part.frames)} of the level's "
                 f"{total} frames; expected all its parts to be read together"
             )
-    return _laid_out(part.header, part.frames, part.positions)
+    return laid_out(part.header, part.frames, part.positions)
 
 
 def read_concatenation(paths: Sequence[Path], item: str) -> LevelHeader:
@@ -174,10 +174,10 @@ def read_concatenation(paths: Sequence[Path], item: str) -> LevelHeader:
         if positions is not None and part.positions is not None:
             positions += part.positions
     header = replace(first.header, item=item, paths=tuple(p.header.path for p in parts))
-    return _laid_out(header, frames, positions)
+    return laid_out(header, frames, positions)
 
 
-def _laid_out(header: LevelHeader, frames: list[Frame], positions: list[tuple[int, int]] | None) -> LevelHeader:
+def laid_out(header: LevelHeader, frames: list[Frame], positions: list[tuple[int, int]] | None) -> LevelHeader:
     """The frames placed on the level's tile grid: in order (TILED_FULL), or by their plane positions."""
     across, down = header.across, header.down
     (width, height), (tile_w, tile_h) = header.size_px, header.tile_px
@@ -204,6 +204,15 @@ def _read_part(path: Path, item: str) -> _Part:
             pixel_start = fp.tell()
     except (pydicom.errors.InvalidDicomError, OSError, EOFError) as err:
         raise DecodeError(f"{item}: not a readable DICOM file: {err}") from err
+    header = describe_level(ds, path, item)
+    n_frames = int(ds.get("NumberOfFrames", 1))
+    frames = _locate_frames(path, pixel_start, header.transfer_syntax, n_frames, header.tile_px, item)
+    positions = sparse_positions(ds, n_frames, header.tile_px, item) if header.organization == "TILED_SPARSE" else None
+    return _Part(ds, header, frames, positions)
+
+
+def describe_level(ds: pydicom.Dataset, path: Path, item: str) -> LevelHeader:
+    """What a level's header says (its frames not yet located), or why it cannot be read as a brightfield level."""
     syntax = str(ds.file_meta.TransferSyntaxUID)
     if syntax not in JPEG_SYNTAXES | JPEG2000_SYNTAXES | NATIVE_SYNTAXES:
         raise DecodeError(
@@ -228,9 +237,7 @@ def _read_part(path: Path, item: str) -> _Part:
         raise DecodeError(f"{item}: {width} x {height} px in {tile_px} px tiles, {n_frames} frames; expected sizes > 0")
     if syntax in NATIVE_SYNTAXES and (int(ds.get("PlanarConfiguration", 0)) != 0 or photometric != "RGB"):
         raise DecodeError(f"{item}: uncompressed frames must be RGB, interleaved; found {photometric}")
-    frames = _locate_frames(path, pixel_start, syntax, n_frames, tile_px, item)
-    positions = _sparse_positions(ds, n_frames, tile_px, item) if organization == "TILED_SPARSE" else None
-    header = LevelHeader(
+    return LevelHeader(
         path=path,
         item=item,
         size_px=(width, height),
@@ -243,7 +250,6 @@ def _read_part(path: Path, item: str) -> _Part:
         icc_profile=_icc_profile(ds),
         grid=(),
     )
-    return _Part(ds, header, frames, positions)
 
 
 def _locate_frames(
@@ -329,7 +335,7 @@ def _item_header(fp: io.BufferedReader, item: str) -> tuple[tuple[int, int], int
     return (group, element), length
 
 
-def _sparse_positions(ds: pydicom.Dataset, n_frames: int, tile_px: tuple[int, int], item: str) -> list[tuple[int, int]]:
+def sparse_positions(ds: pydicom.Dataset, n_frames: int, tile_px: tuple[int, int], item: str) -> list[tuple[int, int]]:
     """(tile column, tile row) of each frame of a TILED_SPARSE level, from its plane positions."""
     try:
         items = ds.PerFrameFunctionalGroupsSequence
@@ -389,8 +395,14 @@ def decode_frame(
     the size of the pixels they hold; DICOM asks for whole tiles) is placed at
     its tile's corner and the rest filled as background, with a note in ``notes``.
     """
+    return decode_frame_data(_pread_frame(fd, frame, header.item), frame, header, decode, notes)
+
+
+def decode_frame_data(
+    data: bytes, frame: Frame, header: LevelHeader, decode: int, notes: list[tuple[int, int, int]] | None = None
+) -> np.ndarray:
+    """One frame's bytes decoded (see :func:`decode_frame`)."""
     item, syntax = header.item, header.transfer_syntax
-    data = _pread_frame(fd, frame, item)
     expected = (math.ceil(header.tile_px[1] / decode), math.ceil(header.tile_px[0] / decode), 3)
     array: np.ndarray
     try:

@@ -154,6 +154,12 @@ class LevelChoice:
         return None if self.spacing_um is None else self.spacing_um / self.scale
 
 
+def base_size(levels: Iterable[Level]) -> tuple[int, int] | None:
+    """The size of the finest VOLUME level (level 0, the one patch positions are given in), None without one."""
+    volumes = volume_levels(levels)
+    return volumes[0].size_px if volumes else None
+
+
 def volume_levels(levels: Iterable[Level]) -> list[Level]:
     """The VOLUME levels, finest first; LABEL, OVERVIEW and THUMBNAIL never qualify."""
     volumes = [lv for lv in levels if lv.flavor == "VOLUME"]

@@ -7,7 +7,7 @@ parse and every batch job reads these files.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -144,9 +144,9 @@ def _pair(columns: str, rows: str) -> tuple[int, int] | None:
     return (int(float(columns)), int(float(rows))) if columns and rows else None
 
 
-def plan_line(row: Mapping[Any, Any]) -> str:
+def plan_line(row: Mapping[Any, Any], columns: Sequence[str] = PLAN_COLUMNS) -> str:
     """One row of a plan file: the columns' text, tab-separated."""
-    values = ["" if row[c] is None else str(row[c]) for c in PLAN_COLUMNS]
+    values = ["" if row[c] is None else str(row[c]) for c in columns]
     if any("\t" in v or "\n" in v or "\r" in v for v in values):
         raise LevelError(f"{row['slide_id']}: a plan value holds a tab or line break; expected plain text")
     return "\t".join(values) + "\n"
@@ -184,7 +184,7 @@ def batch_size_for(n_slides: int, setting: int | str) -> int:
     return min(high, max(low, -(-n_slides // AUTO_BATCHES)))
 
 
-def write_batch_plans(plan: pd.DataFrame, folder: Path, batch_size: int) -> int:
+def write_batch_plans(plan: pd.DataFrame, folder: Path, batch_size: int, columns: Sequence[str] = PLAN_COLUMNS) -> int:
     """Write ``folder/<batch>.tsv`` (``batch_size`` slides each, in cohort order), touching only changed files.
 
     A batch job depends on its plan file, so re-planning re-runs only batches
@@ -194,13 +194,13 @@ def write_batch_plans(plan: pd.DataFrame, folder: Path, batch_size: int) -> int:
     """
     folder.mkdir(parents=True, exist_ok=True)
     rows = plan.to_dict("records")
-    header = "\t".join(PLAN_COLUMNS) + "\n"
+    header = "\t".join(columns) + "\n"
     wanted = set()
     written = 0
     for index in range(n_batches(len(rows), batch_size)):
         path = folder / f"{batch_name(index)}.tsv"
         wanted.add(path.name)
-        text = header + "".join(plan_line(row) for row in rows[index * batch_size : (index + 1) * batch_size])
+        text = header + "".join(plan_line(row, columns) for row in rows[index * batch_size : (index + 1) * batch_size])
         if not path.exists() or path.read_text() != text:
             write_text_atomic(path, text)
             written += 1
@@ -208,6 +208,18 @@ def write_batch_plans(plan: pd.DataFrame, folder: Path, batch_size: int) -> int:
         if stale.name not in wanted:
             stale.unlink()
     return written
+
+
+# A patch plan (results/cohort/patches/) adds the base level's size: patch positions are given in its pixels too.
+PATCH_PLAN_COLUMNS = (*PLAN_COLUMNS, "base_columns", "base_rows")
+
+
+def read_base_sizes(path: Path) -> dict[str, tuple[int, int] | None]:
+    """Each slide's base level size (columns, rows) from a patch plan; None where the plan has none (GDC)."""
+    header, *lines = path.read_text().rstrip("\n").split("\n")
+    columns = header.split("\t")
+    rows = [dict(zip(columns, line.split("\t"), strict=True)) for line in lines if line]
+    return {row["slide_id"]: _pair(row.get("base_columns", ""), row.get("base_rows", "")) for row in rows}
 
 
 def read_batch_plan(path: Path) -> list[PlanRow]:

@@ -1,0 +1,54 @@
+# Patches at high resolution (patches.enabled): one job per batch, after the batch's slides.
+# Each slide's patches are placed on its low-resolution image's tissue, and only the frames
+# they cover are fetched, by range, from the level the patch plan chose at patches.mpp. As
+# for the stock, the patch files and records are not declared outputs: a batch re-run redoes
+# only its unfinished slides. patches.parquet gathers every patch's row.
+
+
+localrules:
+    patch_table,
+
+
+rule patches:
+    input:
+        unpack(get_patch_plan),
+    output:
+        table="results/patches/batches/{batch}.tsv",
+    log:
+        "logs/patches/{batch}.log",
+    benchmark:
+        "benchmarks/patches/{batch}.tsv"
+    retries: 2
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=get_batch_runtime,
+    params:
+        patches=CONFIG["patches"],
+        seed=CONFIG["cohort"]["seed"],
+        slides=SLIDES,
+        suffix=IMAGE_SUFFIX,
+        folder=PATCHES,
+    script:
+        "../scripts/patches.py"
+
+
+rule patch_table:
+    input:
+        get_patch_tables,
+    output:
+        parquet=f"{PATCHES}/patches.parquet",
+    log:
+        "logs/patch_table/patch_table.log",
+    conda:
+        ENV
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        folder=PATCHES,
+        fmt=CONFIG["patches"]["format"],
+    script:
+        "../scripts/patch_table.py"

@@ -1,0 +1,19 @@
+"""Rule `patch_table`: every finished slide's patches, one row each, in ``patches.parquet``."""
+
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
+
+from slidestock.patchbatch import patch_rows, read_patch_records
+
+smk = snakemake  # noqa: F821
+logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+records = read_patch_records([Path(path) for path in smk.input], Path(smk.params.folder))
+table = patch_rows(records)
+partial = Path(smk.output.parquet).with_suffix(".partial")
+table.to_parquet(partial, index=False)
+partial.replace(smk.output.parquet)
+logging.info("%d patches of %d slides in %s", len(table), table["slide_id"].nunique(), smk.output.parquet)

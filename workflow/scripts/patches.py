@@ -1,0 +1,38 @@
+"""Rule `patches`: cut a batch of slides' patches from the frames they cover, and record them."""
+
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
+
+from slidestock.objectstore import RangeClient
+from slidestock.patchbatch import PatchJob, run_patch_batch, write_patch_table
+from slidestock.patches import PatchSettings
+from slidestock.planrow import read_base_sizes, read_batch_plan
+
+smk = snakemake  # noqa: F821
+logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+logging.getLogger("pyvips").setLevel(logging.WARNING)
+
+# Where bytes come from is read from the config, not a parameter: moving it re-runs nothing.
+fetch = smk.config["fetch"]
+settings = PatchSettings.from_config(smk.params.patches, smk.params.seed)
+client = RangeClient(fetch["endpoint"], attempts=fetch["attempts"], parallel=smk.params.patches["parallel"])
+folder, slides = Path(smk.params.folder), Path(smk.params.slides)
+bases = read_base_sizes(Path(smk.input.plan))
+jobs = [
+    PatchJob(
+        plan=plan,
+        base_size_px=bases.get(plan.slide_id),
+        image_path=slides / f"{plan.slide_id}.{smk.params.suffix}",
+        folder=folder / plan.slide_id,
+        json_path=folder / f"{plan.slide_id}.json",
+    )
+    for plan in read_batch_plan(Path(smk.input.plan))
+]
+records = run_patch_batch(jobs, settings, client)
+failed = [record["slide_id"] for record in records if record["status"] != "done"]
+total = sum(len(record.get("patches", [])) for record in records)
+logging.info("%d slides, %d patches, %d failed: %s", len(records), total, len(failed), " ".join(failed) or "none")
+write_patch_table(records, Path(smk.output.table))

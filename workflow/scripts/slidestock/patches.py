@@ -1,0 +1,211 @@
+"""Patches at high resolution: where they go on a slide's tissue, and each one cut from the frames it covers.
+
+A patch is ``size_px`` square at ``mpp`` µm/px. On the level chosen for it (the
+coarsest at least as fine as ``mpp``, by the stock's rule) it spans
+``size_px * mpp / spacing`` level pixels: an integer-placed crop of that many
+pixels (rounded up) is resized to exactly ``size_px`` with the stock's
+Lanczos-3 filter, pixel centres taken against the exact span. Positions are
+chosen on the slide's tissue mask at the output resolution (the stock's low-
+resolution image): at random without overlap, seeded by the cohort's seed and
+the slide, or every tissue cell of a grid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyvips
+
+from slidestock.dicom import BACKGROUND, Frame, LevelHeader, decode_frame_data
+from slidestock.reduce import resize_exact
+
+# Random mode tries positions on a lattice this many times finer than the patch.
+LATTICE_STEPS = 4
+
+
+@dataclass(frozen=True)
+class PatchSettings:
+    """The ``patches:`` config section, and the cohort's seed."""
+
+    mpp: float
+    size_px: int
+    n_per_slide: int
+    mode: str
+    min_tissue: float
+    seed: int
+
+    @classmethod
+    def from_config(cls, patches: Mapping[str, Any], seed: int) -> PatchSettings:
+        return cls(
+            mpp=float(patches["mpp"]),
+            size_px=int(patches["size_px"]),
+            n_per_slide=int(patches["n_per_slide"]),
+            mode=str(patches["mode"]),
+            min_tissue=float(patches["min_tissue"]),
+            seed=int(seed),
+        )
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One patch: its number on the slide, its top-left corner in level pixels, and its share of tissue."""
+
+    number: int
+    x: int
+    y: int
+    tissue: float
+
+
+def span_px(spacing_xy_um: tuple[float, float], settings: PatchSettings) -> tuple[float, float]:
+    """How many level pixels a patch spans, across and down (exact, not rounded)."""
+    return (settings.size_px * settings.mpp / spacing_xy_um[0], settings.size_px * settings.mpp / spacing_xy_um[1])
+
+
+def crop_px(span: tuple[float, float]) -> tuple[int, int]:
+    """The level pixels read for a patch: its span rounded up."""
+    return (math.ceil(span[0] - 1e-9), math.ceil(span[1] - 1e-9))
+
+
+def choose_patches(
+    mask: np.ndarray, level_size: tuple[int, int], span: tuple[float, float], settings: PatchSettings, slide_id: str
+) -> list[Patch]:
+    """Patches on tissue, numbered in reading order (by row, then column).
+
+    ``mask`` (rows, columns, bool) covers the whole level at a lower
+    resolution. A patch's tissue share is the mask's mean over its footprint.
+    """
+    crop_w, crop_h = crop_px(span)
+    width, height = level_size
+    if crop_w > width or crop_h > height:
+        return []
+    grid = settings.mode == "grid"
+    step_x, step_y = (crop_w, crop_h) if grid else (max(1, crop_w // LATTICE_STEPS), max(1, crop_h // LATTICE_STEPS))
+    xs = np.arange(0, width - crop_w + 1, step_x)
+    ys = np.arange(0, height - crop_h + 1, step_y)
+    shares = _tissue_shares(mask, level_size, xs, ys, span)
+    rows, cols = np.nonzero(shares >= settings.min_tissue)
+    if grid:
+        chosen = list(zip(rows.tolist(), cols.tolist(), strict=True))
+    else:
+        order = np.random.default_rng([settings.seed, _stable(slide_id)]).permutation(len(rows))
+        chosen = _without_overlap(
+            [(int(rows[i]), int(cols[i])) for i in order], ys, xs, (crop_w, crop_h), settings.n_per_slide
+        )
+    chosen.sort()
+    return [Patch(k, int(xs[c]), int(ys[r]), round(float(shares[r, c]), 4)) for k, (r, c) in enumerate(chosen)]
+
+
+def _stable(text: str) -> int:
+    """A number from ``text`` that is the same in every process (Python's hash() is not)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+def _tissue_shares(
+    mask: np.ndarray, level_size: tuple[int, int], xs: np.ndarray, ys: np.ndarray, span: tuple[float, float]
+) -> np.ndarray:
+    """The mask's mean over each patch footprint at (ys[r], xs[c]), from a summed-area table."""
+    rows, cols = mask.shape
+    table = np.zeros((rows + 1, cols + 1), dtype=np.int64)
+    table[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
+    fx, fy = cols / level_size[0], rows / level_size[1]
+    x0 = np.clip(np.round(xs * fx).astype(int), 0, cols - 1)
+    x1 = np.clip(np.maximum(x0 + 1, np.round((xs + span[0]) * fx).astype(int)), 1, cols)
+    y0 = np.clip(np.round(ys * fy).astype(int), 0, rows - 1)
+    y1 = np.clip(np.maximum(y0 + 1, np.round((ys + span[1]) * fy).astype(int)), 1, rows)
+    sums = table[np.ix_(y1, x1)] - table[np.ix_(y0, x1)] - table[np.ix_(y1, x0)] + table[np.ix_(y0, x0)]
+    area = np.outer(y1 - y0, x1 - x0)
+    shares: np.ndarray = sums / area
+    return shares
+
+
+def _without_overlap(
+    candidates: Sequence[tuple[int, int]], ys: np.ndarray, xs: np.ndarray, crop: tuple[int, int], n: int
+) -> list[tuple[int, int]]:
+    """The first ``n`` candidates (lattice row, column) whose crops overlap none taken before."""
+    taken: list[tuple[int, int]] = []
+    cells: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    crop_w, crop_h = crop
+    for r, c in candidates:
+        if len(taken) >= n:
+            break
+        x, y = int(xs[c]), int(ys[r])
+        cell = (x // crop_w, y // crop_h)
+        near = (cells.get((cell[0] + i, cell[1] + j), []) for i in (-1, 0, 1) for j in (-1, 0, 1))
+        if any(abs(x - ox) < crop_w and abs(y - oy) < crop_h for group in near for ox, oy in group):
+            continue
+        cells.setdefault(cell, []).append((x, y))
+        taken.append((r, c))
+    return taken
+
+
+def patch_tiles(patch: Patch, crop: tuple[int, int], header: LevelHeader) -> list[int]:
+    """The grid indices (row-major) of the tiles a patch's crop covers."""
+    tile_w, tile_h = header.tile_px
+    cols = range(patch.x // tile_w, (patch.x + crop[0] - 1) // tile_w + 1)
+    rows = range(patch.y // tile_h, (patch.y + crop[1] - 1) // tile_h + 1)
+    return [r * header.across + c for r in rows for c in cols]
+
+
+def cut_patches(
+    patches: Sequence[Patch],
+    header: LevelHeader,
+    span: tuple[float, float],
+    size_px: int,
+    frame_bytes: Callable[[Sequence[int]], Mapping[int, bytes]],
+    frames: Mapping[int, Frame],
+) -> Iterator[tuple[Patch, pyvips.Image]]:
+    """Each patch's image, exactly ``size_px`` square; frames fetched group by group and decoded once each.
+
+    ``frame_bytes(tiles)`` returns the data of those tiles' frames; ``frames``
+    says which tiles have one (a sparse level's others are background).
+    """
+    crop = crop_px(span)
+    needs = [patch_tiles(p, crop, header) for p in patches]
+    last_use = {tile: k for k, tiles in enumerate(needs) for tile in tiles}
+    decoded: dict[int, np.ndarray] = {}
+    group = 32
+    for start in range(0, len(patches), group):
+        wanted = sorted({t for tiles in needs[start : start + group] for t in tiles} - decoded.keys())
+        data = frame_bytes([t for t in wanted if t in frames])
+        for tile in wanted:
+            decoded[tile] = (
+                decode_frame_data(data[tile], frames[tile], header, 1)
+                if tile in frames
+                else np.full((header.tile_px[1], header.tile_px[0], 3), BACKGROUND, dtype=np.uint8)
+            )
+        for k in range(start, min(start + group, len(patches))):
+            yield patches[k], _resampled(patches[k], crop, span, size_px, header, decoded)
+        for tile in [t for t in decoded if last_use[t] < start + group]:
+            del decoded[tile]
+
+
+def _resampled(
+    patch: Patch,
+    crop: tuple[int, int],
+    span: tuple[float, float],
+    size_px: int,
+    header: LevelHeader,
+    decoded: Mapping[int, np.ndarray],
+) -> pyvips.Image:
+    """The patch's crop assembled from its decoded tiles, resized to ``size_px`` against its exact span."""
+    tile_w, tile_h = header.tile_px
+    c0, r0 = patch.x // tile_w, patch.y // tile_h
+    tiles = patch_tiles(patch, crop, header)
+    n_cols = (patch.x + crop[0] - 1) // tile_w - c0 + 1
+    n_rows = len(tiles) // n_cols
+    mosaic = np.concatenate(
+        [np.concatenate([decoded[tiles[i * n_cols + j]] for j in range(n_cols)], axis=1) for i in range(n_rows)],
+        axis=0,
+    )
+    x, y = patch.x - c0 * tile_w, patch.y - r0 * tile_h
+    region = np.ascontiguousarray(mosaic[y : y + crop[1], x : x + crop[0]])
+    image = pyvips.Image.new_from_array(region).copy(interpretation="srgb")
+    if header.icc_profile:
+        image.set_type(pyvips.GValue.blob_type, "icc-profile-data", header.icc_profile)
+    resized: pyvips.Image = resize_exact(image, (size_px, size_px), span)
+    return resized
