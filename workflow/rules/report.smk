@@ -11,6 +11,7 @@ rule report:
     input:
         batches=get_batch_tables,
         lock="results/cohort/cohort.tsv",
+        patches=get_patch_outputs,
     output:
         csv=report(
             "results/report/slides.csv",
@@ -56,6 +57,7 @@ rule report:
         slides=SLIDES,
         sheet_max=CONFIG["report"]["contact_sheet_max"],
         target=CONFIG["target"],
+        patches=PATCHES,
     script:
         "../scripts/report.py"
 

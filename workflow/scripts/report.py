@@ -8,6 +8,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
 
 from slidestock.lockfile import read_lock, read_lock_header
+from slidestock.patchbatch import read_patch_records
+from slidestock.patchreport import patches_html
 from slidestock.report import (
     ReportInputs,
     load_records,
@@ -50,7 +52,13 @@ inputs = ReportInputs(
     config_files=smk.config.get("config_files", []),
     run_date=run_date(records),
 )
-Path(smk.output.html).write_text(render_html(frame, inputs, svgs, made))
+sections = []
+patch_tables = [Path(path) for path in smk.input.patches if path.endswith(".tsv")]
+if patch_tables:  # patches.enabled
+    patch_records = read_patch_records(patch_tables, Path(smk.params.patches))
+    images = {str(row["slide_id"]): Path(str(row["output_path"])) for row in frame.to_dict("records")}
+    sections.append(patches_html(patch_records, Path(smk.params.patches), images))
+Path(smk.output.html).write_text(render_html(frame, inputs, svgs, made, sections))
 sheet.result()
 background.shutdown()
 logging.info("report: %s", summary(frame))

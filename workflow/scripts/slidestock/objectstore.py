@@ -16,13 +16,16 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import obstore
-from obstore.store import ClientConfig, RetryConfig, S3Store
+from obstore.store import S3Store
 
 from slidestock.errors import FetchError, UnreachableError
 from slidestock.fetch import endpoint_url, source_url
+
+if TYPE_CHECKING:  # typing names only: obstore's stubs define them, its module does not
+    from obstore.store import ClientConfig, RetryConfig
 
 # idc-open-data and its two companions are in us-east-1; a custom endpoint ignores the region.
 REGION = "us-east-1"

@@ -241,6 +241,8 @@ td.error { max-width: 30em; white-space: nowrap; overflow: hidden; text-overflow
 .sheet figure { margin: 0; width: 170px; font-size: 0.7em; text-align: center; }
 .sheet img { max-width: 160px; max-height: 160px; border: 1px solid #ddd; }
 .plots svg { margin: 0 1em 1em 0; border: 1px solid #eee; }
+#patch-sample figure { width: auto; max-width: 100%; }
+#patch-sample img { max-width: 320px; max-height: 320px; margin: 2px; vertical-align: middle; }
 dl.facts { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; }
 dl.facts dt { font-weight: bold; } dl.facts dd { margin: 0; }
 pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 0.8em; }
@@ -258,8 +260,9 @@ def render_html(
     inputs: ReportInputs,
     svgs: Mapping[str, str],
     made: Mapping[Path, Image.Image] | None = None,
+    sections: Sequence[str] = (),
 ) -> str:
-    """The report page; the contact sheet from the thumbnails in ``made`` where there."""
+    """The report page; the contact sheet from the thumbnails in ``made`` where there; ``sections`` after it."""
     stats = summary(frame)
     wall = "unknown" if inputs.wall_time_s is None else f"{inputs.wall_time_s:,.1f} s"
     facts = {
@@ -295,6 +298,7 @@ def render_html(
             *svgs.values(),
             "</div>",
             _contact_sheet_html(frame, inputs.sheet_max, made),
+            *sections,
             _table_html(frame),
             _citations_html(frame, inputs.idc_version),
             _software_html(inputs.software),
