@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,3 +75,13 @@ def run_in(
 
 def demo_tables(demo_build: dict[str, Path]) -> dict[str, Path]:
     return {name: demo_build[name] for name in ("index", "sm_index", "sm_instance_index")}
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> None:
+    """Until ``condition()`` holds (an event: a file, a log line), polled; fails after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -14,14 +14,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from slidestock_testkit.s3server import S3Server, free_port, serving
-from tests.e2e.runs import Run, demo_tables, run_in, snakemake, snakemake_argv, write_config
+from tests.e2e.runs import Run, demo_tables, run_in, snakemake, snakemake_argv, wait_for, write_config
 from tests.faults.conftest import Proxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -66,15 +65,6 @@ def assert_nothing_partial(folder: Path) -> None:
     leftovers = [p for p in folder.rglob("*") if p.name.endswith((".partial", ".dcm", ".s5cmd"))]
     assert leftovers == []
     assert [p.name for p in (folder / "scratch").iterdir() if p.name.startswith("slidestock-")] == []
-
-
-def wait_for(condition: object, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def batch_gets(proxy: Proxy) -> int:

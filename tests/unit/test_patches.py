@@ -12,9 +12,9 @@ import openslide
 import pandas as pd
 import pytest
 
-from slidestock.dicom import read_header
+from slidestock.dicom import LevelHeader, decode_frame_data, read_header
 from slidestock.objectstore import RangeClient, touching
-from slidestock.patches import PatchSettings, choose_patches, crop_px, cut_patches, patch_tiles, span_px
+from slidestock.patches import PatchSettings, TiledLevel, choose_patches, crop_px, cut_patches, patch_tiles, span_px
 from slidestock.reduce import openslide_region, resize_exact
 from slidestock.remote import RemoteObject, fetch_frames, locate_frames, read_level_header
 from slidestock_testkit import faultproxy, s3server
@@ -55,6 +55,10 @@ def base_levels(patch_build: dict[str, Path]) -> dict[str, tuple[str, Path, int]
     return out
 
 
+def tiled(header: LevelHeader) -> TiledLevel:
+    return TiledLevel(header.size_px, header.tile_px, header.icc_profile)
+
+
 def _tissue_everywhere(shape: tuple[int, int] = (60, 80)) -> np.ndarray:
     return np.ones(shape, dtype=bool)
 
@@ -64,13 +68,14 @@ def _cut(url: str, size: int, endpoint: str, mask: np.ndarray, settings: PatchSe
     level = read_level_header(obj, url)
     span = span_px(level.header.spacing_xy_um, settings)
     patches = choose_patches(mask, level.header.size_px, span, settings, url)
-    tiles = sorted({t for p in patches for t in patch_tiles(p, crop_px(span), level.header)})
+    tiles = sorted({t for p in patches for t in patch_tiles(p, crop_px(span), tiled(level.header))})
     located = locate_frames(obj, level, tiles)
     images = list(
         cut_patches(
-            patches, level.header, span, settings.size_px,
+            patches, tiled(level.header), span, settings.size_px,
             lambda wanted: fetch_frames(obj, {t: located.frames[t] for t in wanted}, located.items, url),
-            located.frames,
+            lambda tile, data: decode_frame_data(data, located.frames[tile], level.header, 1),
+            located.frames.keys(),
         )
     )  # fmt: skip
     return obj, level, located, span, images
@@ -128,7 +133,7 @@ def test_bytes_fetched_are_the_covered_frames_and_the_header_reads(container, se
     assert all(start >= end for (start, _), end in zip(sorted(ranges)[1:], ends, strict=False))  # no byte twice
     whole = read_header(local)
     crop = crop_px(span)
-    covered = {t for patch, _ in images for t in patch_tiles(patch, crop, level.header)}
+    covered = {t for patch, _ in images for t in patch_tiles(patch, crop, tiled(level.header))}
     # Touching or 8 bytes apart (an item header between two frames located by a TIFF directory): one range.
     frames = touching([(o - 8, n + 8) if located.items else (o, n) for t in covered for o, n in whole.grid[t].parts])
     header_reads = [r for r in ranges if not any(f[0] <= r[0] < f[0] + f[1] for f in frames)]

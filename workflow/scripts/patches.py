@@ -10,13 +10,16 @@ from slidestock.objectstore import RangeClient
 from slidestock.patchbatch import PatchJob, run_patch_batch, write_patch_table
 from slidestock.patches import PatchSettings
 from slidestock.planrow import read_base_sizes, read_batch_plan
+from slidestock.slide import GdcSettings, read_token
 
 smk = snakemake  # noqa: F821
 logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 logging.getLogger("pyvips").setLevel(logging.WARNING)
 
 # Where bytes come from is read from the config, not a parameter: moving it re-runs nothing.
-fetch = smk.config["fetch"]
+fetch, gdc = smk.config["fetch"], smk.config["gdc"]
+token_file = Path(gdc["token_file"]) if gdc.get("token_file") else None
+gdc_settings = GdcSettings(api=gdc["api"], token=read_token(token_file), mode=gdc["mode"], parallel=gdc["parallel"])
 settings = PatchSettings.from_config(smk.params.patches, smk.params.seed)
 client = RangeClient(fetch["endpoint"], attempts=fetch["attempts"], parallel=smk.params.patches["parallel"])
 folder, slides = Path(smk.params.folder), Path(smk.params.slides)
@@ -28,10 +31,14 @@ jobs = [
         image_path=slides / f"{plan.slide_id}.{smk.params.suffix}",
         folder=folder / plan.slide_id,
         json_path=folder / f"{plan.slide_id}.json",
+        gdc=gdc_settings,
+        attempts=fetch["attempts"],
     )
     for plan in read_batch_plan(Path(smk.input.plan))
 ]
-records = run_patch_batch(jobs, settings, client)
+webdataset = smk.params.patches["format"] == "webdataset"
+shard = folder / "shards" / f"{smk.wildcards.batch}.tar" if webdataset else None
+records = run_patch_batch(jobs, settings, client, shard)
 failed = [record["slide_id"] for record in records if record["status"] != "done"]
 total = sum(len(record.get("patches", [])) for record in records)
 logging.info("%d slides, %d patches, %d failed: %s", len(records), total, len(failed), " ".join(failed) or "none")

@@ -9,12 +9,15 @@ never stops the batch; a failed slide leaves no patch behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import shutil
+import tarfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,13 +25,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyvips
 
+from slidestock.dicom import decode_frame_data
 from slidestock.errors import FetchError, SlidestockError
+from slidestock.gdcapi import BlockCache, GdcClient, fetch_ranges
+from slidestock.levels import Target, choose_level
 from slidestock.objectstore import RangeClient
 from slidestock.output import tissue_mask, write_image
-from slidestock.patches import PatchSettings, choose_patches, crop_px, cut_patches, patch_tiles, span_px
+from slidestock.patches import PatchSettings, TiledLevel, choose_patches, crop_px, cut_patches, patch_tiles, span_px
 from slidestock.planrow import PlanRow, slide_plan_text
 from slidestock.provenance import SLIDESTOCK_VERSION, sha256_file, write_json, write_text_atomic
 from slidestock.remote import RemoteObject, fetch_frames, locate_frames, read_level_header
+from slidestock.slide import GdcSettings
+from slidestock.svs import decode_tile, page_levels
+from slidestock.tiff import read_pages, tile_locations
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -53,6 +62,7 @@ PATCH_COLUMNS = (
     "tissue_fraction",
     "bytes_fetched",
     "sha256",
+    "shard",
 )
 
 
@@ -65,6 +75,8 @@ class PatchJob:
     image_path: Path
     folder: Path
     json_path: Path
+    gdc: GdcSettings | None = None
+    attempts: int = 3
 
 
 def patch_digest(job: PatchJob, settings: PatchSettings) -> str:
@@ -74,7 +86,11 @@ def patch_digest(job: PatchJob, settings: PatchSettings) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def is_finished(job: PatchJob, digest: str) -> bool:
+def is_finished(job: PatchJob, digest: str, in_shard: Collection[str] = ()) -> bool:
+    """True when the slide's record says done (or failed for good) for this digest, and its patches are all there.
+
+    A patch is there as its PNG file, or as a member of the batch's shard (``in_shard``: its member names).
+    """
     try:
         record = json.loads(job.json_path.read_text())
     except (OSError, ValueError):
@@ -84,23 +100,86 @@ def is_finished(job: PatchJob, digest: str) -> bool:
     if record.get("status") == "failed":
         return record.get("retryable") is False
     return record.get("status") == "done" and all(
-        (job.folder.parent.parent / row["path"]).is_file() for row in record.get("patches", [])
+        (job.folder.parent / row["path"]).is_file() or f"{row['patch_id']}.png" in in_shard
+        for row in record.get("patches", [])
     )
 
 
-def run_patch_batch(jobs: Sequence[PatchJob], settings: PatchSettings, client: RangeClient) -> list[dict[str, Any]]:
-    """Every slide's record, new or kept; the slides are done one after another."""
+def run_patch_batch(
+    jobs: Sequence[PatchJob], settings: PatchSettings, client: RangeClient, shard: Path | None = None
+) -> list[dict[str, Any]]:
+    """Every slide's record, new or kept; the slides are done one after another.
+
+    With ``shard`` (``patches.format: webdataset``), the batch's patches are
+    then packed into that tar, and their PNG files removed.
+    """
+    members = shard_members(shard) if shard is not None else set()
     records = []
     for job in jobs:
         digest = patch_digest(job, settings)
-        if is_finished(job, digest):
+        if is_finished(job, digest, members):
             log.info("%s: patches done before for this plan and settings; kept", job.plan.slide_id)
             records.append(json.loads(job.json_path.read_text()))
             continue
         record = _run_slide(job, settings, client, digest)
         write_json(job.json_path, record)
         records.append(record)
+    if shard is not None:
+        pack_shard(jobs, records, shard)
     return records
+
+
+def shard_members(shard: Path) -> set[str]:
+    """The member names of a batch's shard (none when there is none yet, or it cannot be read)."""
+    try:
+        with tarfile.open(shard) as tar:
+            return set(tar.getnames())
+    except (OSError, tarfile.TarError):
+        return set()
+
+
+def pack_shard(jobs: Sequence[PatchJob], records: Sequence[dict[str, Any]], shard: Path) -> None:
+    """Write the batch's finished patches as one webdataset shard: ``{patch_id}.png`` and ``{patch_id}.json`` each.
+
+    A patch made by this run comes from its PNG file, one kept from before from
+    the old shard. Members are in cohort then patch order, with fixed times and
+    owners, so the same patches give the same bytes. The PNG files are removed
+    once the shard is in place; each record then names its shard.
+    """
+    shard.parent.mkdir(parents=True, exist_ok=True)
+    partial = shard.with_suffix(".partial")
+    with contextlib.ExitStack() as stack:
+        old = stack.enter_context(tarfile.open(shard)) if shard.is_file() else None
+        tar = stack.enter_context(tarfile.open(partial, "w", format=tarfile.USTAR_FORMAT))
+        stack.callback(partial.unlink, missing_ok=True)
+        for job, record in zip(jobs, records, strict=True):
+            if record.get("status") != "done":
+                continue
+            for row in record["patches"]:
+                row["shard"] = f"{shard.parent.name}/{shard.name}"
+                png = job.folder.parent / row["path"]
+                data = png.read_bytes() if png.is_file() else _member(old, f"{row['patch_id']}.png")
+                _add(tar, f"{row['patch_id']}.png", data)
+                _add(tar, f"{row['patch_id']}.json", json.dumps(row, sort_keys=True).encode())
+        tar.close()
+        partial.replace(shard)
+    for job, record in zip(jobs, records, strict=True):
+        if record.get("status") == "done":
+            write_json(job.json_path, record)
+        shutil.rmtree(job.folder, ignore_errors=True)
+
+
+def _member(tar: tarfile.TarFile | None, name: str) -> bytes:
+    handle = tar.extractfile(name) if tar is not None else None
+    if handle is None:
+        raise SlidestockError(f"{name}: neither its PNG file nor its old shard holds it; expected one of them")
+    return handle.read()
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    tar.addfile(info, io.BytesIO(data))
 
 
 def _run_slide(job: PatchJob, settings: PatchSettings, client: RangeClient, digest: str) -> dict[str, Any]:
@@ -132,61 +211,151 @@ def _run_slide(job: PatchJob, settings: PatchSettings, client: RangeClient, dige
     return record
 
 
-def _cut_slide(job: PatchJob, settings: PatchSettings, client: RangeClient) -> dict[str, Any]:
+@dataclass
+class OpenedLevel:
+    """The level patches are cut from, opened by its source: geometry and spacing first, then its tiles by range.
+
+    ``locate(tiles)`` finds those tiles and returns which are present, how to
+    fetch and decode them, and what the record says about how they were found.
+    ``fetched()`` is every byte read so far, header and directory reads included.
+    """
+
+    level: TiledLevel
+    spacing_um: tuple[float, float]
+    base_size_px: tuple[int, int] | None
+    facts: dict[str, Any]
+    locate: Callable[[Sequence[int]], Tiles]
+    fetched: Callable[[], int]
+    requests: Callable[[], int]
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """Located tiles: which are present, their encoded sizes, how to fetch and decode them, and how they were found."""
+
+    present: Collection[int]
+    sizes: Mapping[int, int]
+    fetch: Callable[[Sequence[int]], Mapping[int, bytes]]
+    decode: Callable[[int, bytes], np.ndarray]
+    facts: dict[str, Any]
+
+
+def _open_idc(job: PatchJob, client: RangeClient) -> OpenedLevel:
+    """A DICOM instance in its bucket: the header by range, then the frames the patches cover."""
     plan = job.plan
-    if not plan.planned:
-        raise SlidestockError(f"{plan.slide_id}: no level for patches: {plan.reason}")
-    if plan.source != "idc":
-        raise SlidestockError(f"{plan.slide_id}: patches are cut from IDC's DICOM levels; GDC SVS files are not yet")
     if plan.parts:
         raise SlidestockError(
             f"{plan.slide_id}: the patch level is a concatenation of {len(plan.parts)} instances; "
             "patches are cut from single-instance levels only (so far)"
         )
-    if not job.image_path.is_file():
-        raise SlidestockError(f"{plan.slide_id}: no low-resolution image at {job.image_path} to place patches on")
     obj = RemoteObject(client, plan.url, plan.instance_size)
     level = read_level_header(obj, plan.slide_id)
     header = level.header
     spacing = header.spacing_xy_um or plan.level_spacing_um
     if spacing is None:
         raise SlidestockError(f"{plan.slide_id}: the patch level has no pixel spacing; expected one to size patches")
-    if spacing[0] > settings.mpp * 1.0001 or spacing[1] > settings.mpp * 1.0001:
+
+    def locate(tiles: Sequence[int]) -> Tiles:
+        located = locate_frames(obj, level, tiles)
+        return Tiles(
+            present=located.frames.keys(),
+            sizes={t: f.parts[0][1] for t, f in located.frames.items()},
+            fetch=lambda wanted: fetch_frames(
+                obj, {t: located.frames[t] for t in wanted}, located.items, plan.slide_id
+            ),
+            decode=lambda tile, data: decode_frame_data(data, located.frames[tile], header, 1),
+            facts={"located_by": located.method, "note": located.note},
+        )
+
+    return OpenedLevel(
+        level=TiledLevel(header.size_px, header.tile_px, header.icc_profile),
+        spacing_um=spacing,
+        base_size_px=job.base_size_px,
+        facts={"header_bytes": level.header_bytes, "transfer_syntax": header.transfer_syntax},
+        locate=locate,
+        fetched=lambda: obj.fetched,
+        requests=lambda: obj.requests,
+    )
+
+
+def _open_gdc(job: PatchJob, settings: PatchSettings) -> OpenedLevel:
+    """An SVS file at the GDC: its directory by range, the page by the level rule, then the tiles the patches cover."""
+    plan = job.plan
+    if job.gdc is None:
+        raise SlidestockError(f"{plan.slide_id}: a GDC slide, but no gdc settings were given")
+    file_id, item = plan.gdc_file_id, f"{plan.slide_id} (GDC {plan.gdc_file_id})"
+    client = GdcClient(job.gdc.api, job.gdc.token, attempts=job.attempts)
+    cache = BlockCache(client, file_id, plan.instance_size)
+    pages = read_pages(cache.read, item)
+    levels = page_levels(pages)
+    choice = choose_level(levels, Target(mpp=settings.mpp), slide=item)
+    page = pages[int(choice.level.sop_instance_uid.removeprefix("page"))]
+    if choice.spacing_um is None or page.tile_px is None:
+        raise SlidestockError(f"{item}: page {page.index} has no spacing or is not tiled; expected a tiled level")
+    spacing = float(choice.spacing_um)
+
+    def locate(tiles: Sequence[int]) -> Tiles:
+        where = tile_locations(cache.read, page, item)
+
+        def fetch(wanted: Sequence[int]) -> Mapping[int, bytes]:
+            bodies = fetch_ranges(
+                client, file_id, [where[t] for t in wanted], parallel=job.gdc.parallel if job.gdc else 4
+            )
+            return dict(zip(wanted, bodies, strict=True))
+
+        return Tiles(
+            present=range(len(where)),
+            sizes={t: where[t][1] for t in tiles},
+            fetch=fetch,
+            decode=lambda tile, data: decode_tile(page, data, item, tile),
+            facts={"located_by": "SVS tile directory", "note": ""},
+        )
+
+    return OpenedLevel(
+        level=TiledLevel(page.size_px, page.tile_px, None),
+        spacing_um=(spacing, spacing),
+        base_size_px=levels[0].size_px if levels else None,
+        facts={"page": page.index, "reason": choice.reason, "transfer_syntax": f"tiff-compression-{page.compression}"},
+        locate=locate,
+        fetched=lambda: client.bytes_fetched,
+        requests=lambda: client.requests,
+    )
+
+
+def _cut_slide(job: PatchJob, settings: PatchSettings, client: RangeClient) -> dict[str, Any]:
+    plan = job.plan
+    if not plan.planned:
+        raise SlidestockError(f"{plan.slide_id}: no level for patches: {plan.reason}")
+    if not job.image_path.is_file():
+        raise SlidestockError(f"{plan.slide_id}: no low-resolution image at {job.image_path} to place patches on")
+    opened = _open_gdc(job, settings) if plan.source == "gdc" else _open_idc(job, client)
+    spacing, level = opened.spacing_um, opened.level
+    if max(spacing) > settings.mpp * 1.0001:
         raise SlidestockError(
             f"{plan.slide_id}: the finest level is {spacing[0]:.4g} µm/px, coarser than patches.mpp {settings.mpp}; "
             "patches are never upsampled"
         )
     span = span_px(spacing, settings)
     mask = mask_of(job.image_path)
-    patches = choose_patches(mask, header.size_px, span, settings, plan.slide_id)
+    patches = choose_patches(mask, level.size_px, span, settings, plan.slide_id)
     crop = crop_px(span)
-    tiles = sorted({t for p in patches for t in patch_tiles(p, crop, header)})
-    located = locate_frames(obj, level, tiles)
-    directory_bytes = obj.fetched
-    frame_bytes_of = {t: f.parts[0][1] for t, f in located.frames.items()}
-
-    def frame_bytes(wanted: Sequence[int]) -> Mapping[int, bytes]:
-        return fetch_frames(obj, {t: located.frames[t] for t in wanted}, located.items, plan.slide_id)
-
-    rows = []
+    tiles = opened.locate(sorted({t for p in patches for t in patch_tiles(p, crop, level)}))
+    before_frames = opened.fetched()
     job.folder.mkdir(parents=True, exist_ok=True)
-    scale0 = (
-        (job.base_size_px[0] / header.size_px[0], job.base_size_px[1] / header.size_px[1])
-        if job.base_size_px
-        else (1.0, 1.0)
-    )
-    for patch, image in cut_patches(patches, header, span, settings.size_px, frame_bytes, located.frames):
-        name = f"{plan.slide_id}_{patch.number:05d}.png"
-        path = job.folder / name
+    base = opened.base_size_px or level.size_px
+    scale0 = (base[0] / level.size_px[0], base[1] / level.size_px[1])
+    rows = []
+    for patch, image in cut_patches(patches, level, span, settings.size_px, tiles.fetch, tiles.decode, tiles.present):
+        patch_id = f"{plan.slide_id}_{patch.number:05d}"
+        path = job.folder / f"{patch_id}.png"
         write_image(image, path, (settings.mpp, settings.mpp), "png")
-        own = sum(frame_bytes_of.get(t, 0) for t in patch_tiles(patch, crop, header))
         rows.append(
             {
                 "slide_id": plan.slide_id,
-                "patch_id": f"{plan.slide_id}_{patch.number:05d}",
-                "path": str(Path(job.folder.name) / name),
-                "level_columns": header.size_px[0],
-                "level_rows": header.size_px[1],
+                "patch_id": patch_id,
+                "path": f"{job.folder.name}/{path.name}",
+                "level_columns": level.size_px[0],
+                "level_rows": level.size_px[1],
                 "level_spacing_um": round(spacing[0], 6),
                 "x_level_px": patch.x,
                 "y_level_px": patch.y,
@@ -197,31 +366,26 @@ def _cut_slide(job: PatchJob, settings: PatchSettings, client: RangeClient) -> d
                 "size_px": settings.size_px,
                 "mpp": settings.mpp,
                 "tissue_fraction": patch.tissue,
-                "bytes_fetched": own,
+                "bytes_fetched": sum(tiles.sizes.get(t, 0) for t in patch_tiles(patch, crop, level)),
                 "sha256": sha256_file(path),
+                "shard": "",
             }
         )
-    frames_total = sum(frame_bytes_of.values())
     fewer = settings.mode == "random" and len(patches) < settings.n_per_slide
     return {
         "level": {
-            "reason": plan.reason,
-            "size_px": list(header.size_px),
+            **opened.facts,
+            "reason": opened.facts.get("reason", plan.reason),
+            "size_px": list(level.size_px),
             "spacing_um": [round(spacing[0], 6), round(spacing[1], 6)],
-            "tile_px": list(header.tile_px),
+            "tile_px": list(level.tile_px),
             "instance_bytes": plan.instance_size,
-            "series_size_bytes": plan.series_size_bytes,
+            "series_size_bytes": plan.series_size_bytes or plan.instance_size,
         },
-        "frames": {
-            "located_by": located.method,
-            "note": located.note,
-            "covered": len(located.frames),
-            "covered_bytes": frames_total,
-        },
-        "bytes_fetched": obj.fetched,
-        "header_bytes": level.header_bytes,
-        "directory_bytes": directory_bytes - level.header_bytes,
-        "requests": obj.requests,
+        "frames": {**tiles.facts, "covered": len(tiles.sizes), "covered_bytes": sum(tiles.sizes.values())},
+        "bytes_fetched": opened.fetched(),
+        "directory_and_header_bytes": before_frames,
+        "requests": opened.requests(),
         "tissue_pixels": int(mask.sum()),
         "note": (
             f"{len(patches)} of {settings.n_per_slide} patches: too little tissue (at least {settings.min_tissue:.0%} "

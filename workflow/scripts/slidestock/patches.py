@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyvips
 
-from slidestock.dicom import BACKGROUND, Frame, LevelHeader, decode_frame_data
+from slidestock.dicom import BACKGROUND
 from slidestock.reduce import resize_exact
 
 # Random mode tries positions on a lattice this many times finer than the patch.
@@ -49,6 +49,19 @@ class PatchSettings:
             min_tissue=float(patches["min_tissue"]),
             seed=int(seed),
         )
+
+
+@dataclass(frozen=True)
+class TiledLevel:
+    """What cutting needs of a level, a DICOM instance or an SVS page: its size, tiling and ICC profile."""
+
+    size_px: tuple[int, int]
+    tile_px: tuple[int, int]
+    icc_profile: bytes | None = None
+
+    @property
+    def across(self) -> int:
+        return math.ceil(self.size_px[0] / self.tile_px[0])
 
 
 @dataclass(frozen=True)
@@ -143,44 +156,51 @@ def _without_overlap(
     return taken
 
 
-def patch_tiles(patch: Patch, crop: tuple[int, int], header: LevelHeader) -> list[int]:
+def patch_tiles(patch: Patch, crop: tuple[int, int], level: TiledLevel) -> list[int]:
     """The grid indices (row-major) of the tiles a patch's crop covers."""
-    tile_w, tile_h = header.tile_px
+    tile_w, tile_h = level.tile_px
     cols = range(patch.x // tile_w, (patch.x + crop[0] - 1) // tile_w + 1)
     rows = range(patch.y // tile_h, (patch.y + crop[1] - 1) // tile_h + 1)
-    return [r * header.across + c for r in rows for c in cols]
+    return [r * level.across + c for r in rows for c in cols]
+
+
+# Patches are cut this many at a time: their tiles fetched in one go, each decoded once.
+PATCH_GROUP = 32
 
 
 def cut_patches(
     patches: Sequence[Patch],
-    header: LevelHeader,
+    level: TiledLevel,
     span: tuple[float, float],
     size_px: int,
-    frame_bytes: Callable[[Sequence[int]], Mapping[int, bytes]],
-    frames: Mapping[int, Frame],
+    fetch: Callable[[Sequence[int]], Mapping[int, bytes]],
+    decode: Callable[[int, bytes], np.ndarray],
+    present: Collection[int],
 ) -> Iterator[tuple[Patch, pyvips.Image]]:
-    """Each patch's image, exactly ``size_px`` square; frames fetched group by group and decoded once each.
+    """Each patch's image, exactly ``size_px`` square.
 
-    ``frame_bytes(tiles)`` returns the data of those tiles' frames; ``frames``
-    says which tiles have one (a sparse level's others are background).
+    ``fetch(tiles)`` returns those tiles' encoded bytes and ``decode(tile,
+    data)`` their pixels (a whole tile); tiles not ``present`` (a sparse
+    level's) are background. A tile shared by patches of one group, or of the
+    next, is fetched and decoded once.
     """
     crop = crop_px(span)
-    needs = [patch_tiles(p, crop, header) for p in patches]
+    needs = [patch_tiles(p, crop, level) for p in patches]
     last_use = {tile: k for k, tiles in enumerate(needs) for tile in tiles}
     decoded: dict[int, np.ndarray] = {}
-    group = 32
-    for start in range(0, len(patches), group):
-        wanted = sorted({t for tiles in needs[start : start + group] for t in tiles} - decoded.keys())
-        data = frame_bytes([t for t in wanted if t in frames])
+    for start in range(0, len(patches), PATCH_GROUP):
+        group = range(start, min(start + PATCH_GROUP, len(patches)))
+        wanted = sorted({t for k in group for t in needs[k]} - decoded.keys())
+        data = fetch([t for t in wanted if t in present])
         for tile in wanted:
             decoded[tile] = (
-                decode_frame_data(data[tile], frames[tile], header, 1)
-                if tile in frames
-                else np.full((header.tile_px[1], header.tile_px[0], 3), BACKGROUND, dtype=np.uint8)
+                decode(tile, data[tile])
+                if tile in present
+                else np.full((level.tile_px[1], level.tile_px[0], 3), BACKGROUND, dtype=np.uint8)
             )
-        for k in range(start, min(start + group, len(patches))):
-            yield patches[k], _resampled(patches[k], crop, span, size_px, header, decoded)
-        for tile in [t for t in decoded if last_use[t] < start + group]:
+        for k in group:
+            yield patches[k], _resampled(patches[k], crop, span, size_px, level, decoded)
+        for tile in [t for t in decoded if last_use[t] <= group[-1]]:
             del decoded[tile]
 
 
@@ -189,13 +209,13 @@ def _resampled(
     crop: tuple[int, int],
     span: tuple[float, float],
     size_px: int,
-    header: LevelHeader,
+    level: TiledLevel,
     decoded: Mapping[int, np.ndarray],
 ) -> pyvips.Image:
     """The patch's crop assembled from its decoded tiles, resized to ``size_px`` against its exact span."""
-    tile_w, tile_h = header.tile_px
+    tile_w, tile_h = level.tile_px
     c0, r0 = patch.x // tile_w, patch.y // tile_h
-    tiles = patch_tiles(patch, crop, header)
+    tiles = patch_tiles(patch, crop, level)
     n_cols = (patch.x + crop[0] - 1) // tile_w - c0 + 1
     n_rows = len(tiles) // n_cols
     mosaic = np.concatenate(
@@ -205,7 +225,7 @@ def _resampled(
     x, y = patch.x - c0 * tile_w, patch.y - r0 * tile_h
     region = np.ascontiguousarray(mosaic[y : y + crop[1], x : x + crop[0]])
     image = pyvips.Image.new_from_array(region).copy(interpretation="srgb")
-    if header.icc_profile:
-        image.set_type(pyvips.GValue.blob_type, "icc-profile-data", header.icc_profile)
+    if level.icc_profile:
+        image.set_type(pyvips.GValue.blob_type, "icc-profile-data", level.icc_profile)
     resized: pyvips.Image = resize_exact(image, (size_px, size_px), span)
     return resized

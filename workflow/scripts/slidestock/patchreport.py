@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -80,12 +81,22 @@ def _sample_figure(record: Mapping[str, Any], folder: Path, image_path: Path | N
     if image_path is not None and image_path.is_file():
         parts.append(_img(_outlined(record, image_path), record["slide_id"]))
     for row in record["patches"][:PATCHES_SHOWN]:
-        with Image.open(folder / row["path"]) as patch:
+        with Image.open(_patch_file(folder, row)) as patch:
             small = patch.convert("RGB")
         small.thumbnail((96, 96))
         parts.append(_img(small, row["patch_id"]))
     caption = f"{html.escape(record['slide_id'])}: {len(record['patches'])} patches"
     return f"<figure>{''.join(parts)}<figcaption>{caption}</figcaption></figure>"
+
+
+def _patch_file(folder: Path, row: Mapping[str, Any]) -> Path | io.BytesIO:
+    """A patch's PNG: its file, or its member of a webdataset shard."""
+    if not row.get("shard"):
+        return folder / str(row["path"])
+    with tarfile.open(folder / str(row["shard"])) as tar:
+        member = tar.extractfile(f"{row['patch_id']}.png")
+        data: bytes = member.read() if member is not None else b""
+    return io.BytesIO(data)
 
 
 def _outlined(record: Mapping[str, Any], image_path: Path) -> Image.Image:

@@ -39,7 +39,7 @@ def page_levels(pages: Sequence[TiffPage]) -> list[Level]:
     ]
 
 
-def _decode_tile(page: TiffPage, data: bytes, item: str, index: int) -> np.ndarray:
+def decode_tile(page: TiffPage, data: bytes, item: str, index: int) -> np.ndarray:
     tile_w, tile_h = page.tile_px or page.size_px
     try:
         if page.compression == JPEG:
@@ -72,7 +72,7 @@ def decode_page(page: TiffPage, tiles: Sequence[bytes], item: str) -> pyvips.Ima
     if len(tiles) != expected:
         raise DecodeError(f"{item}: page {page.index} has {len(tiles)} tiles; expected {expected}")
     images = [
-        pyvips.Image.new_from_array(_decode_tile(page, data, item, i)).copy(interpretation="srgb")
+        pyvips.Image.new_from_array(decode_tile(page, data, item, i)).copy(interpretation="srgb")
         for i, data in enumerate(tiles)
     ]
     joined = pyvips.Image.arrayjoin(images, across=across) if len(images) > 1 else images[0]

@@ -1,0 +1,233 @@
+"""Patches end to end: snakemake with patches on, against rclone behind the proxy (which logs every range)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openslide
+import pandas as pd
+import pytest
+import pyvips
+import webdataset
+from PIL import Image
+
+from slidestock.output import tissue_mask
+from slidestock.reduce import openslide_region, resize_exact
+from slidestock_testkit import faultproxy, gdcserver, s3server
+from slidestock_testkit.s3server import S3Server
+from tests.e2e.runs import Run, demo_tables, run_in, snakemake, snakemake_argv, wait_for, write_config
+
+pytestmark = pytest.mark.e2e
+PATCHES = {"enabled": True, "n_per_slide": 8, "mpp": 0.5, "size_px": 256, "min_tissue": 0.5}
+LOCATED_BY = {
+    "PT-BOT-01": "Basic Offset Table",
+    "PT-EOT-01": "Extended Offset Table",
+    "PT-TIFF-01": "TIFF directory (dual-personality preamble)",
+    "PT-NONE-01": "level read whole",
+}
+
+
+@pytest.fixture(scope="module")
+def served(patch_build: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[S3Server, Path]]:
+    """The proxy in front of rclone serving the patch slides (as an S3Server: its URL), and its log."""
+    folder = tmp_path_factory.mktemp("proxy")
+    log, rules = folder / "proxy.log", folder / "rules.json"
+    rules.write_text("[]")
+    with s3server.serving(patch_build["s3_root"]) as s3, faultproxy.serving(s3.url, log, rules) as url:
+        yield S3Server(url, s3.pid), log
+
+
+def tables(build: dict[str, Path]) -> dict[str, Path]:
+    return {name: build[name] for name in ("index", "sm_index", "sm_instance_index")}
+
+
+def patch_run(folder: Path, build: dict[str, Path], server: S3Server, **patches: Any) -> Run:
+    top = {"patches": {**PATCHES, **patches}, "fetch": {"endpoint": server.url, "attempts": 1, "batch_size": 2}}
+    return run_in(folder, tables(build), server, top, filter={"collection_id": ["patch_demo"]})
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory: pytest.TempPathFactory, patch_build: dict[str, Path], served) -> Run:
+    return patch_run(tmp_path_factory.mktemp("patches"), patch_build, served[0])
+
+
+def records(run: Run) -> dict[str, dict[str, Any]]:
+    found = (json.loads(p.read_text()) for p in (run.workdir / "results/patches").glob("*.json"))
+    return {record["slide_id"].split("_")[0]: record for record in found}
+
+
+def test_every_slide_gets_its_patches_exactly_as_recorded(first: Run) -> None:
+    table = pd.read_parquet(first.workdir / "results/patches/patches.parquet")
+    assert len(table) == 4 * 8
+    assert table.groupby("slide_id").size().tolist() == [8, 8, 8, 8]
+    for row in table.itertuples():
+        path = first.workdir / "results/patches" / row.path
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == row.sha256
+        with Image.open(path) as image:
+            assert image.size == (256, 256)
+            assert image.mode == "RGB"
+            assert image.info["dpi"][0] == pytest.approx(25400 / 0.5, rel=1e-3)  # 0.5 µm/px written in the file
+        assert row.x_um == pytest.approx(row.x_level_px * row.level_spacing_um, abs=1e-3)
+    for name, record in records(first).items():
+        assert record["status"] == "done"
+        assert record["frames"]["located_by"] == LOCATED_BY[name]
+        assert record["level"]["size_px"][0] >= 3600  # the base level: the coarsest at least as fine as 0.5 µm/px
+    assert "PT-TIFF-01" in set(table["slide_id"].str.split("_").str[0])
+    tcga = table[table["slide_id"].str.startswith("PT-TIFF-01")]
+    assert (tcga["level_spacing_um"] == 0.2527).all()  # the header's spacing, not idc-index's rounded 0.25
+
+
+def test_patches_lie_on_the_slides_tissue_without_overlap(first: Run) -> None:
+    table = pd.read_parquet(first.workdir / "results/patches/patches.parquet")
+    for slide, rows in table.groupby("slide_id"):
+        image = pyvips.Image.new_from_file(str(first.workdir / f"results/slides/{slide}.png"))
+        mask = tissue_mask(image).numpy() > 0
+        fy, fx = mask.shape[0] / rows["level_rows"].iloc[0], mask.shape[1] / rows["level_columns"].iloc[0]
+        span = 256 * 0.5 / rows["level_spacing_um"].iloc[0]
+        for row in rows.itertuples():
+            footprint = mask[
+                round(row.y_level_px * fy) : round((row.y_level_px + span) * fy),
+                round(row.x_level_px * fx) : round((row.x_level_px + span) * fx),
+            ]
+            assert footprint.mean() >= 0.5
+            assert footprint.mean() == pytest.approx(row.tissue_fraction, abs=1e-4)
+            others = rows[rows["patch_id"] != row.patch_id]
+            assert (
+                (abs(others["x_level_px"] - row.x_level_px) >= span)
+                | (abs(others["y_level_px"] - row.y_level_px) >= span)
+            ).all()
+
+
+def test_bytes_at_the_server_are_what_the_records_count(first: Run, served) -> None:
+    plan = pd.read_csv(first.workdir / "results/cohort/patch_instances.tsv", sep="\t")
+    log = served[1]
+    for row in plan.itertuples():
+        record = json.loads((first.workdir / f"results/patches/{row.slide_id}.json").read_text())
+        key = row.url.removeprefix("s3://")
+        # What the server sent for this object (the module's first run, the only one so far): the patch plan's
+        # header read and the patch job's ranges, as the plan and the record count them.
+        assert sum(n for _, _, n in faultproxy.sent(log, key)) == record["bytes_fetched"] + row.header_bytes
+        covered = record["frames"]["covered_bytes"]
+        if record["frames"]["located_by"] != "level read whole":
+            # The covered frames, the header prefix and (for a TIFF) its directory: nothing else but, where a
+            # TIFF directory located two neighbouring frames, the 8-byte item header between them (one request).
+            between = 8 * record["frames"]["covered"] if record["frames"]["located_by"].startswith("TIFF") else 0
+            assert covered <= record["bytes_fetched"] <= covered + record["directory_and_header_bytes"] + between
+            assert record["directory_and_header_bytes"] <= (16 << 10) + (64 << 10)
+            assert record["bytes_fetched"] < 0.7 * row.instance_size
+
+
+def test_a_rerun_does_nothing_and_the_same_config_gives_the_same_patches(
+    first: Run, tmp_path, patch_build, served
+) -> None:
+    again = snakemake(first.workdir, first.config)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "rule patches" not in again.stderr
+    other = patch_run(tmp_path / "again", patch_build, served[0])
+    mine = pd.read_parquet(first.workdir / "results/patches/patches.parquet")
+    theirs = pd.read_parquet(other.workdir / "results/patches/patches.parquet")
+    assert mine["sha256"].tolist() == theirs["sha256"].tolist()
+    pd.testing.assert_frame_equal(mine, theirs)
+
+
+def test_a_killed_run_resumes_without_redoing_finished_slides(first: Run, tmp_path: Path, patch_build, served) -> None:
+    server, log = served
+    rules = log.with_name("rules.json")
+    slow = next(k for k, v in records_of_build(patch_build).items() if k.startswith("PT-TIFF-01"))
+    rules.write_text(json.dumps([{"match": slow, "mode": "slow", "bytes_per_s": 20_000}]))
+    top = {"patches": PATCHES, "fetch": {"endpoint": server.url, "attempts": 1}}
+    config = write_config(
+        tmp_path / "config.yaml", tables(patch_build), server.url, top, filter={"collection_id": ["patch_demo"]}
+    )
+    folder = tmp_path / "run"
+    argv, env = snakemake_argv(folder, config)
+    try:
+        proc = subprocess.Popen(
+            argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        # Cohort order: BOT, EOT, NONE, then TIFF, whose frames trickle in: the kill lands while it is cut.
+        done = [
+            folder / f"results/patches/{r['slide_id']}.json"
+            for name, r in records(first).items()
+            if name != "PT-TIFF-01"
+        ]
+        wait_for(lambda: all(p.is_file() for p in done), 120, "the first slides' patches")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        rules.write_text("[]")
+    stamps = {p: p.stat().st_mtime_ns for p in done}
+    assert snakemake(folder, config, "--unlock").returncode == 0  # as Snakemake says to after a kill
+    resumed = snakemake(folder, config)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert {p: p.stat().st_mtime_ns for p in done} == stamps  # finished slides were kept, not redone
+    kept = (folder / "logs/patches/b00000.log").read_text().count("done before for this plan and settings; kept")
+    assert kept == len(done)
+    assert len(pd.read_parquet(folder / "results/patches/patches.parquet")) == 4 * 8
+    assert [p for p in folder.rglob("*") if p.name.endswith(".partial")] == []
+
+
+def records_of_build(build: dict[str, Path]) -> dict[str, str]:
+    """Slide id prefix (container id) -> the key of its base level object, from the fixture's tables."""
+    instances = pd.read_parquet(build["sm_instance_index"])
+    series = pd.read_parquet(build["sm_index"])[["SeriesInstanceUID", "ContainerIdentifier"]]
+    index = pd.read_parquet(build["index"])[["SeriesInstanceUID", "crdc_series_uuid"]]
+    table = instances.merge(series, on="SeriesInstanceUID").merge(index, on="SeriesInstanceUID")
+    base = table.sort_values("TotalPixelMatrixColumns").groupby("SeriesInstanceUID").tail(1)
+    return {
+        row.ContainerIdentifier: f"{row.crdc_series_uuid}/{row.crdc_instance_uuid}.dcm" for row in base.itertuples()
+    }
+
+
+def test_webdataset_shards_load_with_the_webdataset_package(first: Run, tmp_path, patch_build, served) -> None:
+    run = patch_run(tmp_path / "wds", patch_build, served[0], format="webdataset")
+    shards = sorted((run.workdir / "results/patches/shards").glob("b*.tar"))
+    assert [s.name for s in shards] == ["b00000.tar", "b00001.tar"]
+    samples = list(webdataset.WebDataset([str(s) for s in shards], shardshuffle=False).decode("rgb8"))
+    reference = pd.read_parquet(first.workdir / "results/patches/patches.parquet")
+    assert [s["__key__"] for s in samples] == reference["patch_id"].tolist()
+    for sample, row in zip(samples, reference.itertuples(), strict=True):
+        with Image.open(first.workdir / "results/patches" / row.path) as png:
+            assert np.array_equal(sample["png"], np.asarray(png.convert("RGB")))
+        assert sample["json"]["sha256"] == row.sha256
+    assert not any((run.workdir / "results/patches").glob("PT-*/"))  # the shards instead of the PNG files
+    again = snakemake(run.workdir, run.config)
+    assert again.returncode == 0
+    assert "rule patches" not in again.stderr
+
+
+def test_gdc_patches_match_openslide_on_the_svs(tmp_path, demo_build, s3, gdc_build) -> None:
+    names = json.loads(gdc_build["names"].read_text())
+    with gdcserver.serving(gdc_build["files"], names=names, log_path=tmp_path / "gdc.log") as api:
+        top = {"gdc": {"api": api}, "patches": {**PATCHES, "n_per_slide": 4}}
+        run = run_in(tmp_path / "gdc", demo_tables(demo_build), s3, top, source="gdc_manifest",
+                     manifest=str(gdc_build["manifest"]), filter={})  # fmt: skip
+    table = pd.read_parquet(run.workdir / "results/patches/patches.parquet")
+    assert table.groupby("slide_id").size().tolist() == [4, 4, 4]
+    files = {
+        r["slide_id"]: r for r in (json.loads(p.read_text()) for p in (run.workdir / "results/patches").glob("*.json"))
+    }
+    for row in table.itertuples():
+        record = files[row.slide_id]
+        assert record["frames"]["located_by"] == "SVS tile directory"
+        assert record["bytes_fetched"] < 0.5 * record["level"]["instance_bytes"]
+        file_id = record["source"]["url"].removeprefix("gdc:")
+        span = 256 * 0.5 / row.level_spacing_um
+        with openslide.OpenSlide(str(gdc_build["files"] / file_id)) as slide:
+            level = slide.level_dimensions.index((row.level_columns, row.level_rows))
+            scale = slide.level_downsamples[level]
+            region = openslide_region(slide, level, (math.ceil(span), math.ceil(span)),
+                                      origin=(round(row.x_level_px * scale), round(row.y_level_px * scale)))  # fmt: skip
+        reference = resize_exact(region, (256, 256), (span, span)).numpy().astype(float)
+        with Image.open(run.workdir / "results/patches" / row.path) as png:
+            error = np.mean((np.asarray(png.convert("RGB")).astype(float) - reference) ** 2)
+        assert error == 0 or 10 * math.log10(255**2 / error) >= 50
