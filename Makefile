@@ -1,4 +1,4 @@
-# make demo: the workflow on the offline demo. make test: every gate and test.
+# make demo: the workflow on the offline demo (PATCHES=1: with patches). make test: every gate and test.
 # make test-fast: the gates and the tests not marked slow (no daemons, no large fixtures).
 # Each creates .venv on first use: requirements.txt for the demo, requirements-dev.txt to test.
 PYTHON ?= python3
@@ -21,7 +21,7 @@ $(DEV_STAMP): $(STAMP) requirements-dev.txt
 	touch $(DEV_STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python resources/demo/run_demo.py --cores $(CORES)
+	$(BIN)/python resources/demo/run_demo.py --cores $(CORES) $(if $(PATCHES),--patches)
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
@@ -40,4 +40,4 @@ test-fast: lint
 	$(BIN)/pytest -m "not slow"
 
 clean:
-	rm -rf results logs .snakemake resources/demo/build benchmarks/cohort benchmarks/plan benchmarks/batch
+	rm -rf results logs .snakemake demo demo-gdc demo-patches resources/demo/build benchmarks/cohort benchmarks/plan benchmarks/batch

@@ -45,6 +45,9 @@ def make_handler(upstream: str, rules_path: Path) -> type[BaseHTTPRequestHandler
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # The status line, the headers and the body go out as separate writes: without this, Nagle's
+        # algorithm holds each answer's last write until the client's delayed ACK (40 ms a request).
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:
             """Requests are logged when they arrive (by _forward), answered or not."""

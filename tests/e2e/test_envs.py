@@ -17,8 +17,10 @@ import subprocess
 import venv
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from slidestock_testkit import faultproxy
 from slidestock_testkit.s3server import S3Server
 from tests.e2e.runs import REPO, demo_tables, run_in, write_config
 from tests.unit.test_envs import ENVS, env_pypi_packages, pinned_requirements
@@ -74,11 +76,18 @@ def test_jobs_run_in_the_env(env: Path, tmp_path: Path, demo_build: dict[str, Pa
     assert probe.returncode != 0  # the dev tools are not in it: only what the env lists
     folder = tmp_path / "in-env"
     folder.mkdir()
-    config = write_config(folder / "config.yaml", demo_tables(demo_build), s3.url)
-    proc = run_with(python, folder, config)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    reference = run_in(tmp_path / "dev", demo_tables(demo_build), s3)
+    # Patches on too (their jobs import obstore): through the proxy, which answers ranged GETs 206.
+    with faultproxy.serving(s3.url, tmp_path / "proxy.log") as url:
+        server = S3Server(url, s3.pid)
+        top = {"patches": {"enabled": True, "n_per_slide": 3}}
+        config = write_config(folder / "config.yaml", demo_tables(demo_build), url, top)
+        proc = run_with(python, folder, config)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        reference = run_in(tmp_path / "dev", demo_tables(demo_build), server, top)
     ours, theirs = digests(folder), digests(reference.workdir)
     assert len(ours) == 6
     assert all(ours.values())
     assert ours == theirs
+    patches = [pd.read_parquet(run / "results/patches/patches.parquet") for run in (folder, reference.workdir)]
+    assert len(patches[0]) == 6 * 3
+    assert patches[0]["sha256"].tolist() == patches[1]["sha256"].tolist()

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -20,9 +21,11 @@ import pyvips
 import webdataset
 from PIL import Image
 
+from slidestock.dicom import read_header
 from slidestock.output import tissue_mask
 from slidestock.reduce import openslide_region, resize_exact
 from slidestock_testkit import faultproxy, gdcserver, s3server
+from slidestock_testkit.dicomseries import srgb_profile
 from slidestock_testkit.s3server import S3Server
 from tests.e2e.runs import Run, demo_tables, run_in, snakemake, snakemake_argv, wait_for, write_config
 
@@ -77,6 +80,8 @@ def test_every_slide_gets_its_patches_exactly_as_recorded(first: Run) -> None:
             assert image.mode == "RGB"
             assert image.info["dpi"][0] == pytest.approx(25400 / 0.5, rel=1e-3)  # 0.5 µm/px written in the file
         assert row.x_um == pytest.approx(row.x_level_px * row.level_spacing_um, abs=1e-3)
+    with Image.open(next((first.workdir / "results/patches").glob("PT-BOT-01*/*.png"))) as image:
+        assert image.info["icc_profile"] == srgb_profile()  # the slide's ICC profile, carried
     for name, record in records(first).items():
         assert record["status"] == "done"
         assert record["frames"]["located_by"] == LOCATED_BY[name]
@@ -225,9 +230,35 @@ def test_gdc_patches_match_openslide_on_the_svs(tmp_path, demo_build, s3, gdc_bu
         with openslide.OpenSlide(str(gdc_build["files"] / file_id)) as slide:
             level = slide.level_dimensions.index((row.level_columns, row.level_rows))
             scale = slide.level_downsamples[level]
-            region = openslide_region(slide, level, (math.ceil(span), math.ceil(span)),
-                                      origin=(round(row.x_level_px * scale), round(row.y_level_px * scale)))  # fmt: skip
+            origin = (round(row.x_level_px * scale), round(row.y_level_px * scale))
+            region = openslide_region(slide, level, (math.ceil(span), math.ceil(span)), origin=origin)
         reference = resize_exact(region, (256, 256), (span, span)).numpy().astype(float)
         with Image.open(run.workdir / "results/patches" / row.path) as png:
             error = np.mean((np.asarray(png.convert("RGB")).astype(float) - reference) ** 2)
         assert error == 0 or 10 * math.log10(255**2 / error) >= 50
+
+
+def test_a_slide_whose_frames_do_not_decode_fails_alone(tmp_path: Path, patch_build, first: Run) -> None:
+    root = tmp_path / "s3"
+    shutil.copytree(patch_build["s3_root"], root, copy_function=os.link)
+    key = records_of_build(patch_build)["PT-EOT-01"]
+    broken = next(root.glob(f"*/{key}"))
+    data = bytearray(broken.read_bytes())
+    for frame in read_header(broken).grid:  # every frame's JPEG start marker overwritten: none decodes
+        offset = frame.parts[0][0]
+        data[offset : offset + 4] = b"\x00\x01\x02\x03"
+    broken.unlink()  # a new file, not the hard link's shared one
+    broken.write_bytes(bytes(data))
+    with s3server.serving(root) as s3, faultproxy.serving(s3.url, tmp_path / "proxy.log") as url:
+        run = patch_run(tmp_path / "run", patch_build, S3Server(url, s3.pid))
+    table = pd.read_csv(run.workdir / "results/patches/batches/b00000.tsv", sep="\t", index_col="slide_id")
+    eot = next(i for i in table.index if i.startswith("PT-EOT-01"))
+    assert table.loc[eot, "status"] == "failed"
+    assert "cannot be decoded" in table.loc[eot, "error"]
+    assert not (run.workdir / "results/patches" / eot).exists()  # nothing of it left
+    others = pd.read_csv(run.workdir / "results/patches/batches/b00001.tsv", sep="\t")
+    assert (others["status"] == "done").all()
+    assert len(pd.read_parquet(run.workdir / "results/patches/patches.parquet")) == 3 * 8
+    assert "slidestock: patches: 24 from 3 of 4 slides, 1 failed" in run.proc.stderr
+    html = (run.workdir / "results/report/index.html").read_text()
+    assert f'<tr class="failed"><td>{eot}</td><td>failed</td>' in html

@@ -13,7 +13,7 @@ from slidestock.levels import FORMATS
 from slidestock.errors import ConfigError
 from slidestock.planrow import batch_name, batch_size_for, n_batches, read_batch_plan
 from slidestock.provenance import SLIDESTOCK_VERSION
-from slidestock.status import read_outcome, redo_notice, tables_to_redo
+from slidestock.status import patch_outcome, read_outcome, redo_notice, tables_to_redo
 
 try:
     CONFIG = validate_config(
@@ -190,7 +190,9 @@ def redo_next_time():
     only its unfinished slides: running the same command again retries them.
     """
     # The tables on disk, not the plan's list: this also runs when a run failed before its plan.
-    for path in tables_to_redo(sorted(Path("results/batches").glob("b*.tsv"))):
+    tables = sorted(Path("results/batches").glob("b*.tsv"))
+    tables += sorted(Path(PATCHES, "batches").glob("b*.tsv"))
+    for path in tables_to_redo(tables):
         path.unlink()
 
 
@@ -201,11 +203,20 @@ def summarise_run():
         return  # the report was not written by this run (a dry run, verify, --report)
     tables = [Path(path) for path in get_batch_tables(None)]
     outcome = read_outcome([path for path in tables if path.exists()], table)
+    patch_tables = [
+        Path(path) for path in get_patch_outputs(None) if path.endswith(".tsv")
+    ]
+    patches_line, patches_failed = patch_outcome(
+        [p for p in patch_tables if p.exists()]
+    )
     redo_next_time()
     command = shlex.join(["snakemake", *sys.argv[1:]])
     for line in outcome.lines(command):
         print(line, file=sys.stderr)
-    if outcome.failed and not CONFIG["report"]["accept_failures"]:
+    if patch_tables:
+        print(patches_line, file=sys.stderr)
+    failed = outcome.failed + (patches_failed if patch_tables else 0)
+    if failed and not CONFIG["report"]["accept_failures"]:
         sys.exit(1)
 
 

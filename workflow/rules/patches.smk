@@ -26,11 +26,11 @@ rule patches:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
         runtime=get_batch_runtime,
     params:
-        patches=CONFIG["patches"],
+        # Not patches.parallel, read from the config by the script: how fast bytes come re-runs nothing.
+        patches={k: v for k, v in CONFIG["patches"].items() if k != "parallel"},
         seed=CONFIG["cohort"]["seed"],
         slides=SLIDES,
         suffix=IMAGE_SUFFIX,
-        folder=PATCHES,
     script:
         "../scripts/patches.py"
 
@@ -47,8 +47,5 @@ rule patch_table:
     resources:
         mem_mb=2000,
         runtime=30,
-    params:
-        folder=PATCHES,
-        fmt=CONFIG["patches"]["format"],
     script:
         "../scripts/patch_table.py"

@@ -11,7 +11,7 @@ from slidestock.patchbatch import patch_rows, read_patch_records
 smk = snakemake  # noqa: F821
 logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
-records = read_patch_records([Path(path) for path in smk.input], Path(smk.params.folder))
+records = read_patch_records([Path(path) for path in smk.input], Path(smk.output.parquet).parent)
 table = patch_rows(records)
 partial = Path(smk.output.parquet).with_suffix(".partial")
 table.to_parquet(partial, index=False)

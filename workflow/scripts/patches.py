@@ -21,8 +21,9 @@ fetch, gdc = smk.config["fetch"], smk.config["gdc"]
 token_file = Path(gdc["token_file"]) if gdc.get("token_file") else None
 gdc_settings = GdcSettings(api=gdc["api"], token=read_token(token_file), mode=gdc["mode"], parallel=gdc["parallel"])
 settings = PatchSettings.from_config(smk.params.patches, smk.params.seed)
-client = RangeClient(fetch["endpoint"], attempts=fetch["attempts"], parallel=smk.params.patches["parallel"])
-folder, slides = Path(smk.params.folder), Path(smk.params.slides)
+client = RangeClient(fetch["endpoint"], attempts=fetch["attempts"], parallel=smk.config["patches"]["parallel"])
+# results/patches, where the batch tables, the patches and their records go.
+folder, slides = Path(smk.output.table).parents[1], Path(smk.params.slides)
 bases = read_base_sizes(Path(smk.input.plan))
 jobs = [
     PatchJob(

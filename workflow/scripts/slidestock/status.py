@@ -157,6 +157,26 @@ def tables_to_redo(tables: Sequence[Path]) -> list[Path]:
     return redo
 
 
+def patch_outcome(tables: Sequence[Path]) -> tuple[str, int]:
+    """The end-of-run line about patches (from ``results/patches/batches/*.tsv``), and how many slides' failed."""
+    slides = failed = patches = fetched = 0
+    reasons: Counter[str] = Counter()
+    for table in tables:
+        with table.open(newline="") as handle:
+            for row in csv.DictReader(handle, delimiter="\t"):
+                slides += 1
+                patches += int(row["n_patches"] or 0)
+                fetched += int(row["bytes_fetched"] or 0)
+                if row["status"] != "done":
+                    failed += 1
+                    reasons[reason_of(row["slide_id"], row["error"])] += 1
+    line = f"slidestock: patches: {patches:,} from {slides - failed:,} of {slides:,} slides, {failed:,} failed"
+    line += f"; fetched {fetched:,} bytes by range"
+    if reasons:
+        line += "; " + "; ".join(f"{count:,} x {reason}" for reason, count in reasons.most_common(3))
+    return line, failed
+
+
 def read_outcome(tables: Sequence[Path], report_table: Path | None = None) -> RunOutcome:
     """The outcome of the run whose batch tables (``results/batches/*.tsv``) are given.
 
