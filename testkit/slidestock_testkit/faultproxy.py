@@ -9,6 +9,8 @@ streamed back, except for request paths that contain a rule's ``match``:
 - ``{"match": "...", "mode": "stall"}``: send nothing until the client gives up;
 - ``{"match": "...", "mode": "slow", "bytes_per_s": N}``: stream the body at N bytes/s.
 
+A rule with ``"times": N`` misbehaves for its first N matching requests only, then forwards.
+
 The rules file is read on every request, so a test can change them while a
 run goes on. Listens on 127.0.0.1 only; a test stops it by its PID.
 
@@ -38,6 +40,8 @@ from urllib.parse import urlsplit
 
 CHUNK = 64 << 10
 PRINTING = threading.Lock()
+# How many requests each rule (by its place and text) has matched, for rules with "times".
+USED: dict[tuple[int, str], int] = {}
 
 
 def make_handler(upstream: str, rules_path: Path) -> type[BaseHTTPRequestHandler]:
@@ -54,7 +58,15 @@ def make_handler(upstream: str, rules_path: Path) -> type[BaseHTTPRequestHandler
 
         def _rule(self) -> dict[str, Any] | None:
             rules = json.loads(rules_path.read_text()) if rules_path.exists() else []
-            return next((r for r in rules if r["match"] in self.path), None)
+            for number, rule in enumerate(rules):
+                if rule["match"] not in self.path:
+                    continue
+                with PRINTING:
+                    key = (number, json.dumps(rule, sort_keys=True))
+                    USED[key] = USED.get(key, 0) + 1
+                    if "times" not in rule or USED[key] <= int(rule["times"]):
+                        return dict(rule)
+            return None
 
         def _forward(self) -> None:
             rule = self._rule()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import pandas as pd
 import pytest
 
 from slidestock.dicom import LevelHeader, decode_frame_data, read_header
+from slidestock.errors import FetchError
 from slidestock.objectstore import RangeClient, touching
 from slidestock.patches import PatchSettings, TiledLevel, choose_patches, crop_px, cut_patches, patch_tiles, span_px
 from slidestock.reduce import openslide_region, resize_exact
@@ -189,3 +191,52 @@ def test_grid_mode_takes_every_tissue_cell_and_too_little_tissue_gives_fewer() -
     random = PatchSettings(mpp=1.0, size_px=250, n_per_slide=50, mode="random", min_tissue=0.5, seed=1)
     few = choose_patches(mask, (4000, 4000), (1000.0, 1000.0), random, "s")
     assert 1 <= len(few) <= 2  # a 2000 x 1000 px strip holds at most two 1000 px patches without overlap
+
+
+@pytest.fixture
+def rules_proxy(patch_build: dict[str, Path], tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
+    """A proxy of its own, whose rules a test sets: (URL, rules file, log)."""
+    rules, log = tmp_path / "rules.json", tmp_path / "proxy.log"
+    rules.write_text("[]")
+    with s3server.serving(patch_build["s3_root"]) as s3, faultproxy.serving(s3.url, log, rules) as url:
+        yield url, rules, log
+
+
+def test_a_503_is_retried_within_fetch_attempts(rules_proxy, base_levels) -> None:
+    url, rules, log = rules_proxy
+    object_url, local, _ = base_levels["PT-BOT-01"]
+    key = object_url.removeprefix("s3://")
+    rules.write_text(json.dumps([{"match": key, "mode": "503", "times": 1}]))
+    assert RangeClient(url, attempts=2).read(object_url, 1000, 500) == local.read_bytes()[1000:1500]
+    assert [line.split()[-1] for line in log.read_text().splitlines() if key in line and line.startswith("GET")] == [
+        "503",
+        "forward",
+    ]
+    rules.write_text(json.dumps([{"match": key, "mode": "503"}]))
+    with pytest.raises(FetchError, match="503"):
+        RangeClient(url, attempts=2).read(object_url, 0, 10)
+
+
+def test_a_stalled_server_times_out(rules_proxy, base_levels) -> None:
+    url, rules, _ = rules_proxy
+    object_url, _, _ = base_levels["PT-BOT-01"]
+    rules.write_text(json.dumps([{"match": object_url.removeprefix("s3://"), "mode": "stall"}]))
+    with pytest.raises(FetchError, match=r"bytes 0-9"):
+        RangeClient(url, attempts=1, timeout_s=1.0).read(object_url, 0, 10)
+
+
+def test_reads_inside_kept_chunks_fetch_nothing_again(served, base_levels) -> None:
+    object_url, local, size = base_levels["PT-TIFF-01"]
+    obj = RemoteObject(RangeClient(served[0]), object_url, size)
+    data = local.read_bytes()
+    assert obj.read(100, 50) == data[100:150]
+    assert obj.read(120, 100) == data[120:220]  # starts inside the kept chunk: only bytes 150-219 fetched
+    assert obj.read(0, 10, ahead=1000) == data[0:10]
+    assert (obj.fetched, obj.requests) == (50 + 70 + 1000, 3)
+    assert obj.read(5, 200) == data[5:205]  # all kept by now
+    assert obj.requests == 3
+
+
+def test_touching_merges_ranges_that_meet_or_lie_a_few_bytes_apart() -> None:
+    assert touching([(100, 10), (0, 50), (50, 20), (118, 2), (300, 5)]) == [(0, 70), (100, 20), (300, 5)]
+    assert touching([(0, 10), (27, 3)]) == [(0, 10), (27, 3)]  # 17 bytes apart: two requests

@@ -9,6 +9,7 @@ never stops the batch; a failed slide leaves no patch behind.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import io
@@ -26,7 +27,7 @@ import numpy as np
 import pyvips
 
 from slidestock.dicom import decode_frame_data
-from slidestock.errors import FetchError, SlidestockError
+from slidestock.errors import DecodeError, FetchError, SlidestockError
 from slidestock.gdcapi import BlockCache, GdcClient, fetch_ranges
 from slidestock.levels import Target, choose_level
 from slidestock.objectstore import RangeClient
@@ -34,7 +35,14 @@ from slidestock.output import tissue_mask, write_image
 from slidestock.patches import PatchSettings, TiledLevel, choose_patches, crop_px, cut_patches, patch_tiles, span_px
 from slidestock.planrow import PlanRow, slide_plan_text
 from slidestock.provenance import SLIDESTOCK_VERSION, sha256_file, write_json, write_text_atomic
-from slidestock.remote import RemoteObject, fetch_frames, locate_frames, read_level_header
+from slidestock.remote import (
+    RemoteLevel,
+    RemoteObject,
+    fetch_frames,
+    locate_frame_numbers,
+    locate_frames,
+    read_level_header,
+)
 from slidestock.slide import GdcSettings
 from slidestock.svs import decode_tile, page_levels
 from slidestock.tiff import read_pages, tile_locations
@@ -227,6 +235,7 @@ class OpenedLevel:
     locate: Callable[[Sequence[int]], Tiles]
     fetched: Callable[[], int]
     requests: Callable[[], int]
+    warnings: Callable[[], list[str]] = list
 
 
 @dataclass(frozen=True)
@@ -241,41 +250,90 @@ class Tiles:
 
 
 def _open_idc(job: PatchJob, client: RangeClient) -> OpenedLevel:
-    """A DICOM instance in its bucket: the header by range, then the frames the patches cover."""
+    """A DICOM level in its bucket (one instance, or the parts of a concatenation): headers by range, then frames."""
     plan = job.plan
-    if plan.parts:
-        raise SlidestockError(
-            f"{plan.slide_id}: the patch level is a concatenation of {len(plan.parts)} instances; "
-            "patches are cut from single-instance levels only (so far)"
-        )
-    obj = RemoteObject(client, plan.url, plan.instance_size)
-    level = read_level_header(obj, plan.slide_id)
-    header = level.header
+    parts = plan.parts or ((plan.url, plan.instance_size),)
+    objects = [RemoteObject(client, url, size) for url, size in parts]
+    levels = [read_level_header(obj, plan.slide_id) for obj in objects]
+    starts = _concatenation_starts(levels, plan.slide_id) if len(levels) > 1 else [0]
+    header = levels[0].header
     spacing = header.spacing_xy_um or plan.level_spacing_um
     if spacing is None:
         raise SlidestockError(f"{plan.slide_id}: the patch level has no pixel spacing; expected one to size patches")
 
     def locate(tiles: Sequence[int]) -> Tiles:
-        located = locate_frames(obj, level, tiles)
+        if len(levels) == 1:
+            found = [locate_frames(objects[0], levels[0], tiles)]
+        else:  # TILED_FULL: tile t is frame t of the level, in the part whose frames start at or before it
+            owner = {t: bisect.bisect_right(starts, t) - 1 for t in tiles}
+            found = [
+                locate_frame_numbers(obj, level, {t: t - starts[k] for t in tiles if owner[t] == k})
+                for k, (obj, level) in enumerate(zip(objects, levels, strict=True))
+            ]
+        where = {t: (k, frame) for k, located in enumerate(found) for t, frame in located.frames.items()}
+
+        def fetch(wanted: Sequence[int]) -> Mapping[int, bytes]:
+            out: dict[int, bytes] = {}
+            for k, (obj, located) in enumerate(zip(objects, found, strict=True)):
+                mine = {t: where[t][1] for t in wanted if where[t][0] == k}
+                out.update(fetch_frames(obj, mine, located.items, plan.slide_id) if mine else {})
+            return out
+
+        methods = sorted({located.method for located in found})
         return Tiles(
-            present=located.frames.keys(),
-            sizes={t: f.parts[0][1] for t, f in located.frames.items()},
-            fetch=lambda wanted: fetch_frames(
-                obj, {t: located.frames[t] for t in wanted}, located.items, plan.slide_id
-            ),
-            decode=lambda tile, data: decode_frame_data(data, located.frames[tile], header, 1),
-            facts={"located_by": located.method, "note": located.note},
+            present=where.keys(),
+            sizes={t: frame.parts[0][1] for t, (_, frame) in where.items()},
+            fetch=fetch,
+            decode=lambda tile, data: decode_frame_data(data, where[tile][1], header, 1, short),
+            facts={"located_by": ", ".join(methods), "note": " ".join(x.note for x in found if x.note)},
         )
+
+    # Frames stored smaller than the tile (some converters' edge frames), placed at their tile's corner.
+    short: list[tuple[int, int, int]] = []
 
     return OpenedLevel(
         level=TiledLevel(header.size_px, header.tile_px, header.icc_profile),
         spacing_um=spacing,
         base_size_px=job.base_size_px,
-        facts={"header_bytes": level.header_bytes, "transfer_syntax": header.transfer_syntax},
+        facts={
+            "header_bytes": sum(level.header_bytes for level in levels),
+            "parts": len(levels),
+            "transfer_syntax": header.transfer_syntax,
+        },
         locate=locate,
-        fetched=lambda: obj.fetched,
-        requests=lambda: obj.requests,
+        fetched=lambda: sum(obj.fetched for obj in objects),
+        requests=lambda: sum(obj.requests for obj in objects),
+        warnings=lambda: [
+            f"{len(short)} frames stored smaller than the tile (frame {n}: {w} x {h} px): placed at their "
+            "tile's corner, the rest background"
+            for n, w, h in short[:1]
+        ],
     )
+
+
+def _concatenation_starts(levels: Sequence[RemoteLevel], slide_id: str) -> list[int]:
+    """The first frame of each part of a concatenated level (TILED_FULL, parts in frame order); checked."""
+    first = levels[0].header
+    starts, expected = [], 0
+    for k, level in enumerate(levels):
+        ds, header = level.ds, level.header
+        offset = int(ds.get("ConcatenationFrameOffsetNumber", -1))
+        same = (header.size_px, header.tile_px, header.transfer_syntax) == (
+            first.size_px,
+            first.tile_px,
+            first.transfer_syntax,
+        )
+        if offset != expected or not same or header.organization != "TILED_FULL":
+            raise DecodeError(
+                f"{slide_id}: part {k + 1} of the concatenated patch level starts at frame {offset + 1} "
+                f"({header.organization}, {header.size_px} px); expected TILED_FULL parts of one level, "
+                f"the next starting at frame {expected + 1}"
+            )
+        starts.append(offset)
+        expected += int(ds.get("NumberOfFrames", 1))
+    if expected != first.across * first.down:
+        raise DecodeError(f"{slide_id}: the parts hold {expected} frames; expected {first.across * first.down}")
+    return starts
 
 
 def _open_gdc(job: PatchJob, settings: PatchSettings) -> OpenedLevel:
@@ -325,7 +383,9 @@ def _open_gdc(job: PatchJob, settings: PatchSettings) -> OpenedLevel:
 def _cut_slide(job: PatchJob, settings: PatchSettings, client: RangeClient) -> dict[str, Any]:
     plan = job.plan
     if not plan.planned:
-        raise SlidestockError(f"{plan.slide_id}: no level for patches: {plan.reason}")
+        raise SlidestockError(
+            f"{plan.slide_id}: no level for patches: {plan.reason.removeprefix(plan.slide_id + ': ')}"
+        )
     if not job.image_path.is_file():
         raise SlidestockError(f"{plan.slide_id}: no low-resolution image at {job.image_path} to place patches on")
     opened = _open_gdc(job, settings) if plan.source == "gdc" else _open_idc(job, client)
@@ -387,6 +447,7 @@ def _cut_slide(job: PatchJob, settings: PatchSettings, client: RangeClient) -> d
         "directory_and_header_bytes": before_frames,
         "requests": opened.requests(),
         "tissue_pixels": int(mask.sum()),
+        "warnings": opened.warnings(),
         "note": (
             f"{len(patches)} of {settings.n_per_slide} patches: too little tissue (at least {settings.min_tissue:.0%} "
             "of a patch) for more without overlap"

@@ -154,12 +154,17 @@ def _parse_to_pixels(data: bytes) -> tuple[pydicom.Dataset, int] | None:
 
 def locate_frames(obj: RemoteObject, level: RemoteLevel, tiles: Collection[int]) -> Located:
     """Where the frames of grid ``tiles`` (row-major tile indices) lie in the object, reading as little as can be."""
+    n_frames = int(level.ds.get("NumberOfFrames", 1))
+    # Which frame holds each tile: the same index for TILED_FULL, the plane positions for TILED_SPARSE.
+    placed = laid_out(level.header, [Frame(i, ()) for i in range(n_frames)], _positions(level, n_frames))
+    return locate_frame_numbers(obj, level, {t: frame.index for t in tiles if (frame := placed.grid[t]) is not None})
+
+
+def locate_frame_numbers(obj: RemoteObject, level: RemoteLevel, wanted: Mapping[int, int]) -> Located:
+    """Where the object's frames ``wanted`` (tile -> frame number in this object) lie (see :func:`locate_frames`)."""
     header, ds, item = level.header, level.ds, level.header.item
     before = obj.fetched
     n_frames = int(ds.get("NumberOfFrames", 1))
-    # Which frame holds each tile: the same index for TILED_FULL, the plane positions for TILED_SPARSE.
-    placed = laid_out(header, [Frame(i, ()) for i in range(n_frames)], _positions(level, n_frames))
-    wanted = {tile: frame.index for tile in tiles if (frame := placed.grid[tile]) is not None}
     element = obj.read(level.pixel_start, 20)
     if header.transfer_syntax in NATIVE_SYNTAXES:
         size = header.tile_px[0] * header.tile_px[1] * 3
