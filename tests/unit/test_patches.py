@@ -156,9 +156,32 @@ def test_a_walk_reads_only_up_to_the_last_frame_needed(served, base_levels) -> N
     located = locate_frames(obj, level, [0, 1, level.header.across])
     assert located.method == "fragment walk"
     assert "walked 16 of" in located.note
+    fetched = obj.fetched
     data = fetch_frames(obj, located.frames, located.items, url)
     assert sorted(data) == [0, 1, level.header.across]
+    assert obj.fetched == fetched  # the walk kept the frames it passed that are wanted: nothing fetched again
     assert obj.fetched < size / 4  # the header and the first rows, not the level
+    spans = sum(frame.parts[0][1] for frame in located.frames.values())
+    assert sum(len(chunk) for chunk in obj.chunks.values()) <= (16 << 10) + spans  # the rest was dropped
+
+
+def test_a_level_read_whole_keeps_only_the_covered_frames(served, base_levels) -> None:
+    url, local, size = base_levels["PT-NONE-01"]
+    obj = RemoteObject(RangeClient(served[0]), url, size)
+    level = read_level_header(obj, url)
+    last = level.header.across * level.header.down - 1
+    located = locate_frames(obj, level, [0, last])
+    assert located.method == "level read whole"
+    assert obj.fetched <= size  # every byte once: to the end of the last frame, and no further than the object
+    whole = read_header(local)
+    assert (
+        fetch_frames(obj, located.frames, True, url)[last]
+        == local.read_bytes()[
+            whole.grid[last].parts[0][0] : whole.grid[last].parts[0][0] + whole.grid[last].parts[0][1]
+        ]
+    )
+    spans = sum(frame.parts[0][1] for frame in located.frames.values())
+    assert sum(len(chunk) for chunk in obj.chunks.values()) <= (16 << 10) + spans
 
 
 def test_patches_lie_on_tissue_without_overlap_and_repeat() -> None:

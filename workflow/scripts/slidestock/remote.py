@@ -59,6 +59,9 @@ class RemoteObject:
     chunks: dict[int, bytes] = field(default_factory=dict, repr=False)
 
     def cached(self, offset: int, length: int) -> bytes | None:
+        exact = self.chunks.get(offset)  # a frame a walk kept: one lookup, however many it kept
+        if exact is not None and len(exact) >= length:
+            return exact[:length]
         for start, data in self.chunks.items():
             if start <= offset and offset + length <= start + len(data):
                 return data[offset - start : offset - start + length]
@@ -81,6 +84,21 @@ class RemoteObject:
         self.chunks[offset] = self._fetch(offset, max(length, ahead))
         return self.chunks[offset][:length]
 
+    def tail(self, offset: int) -> bytes:
+        """The kept bytes from ``offset`` to the end of the chunk that holds it (none if no chunk does)."""
+        for start, data in self.chunks.items():
+            if start <= offset < start + len(data):
+                return data[offset - start :]
+        return b""
+
+    def fetch_once(self, offset: int, length: int) -> bytes:
+        """Bytes at ``offset``, fetched and counted but not kept (a walk keeps what it needs with :meth:`keep`)."""
+        return self._fetch(offset, length)
+
+    def keep(self, offset: int, data: bytes) -> None:
+        """Keep ``data`` (the bytes at ``offset``, already fetched) to serve later reads."""
+        self.chunks[offset] = data
+
     def _fetch(self, offset: int, length: int) -> bytes:
         data = self.client.read(self.url, offset, max(0, min(length, self.size - offset)))
         self.fetched += len(data)
@@ -88,12 +106,17 @@ class RemoteObject:
         return data
 
     def read_many(self, ranges: Collection[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
-        """Several ranges: those a kept chunk holds from it, the others in as few requests as touch."""
+        """Several ranges: those a kept chunk holds from it, the others in as few requests as touch.
+
+        A range that starts inside a kept chunk (a frame just after the header) fetches only what the chunk lacks.
+        """
         out = {r: hit for r in ranges if (hit := self.cached(*r)) is not None}
-        todo = [r for r in ranges if r not in out]
-        if todo:
+        heads = {r: self.tail(r[0])[: r[1]] for r in ranges if r not in out}
+        rests = {r: (r[0] + len(head), r[1] - len(head)) for r, head in heads.items()}
+        if rests:
             before = self.client.bytes_fetched, self.client.requests
-            out.update(self.client.read_many(self.url, todo))
+            got = self.client.read_many(self.url, list(rests.values()))
+            out.update({r: heads[r] + got[rest] for r, rest in rests.items()})
             self.fetched += self.client.bytes_fetched - before[0]
             self.requests += self.client.requests - before[1]
         return out
@@ -237,39 +260,49 @@ def _walk(
 ) -> Located:
     """The fragments' item headers read in order, up to the last frame wanted, with reads of growing size.
 
-    One fragment per frame, as a level without any offset table must have.
+    One fragment per frame, as a level without any offset table must have. The
+    bytes read are read once: the wanted frames' items are kept (the object
+    serves them from memory after), the rest dropped as the walk goes on, so
+    memory stays near one read (at most ``WALK_MAX_BYTES``) plus those frames.
     """
     item = level.header.item
     last = max(wanted.values(), default=-1)
-    why = "no offset table and no TIFF directory"
-    if last + 1 >= WALK_WHOLE_SHARE * n_frames:
-        obj.read(first, obj.size - first)
-        method, note = (
-            "level read whole",
-            f"{why}: frame {last + 1} of {n_frames} is needed, so the level was read whole",
-        )
-    else:
-        method, note = "fragment walk", ""
+    whole = last + 1 >= WALK_WHOLE_SHARE * n_frames
+    needed = set(wanted.values())
+    requests = obj.requests
     spans: list[tuple[int, int]] = []
-    pos, chunk = first, WALK_FIRST_BYTES
+    buffer, start = obj.tail(first), first  # the bytes read last, from ``start`` (first: what the header read had)
+    pos, chunk = first, WALK_MAX_BYTES if whole else WALK_FIRST_BYTES
     while len(spans) <= last:
-        head = obj.cached(pos, 8)
-        if head is None:
-            head = obj.read(pos, 8, ahead=chunk)
+        if pos + 8 > start + len(buffer):  # the next item header lies past what was read: read on from it
+            kept = buffer[pos - start :] if pos < start + len(buffer) else b""
+            buffer, start = kept + obj.fetch_once(pos + len(kept), chunk), pos
             chunk = min(2 * chunk, WALK_MAX_BYTES)
-        if len(head) < 8:
-            raise DecodeError(f"{item}: the pixel data ends at byte {pos} after {len(spans)} of {n_frames} frames")
-        tag, length = struct.unpack("<HH", head[:4]), struct.unpack("<I", head[4:])[0]
+            if len(buffer) < 8:
+                raise DecodeError(f"{item}: the pixel data ends at byte {pos} after {len(spans)} of {n_frames} frames")
+        tag = struct.unpack("<HH", buffer[pos - start : pos - start + 4])
+        length = struct.unpack("<I", buffer[pos - start + 4 : pos - start + 8])[0]
         if tag == SEQUENCE_END:
             raise DecodeError(f"{item}: {len(spans)} fragments for {n_frames} frames; expected one per frame")
         if tag != ITEM:
             raise DecodeError(f"{item}: no fragment item at byte {pos}; expected encapsulated frames")
+        if len(spans) in needed:
+            if pos + 8 + length > start + len(buffer):  # a wanted frame runs past the read: read on to its end
+                buffer += obj.fetch_once(start + len(buffer), pos + 8 + length - start - len(buffer) + chunk)
+            obj.keep(pos, buffer[pos - start : pos - start + 8 + length])
         spans.append((pos, 8 + length))
         pos += 8 + length
     frames = {t: Frame(f, (spans[f],)) for t, f in wanted.items()}
-    if method == "fragment walk":
-        note = f"{why}: walked {last + 1} of {n_frames} fragment headers in {obj.requests} reads"
-    return Located(frames, method, note, True, obj.fetched - before)
+    reads = obj.requests - requests
+    why = "no offset table and no TIFF directory"
+    if whole:
+        note = (
+            f"{why}: frame {last + 1} of {n_frames} is needed, so the level was read whole "
+            f"(in {reads} reads of up to {WALK_MAX_BYTES >> 20} MB, keeping only the covered frames)"
+        )
+        return Located(frames, "level read whole", note, True, obj.fetched - before)
+    note = f"{why}: walked {last + 1} of {n_frames} fragment headers in {reads} reads"
+    return Located(frames, "fragment walk", note, True, obj.fetched - before)
 
 
 def fetch_frames(obj: RemoteObject, frames: Mapping[int, Frame], items: bool, item: str) -> dict[int, bytes]:
