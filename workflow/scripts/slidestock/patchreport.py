@@ -102,7 +102,7 @@ def _patch_file(folder: Path, row: Mapping[str, Any]) -> Path | io.BytesIO:
 def _outlined(record: Mapping[str, Any], image_path: Path) -> Image.Image:
     with Image.open(image_path) as opened:
         image = opened.convert("RGB")
-    scale = min(1.0, OVERVIEW_PX / max(image.size))
+    scale = min(2.0, OVERVIEW_PX / max(image.size))  # small slides drawn up to twice their size
     image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
     level_w, level_h = record["level"]["size_px"]
     fx, fy = image.width / level_w, image.height / level_h
