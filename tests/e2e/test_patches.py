@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from slidestock.reduce import openslide_region, resize_exact
 from slidestock_testkit import faultproxy, gdcserver, s3server
 from slidestock_testkit.dicomseries import srgb_profile
 from slidestock_testkit.s3server import S3Server
-from tests.e2e.runs import Run, demo_tables, run_in, snakemake, snakemake_argv, wait_for, write_config
+from tests.e2e.runs import REPO, Run, demo_tables, run_in, snakemake, snakemake_argv, wait_for, write_config
 
 pytestmark = pytest.mark.e2e
 PATCHES = {"enabled": True, "n_per_slide": 8, "mpp": 0.5, "size_px": 256, "min_tissue": 0.5}
@@ -260,6 +261,13 @@ def test_a_slide_whose_frames_do_not_decode_fails_alone(tmp_path: Path, patch_bu
     assert (others["status"] == "done").all()
     assert len(pd.read_parquet(run.workdir / "results/patches/patches.parquet")) == 3 * 8
     assert "slidestock: patches: 24 from 3 of 4 slides, 1 failed" in run.proc.stderr
+    status = subprocess.run(
+        [sys.executable, str(REPO / "workflow/scripts/status.py"), "results"],
+        cwd=run.workdir,
+        capture_output=True,
+        text=True,
+    )
+    assert "  patches   24 from 3 slides; 1 failed, 0 to do;" in status.stdout
     html = (run.workdir / "results/report/index.html").read_text()
     assert f'<tr class="failed"><td>{eot}</td><td>failed</td>' in html
 

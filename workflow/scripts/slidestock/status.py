@@ -86,6 +86,30 @@ def read_status(results: Path, now: float | None = None) -> RunStatus:
     return RunStatus(len(slide_ids), done, failed, to_do, fetched, dict(failures.most_common()), rate, eta)
 
 
+def patch_status_lines(results: Path) -> list[str]:
+    """With patches on (a patch plan exists), how many slides have their patches, failed or are to do."""
+    plan = results / "cohort" / "patch_instances.tsv"
+    if not plan.is_file():
+        return []
+    with plan.open(newline="") as handle:
+        slide_ids = [row["slide_id"] for row in csv.DictReader(handle, delimiter="\t")]
+    done = failed = patches = fetched = 0
+    for slide_id in slide_ids:
+        try:
+            record = json.loads((results / "patches" / f"{slide_id}.json").read_text())
+        except (OSError, ValueError):
+            continue
+        fetched += int(record.get("bytes_fetched") or 0)
+        if record.get("status") == "done":
+            done, patches = done + 1, patches + len(record.get("patches", []))
+        else:
+            failed += 1
+    return [
+        f"  patches   {patches:,} from {done:,} slides; {failed:,} failed, {len(slide_ids) - done - failed:,} to do; "
+        f"{fetched:,} bytes fetched by range"
+    ]
+
+
 def format_status(status: RunStatus, results: Path) -> str:
     """The state as a few aligned lines for the terminal."""
     lines = [
