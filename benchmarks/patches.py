@@ -16,7 +16,8 @@ The floor is the covered frames' own bytes plus the header (up to the pixel
 data) and the TIFF directory (its IFD and tile arrays). Wall times are the best
 of --repeat runs, in this one process (rclone is asked for the object once
 before, as it hashes it on first access). Prints a table, writes it to
-benchmarks/results/patches.md, and ends with one line to compare across versions.
+benchmarks/results/patches.md (patches-{size}.md for another size), and ends
+with one line to compare across versions.
 """
 
 from __future__ import annotations
@@ -199,7 +200,8 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     (REPO / "benchmarks" / "results").mkdir(exist_ok=True)
-    (REPO / "benchmarks" / "results" / "patches.md").write_text(table + "\n")
+    name = "patches.md" if args.size == "40000x40000" else f"patches-{args.size}.md"
+    (REPO / "benchmarks" / "results" / name).write_text(table + "\n")
     print(
         f"patches: fetched {100 * ours_['bytes'] / level_bytes:.2f} % of the level's bytes, "
         f"{ours_['bytes'] / floor:.3f} x the covered frames' bytes, "

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from slidestock_testkit import fixtures, s3server, slides, svsfiles
+from slidestock_testkit import faultproxy, fixtures, s3server, slides, svsfiles
 
 REPO = Path(__file__).resolve().parents[1]
 # The demo's fixture folder doubles as the tests' cache: fixtures.build reuses
@@ -60,3 +60,18 @@ def fidelity_svs() -> dict[str, Path]:
 def patch_build() -> dict[str, Path]:
     """One slide per way of locating frames without the level: BOT, EOT, a TIFF directory, none."""
     return fixtures.build(FIXTURES / "patches", slides.PATCH_SLIDES)
+
+
+@pytest.fixture(scope="module")
+def patch_proxy(
+    patch_build: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[s3server.S3Server, Path, Path]]:
+    """rclone serving the patch slides behind the proxy (ranged answers as 206, each logged), one per test module.
+
+    Yields the proxy as an S3Server (its URL, rclone's PID), its log and its rules file (empty: it forwards).
+    """
+    folder = tmp_path_factory.mktemp("proxy")
+    log, rules = folder / "proxy.log", folder / "rules.json"
+    rules.write_text("[]")
+    with s3server.serving(patch_build["s3_root"]) as s3, faultproxy.serving(s3.url, log, rules) as url:
+        yield s3server.S3Server(url, s3.pid), log, rules

@@ -153,47 +153,56 @@ def add_tiff_directory(path: Path, transfer_syntax: str) -> None:
     """Make a written DICOM file dual-personality: a TIFF directory of its tiles, as IDC's converted slides have.
 
     The directory goes in a DataSetTrailingPadding element at the end of the
-    file; the 128-byte preamble starts the TIFF header that points to it. Each
-    tile's offset and byte count are those of its fragment's data.
+    file; the 128-byte preamble starts the TIFF header that points to it (a
+    BigTIFF one when the file passes 4 GB). Each tile's offset and byte count
+    are those of its fragment's data.
     """
     level = read_header(path)
     frames = [frame for frame in level.grid if frame is not None]
     offsets = [frame.parts[0][0] for frame in frames]
     counts = [frame.parts[0][1] for frame in frames]
     end = path.stat().st_size
+    big = end + 16 * len(frames) + 4096 >= 1 << 32
+    # Classic TIFF: 2-byte tag count, 12-byte entries, 4-byte values and offsets; BigTIFF: 8, 20, 8.
+    count_fmt, offset_fmt, offset_type = ("Q", "Q", 16) if big else ("H", "I", 4)
+    room = struct.calcsize(offset_fmt)
     ifd_at = end + 12  # after the padding element's tag, VR, reserved bytes and length
     n_tags = 11
-    values_at = ifd_at + 2 + n_tags * 12 + 4
-    bits_at, offsets_at = values_at, values_at + 6
-    counts_at = offsets_at + 4 * len(frames)
+    offsets_at = ifd_at + struct.calcsize(count_fmt) + n_tags * (4 + room + room) + room
+    counts_at = offsets_at + room * len(frames)
     compression = 7 if transfer_syntax in (JPEG_BASELINE,) else 33003
-    entries = [
-        (256, 4, 1, level.size_px[0]),
-        (257, 4, 1, level.size_px[1]),
-        (258, 3, 3, bits_at),
-        (259, 3, 1, compression),
-        (262, 3, 1, 6 if compression == 7 else 2),
-        (277, 3, 1, 3),
-        (284, 3, 1, 1),
-        (322, 4, 1, level.tile_px[0]),
-        (323, 4, 1, level.tile_px[1]),
-        (324, 4, len(frames), offsets_at),
-        (325, 4, len(frames), counts_at),
+    # (tag, type, values held in the entry) or (tag, type, count, offset of values written after the directory)
+    inline: list[tuple[int, int, tuple[int, ...]]] = [
+        (256, 4, (level.size_px[0],)),
+        (257, 4, (level.size_px[1],)),
+        (258, 3, (8, 8, 8)),
+        (259, 3, (compression,)),
+        (262, 3, (6 if compression == 7 else 2,)),
+        (277, 3, (3,)),
+        (284, 3, (1,)),
+        (322, 4, (level.tile_px[0],)),
+        (323, 4, (level.tile_px[1],)),
     ]
-    assert len(entries) == n_tags
-    body = struct.pack("<H", n_tags)
-    for tag, typ, count, value in entries:
-        body += struct.pack("<HHI", tag, typ, count) + (
-            struct.pack("<HH", value, 0) if typ == 3 and count == 1 else struct.pack("<I", value)
-        )
-    body += struct.pack("<I", 0) + struct.pack("<3H", 8, 8, 8)
-    body += struct.pack(f"<{len(frames)}I", *offsets) + struct.pack(f"<{len(frames)}I", *counts)
+    arrays = [(324, offset_type, len(frames), offsets_at), (325, 4, len(frames), counts_at)]
+    body = struct.pack("<" + count_fmt, n_tags)
+    for tag, typ, values in inline:
+        held = struct.pack(f"<{len(values)}{'H' if typ == 3 else 'I'}", *values)
+        if len(held) > room:  # three SHORTs do not fit a classic entry: after the arrays
+            held = struct.pack("<" + offset_fmt, counts_at + 4 * len(frames))
+        body += struct.pack(f"<HH{count_fmt if big else 'I'}", tag, typ, len(values)) + held.ljust(room, b"\0")
+    for tag, typ, count, at in arrays:
+        body += struct.pack(f"<HH{count_fmt if big else 'I'}", tag, typ, count) + struct.pack("<" + offset_fmt, at)
+    body += struct.pack("<" + offset_fmt, 0)
+    body += struct.pack(f"<{len(frames)}{offset_fmt}", *offsets) + struct.pack(f"<{len(frames)}I", *counts)
+    body += struct.pack("<3H", 8, 8, 8)
     body += b"\0" * (len(body) % 2)
+    assert len(inline) + len(arrays) == n_tags
+    head = b"II+\x00\x08\x00\x00\x00" + struct.pack("<Q", ifd_at) if big else b"II*\x00" + struct.pack("<I", ifd_at)
     with path.open("r+b") as out:
         out.seek(end)
         out.write(b"\xfc\xff\xfc\xffOB\x00\x00" + struct.pack("<I", len(body)) + body)
         out.seek(0)
-        out.write(b"II*\x00" + struct.pack("<I", ifd_at))
+        out.write(head)
 
 
 def _patient_study_equipment(ds: Dataset, spec: SlideSpec) -> None:

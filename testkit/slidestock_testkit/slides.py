@@ -36,7 +36,7 @@ PHOTOMETRIC = {
 BUCKET = "idc-open-data"
 TILE_PX = 256
 # Bump when the generator's output changes, so that cached builds are redone.
-BUILD_VERSION = 2
+BUILD_VERSION = 3
 BACKGROUND_RGB = (242, 241, 238)
 # UUIDs of fixture objects derive from this namespace, so they are stable.
 _UUID_NAMESPACE = uuid.UUID("7c0a4c52-3b5e-4f0f-9a59-5b1d2f6c9e11")
@@ -253,3 +253,10 @@ PATCH_SLIDES: tuple[SlideSpec, ...] = (
     ),
     SlideSpec("patch_demo", "PT-04", "PT-NONE-01", (3800, 3000), n_levels=3, frame_index="none", seed=64),
 )
+# How slidestock's patch records say each of them had its frames located.
+PATCH_FRAMES_LOCATED_BY = {
+    "PT-BOT-01": "Basic Offset Table",
+    "PT-EOT-01": "Extended Offset Table",
+    "PT-TIFF-01": "TIFF directory (dual-personality preamble)",
+    "PT-NONE-01": "level read whole",  # no index at all, and the frames wanted reach the level's end
+}

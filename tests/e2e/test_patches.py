@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,26 +27,17 @@ from slidestock.reduce import openslide_region, resize_exact
 from slidestock_testkit import faultproxy, gdcserver, s3server
 from slidestock_testkit.dicomseries import srgb_profile
 from slidestock_testkit.s3server import S3Server
+from slidestock_testkit.slides import PATCH_FRAMES_LOCATED_BY
 from tests.e2e.runs import REPO, Run, demo_tables, run_in, snakemake, snakemake_argv, wait_for, write_config
 
 pytestmark = pytest.mark.e2e
 PATCHES = {"enabled": True, "n_per_slide": 8, "mpp": 0.5, "size_px": 256, "min_tissue": 0.5}
-LOCATED_BY = {
-    "PT-BOT-01": "Basic Offset Table",
-    "PT-EOT-01": "Extended Offset Table",
-    "PT-TIFF-01": "TIFF directory (dual-personality preamble)",
-    "PT-NONE-01": "level read whole",
-}
 
 
 @pytest.fixture(scope="module")
-def served(patch_build: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[S3Server, Path]]:
-    """The proxy in front of rclone serving the patch slides (as an S3Server: its URL), and its log."""
-    folder = tmp_path_factory.mktemp("proxy")
-    log, rules = folder / "proxy.log", folder / "rules.json"
-    rules.write_text("[]")
-    with s3server.serving(patch_build["s3_root"]) as s3, faultproxy.serving(s3.url, log, rules) as url:
-        yield S3Server(url, s3.pid), log
+def served(patch_proxy: tuple[S3Server, Path, Path]) -> tuple[S3Server, Path]:
+    """The proxy (as an S3Server: its URL) in front of rclone serving the patch slides, and its log."""
+    return patch_proxy[0], patch_proxy[1]
 
 
 def tables(build: dict[str, Path]) -> dict[str, Path]:
@@ -85,7 +75,7 @@ def test_every_slide_gets_its_patches_exactly_as_recorded(first: Run) -> None:
         assert image.info["icc_profile"] == srgb_profile()  # the slide's ICC profile, carried
     for name, record in records(first).items():
         assert record["status"] == "done"
-        assert record["frames"]["located_by"] == LOCATED_BY[name]
+        assert record["frames"]["located_by"] == PATCH_FRAMES_LOCATED_BY[name]
         assert record["level"]["size_px"][0] >= 3600  # the base level: the coarsest at least as fine as 0.5 µm/px
     assert "PT-TIFF-01" in set(table["slide_id"].str.split("_").str[0])
     tcga = table[table["slide_id"].str.startswith("PT-TIFF-01")]

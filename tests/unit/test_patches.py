@@ -20,22 +20,16 @@ from slidestock.patches import PatchSettings, TiledLevel, choose_patches, crop_p
 from slidestock.reduce import openslide_region, resize_exact
 from slidestock.remote import RemoteObject, fetch_frames, locate_frames, read_level_header
 from slidestock_testkit import faultproxy, s3server
+from slidestock_testkit.slides import PATCH_FRAMES_LOCATED_BY
 
 SETTINGS = PatchSettings(mpp=0.5, size_px=256, n_per_slide=6, mode="random", min_tissue=0.5, seed=42)
-METHODS = {
-    "PT-BOT-01": "Basic Offset Table",
-    "PT-EOT-01": "Extended Offset Table",
-    "PT-TIFF-01": "TIFF directory (dual-personality preamble)",
-    "PT-NONE-01": "level read whole",
-}
+METHODS = PATCH_FRAMES_LOCATED_BY
 
 
 @pytest.fixture(scope="module")
-def served(patch_build: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """The proxy's URL (ranged answers as 206, each logged) in front of rclone serving the patch slides."""
-    log = tmp_path_factory.mktemp("proxy") / "proxy.log"
-    with s3server.serving(patch_build["s3_root"]) as s3, faultproxy.serving(s3.url, log) as url:
-        yield url, log
+def served(patch_proxy: tuple[s3server.S3Server, Path, Path]) -> tuple[str, Path]:
+    """The proxy's URL (ranged answers as 206, each logged) in front of rclone serving the patch slides, its log."""
+    return patch_proxy[0].url, patch_proxy[1]
 
 
 @pytest.fixture(scope="module")
@@ -217,12 +211,11 @@ def test_grid_mode_takes_every_tissue_cell_and_too_little_tissue_gives_fewer() -
 
 
 @pytest.fixture
-def rules_proxy(patch_build: dict[str, Path], tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
-    """A proxy of its own, whose rules a test sets: (URL, rules file, log)."""
-    rules, log = tmp_path / "rules.json", tmp_path / "proxy.log"
+def rules_proxy(patch_proxy: tuple[s3server.S3Server, Path, Path]) -> Iterator[tuple[str, Path, Path]]:
+    """The module's proxy, whose rules a test sets (reset after it): (URL, rules file, log)."""
+    server, log, rules = patch_proxy
+    yield server.url, rules, log
     rules.write_text("[]")
-    with s3server.serving(patch_build["s3_root"]) as s3, faultproxy.serving(s3.url, log, rules) as url:
-        yield url, rules, log
 
 
 def test_a_503_is_retried_within_fetch_attempts(rules_proxy, base_levels) -> None:
@@ -230,11 +223,10 @@ def test_a_503_is_retried_within_fetch_attempts(rules_proxy, base_levels) -> Non
     object_url, local, _ = base_levels["PT-BOT-01"]
     key = object_url.removeprefix("s3://")
     rules.write_text(json.dumps([{"match": key, "mode": "503", "times": 1}]))
+    seen = len(log.read_text().splitlines())
     assert RangeClient(url, attempts=2).read(object_url, 1000, 500) == local.read_bytes()[1000:1500]
-    assert [line.split()[-1] for line in log.read_text().splitlines() if key in line and line.startswith("GET")] == [
-        "503",
-        "forward",
-    ]
+    arrived = [line for line in log.read_text().splitlines()[seen:] if key in line and line.startswith("GET")]
+    assert [line.split()[-1] for line in arrived] == ["503", "forward"]
     rules.write_text(json.dumps([{"match": key, "mode": "503"}]))
     with pytest.raises(FetchError, match="503"):
         RangeClient(url, attempts=2).read(object_url, 0, 10)
