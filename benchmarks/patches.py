@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pydicom
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
@@ -126,8 +128,6 @@ def download_first(endpoint: str, patches_settings: PatchSettings, mask: np.ndar
 
 def floor_bytes(path: Path, mask: np.ndarray, settings: PatchSettings) -> tuple[int, int, int]:
     """(covered frames' own bytes, header bytes up to the pixel data, TIFF directory bytes), from the file itself."""
-    import struct
-
     whole = read_header(path)
     geometry = TiledLevel(whole.size_px, whole.tile_px)
     span = span_px(whole.spacing_xy_um or (0.25, 0.25), settings)
@@ -135,16 +135,18 @@ def floor_bytes(path: Path, mask: np.ndarray, settings: PatchSettings) -> tuple[
     covered = {t for p in patches for t in patch_tiles(p, crop_px(span), geometry)}
     frames = sum(whole.grid[t].length for t in covered)  # type: ignore[union-attr]
     with path.open("rb") as handle:
-        import pydicom
-
         pydicom.dcmread(handle, stop_before_pixels=True)
         header = handle.tell()
-        handle.seek(4)
-        ifd = struct.unpack("<I", handle.read(4))[0]
+        handle.seek(0)
+        big = handle.read(4) == b"II+\x00"
+        handle.seek(8 if big else 4)
+        ifd = struct.unpack("<Q" if big else "<I", handle.read(8 if big else 4))[0]
         handle.seek(ifd)
-        n_tags = struct.unpack("<H", handle.read(2))[0]
+        n_tags = struct.unpack("<Q" if big else "<H", handle.read(8 if big else 2))[0]
     n_tiles = len(whole.grid)
-    directory = 8 + 2 + 12 * n_tags + 4 + 6 + 8 * n_tiles  # header, IFD, BitsPerSample, offsets and counts
+    # The TIFF header, the IFD (count, entries, next offset), the tile offsets and byte counts.
+    head, count, entry, offset = (16, 8, 20, 8) if big else (8, 2, 12, 4)
+    directory = head + count + entry * n_tags + offset + (offset + 4) * n_tiles + (0 if big else 6)
     return frames, header, directory
 
 
