@@ -15,6 +15,10 @@ from slidestock.slide import GdcSettings, read_token
 smk = snakemake  # noqa: F821
 logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 logging.getLogger("pyvips").setLevel(logging.WARNING)
+# Progress in the terminal too, as the batch jobs say theirs.
+to_terminal = logging.StreamHandler(sys.stderr)
+to_terminal.setFormatter(logging.Formatter("%(message)s"))
+logging.getLogger("slidestock.progress").addHandler(to_terminal)
 
 # Where bytes come from is read from the config, not a parameter: moving it re-runs nothing.
 fetch, gdc = smk.config["fetch"], smk.config["gdc"]
@@ -39,7 +43,7 @@ jobs = [
 ]
 webdataset = smk.params.patches["format"] == "webdataset"
 shard = folder / "shards" / f"{smk.wildcards.batch}.tar" if webdataset else None
-records = run_patch_batch(jobs, settings, client, shard)
+records = run_patch_batch(jobs, settings, client, shard, smk.wildcards.batch)
 failed = [record["slide_id"] for record in records if record["status"] != "done"]
 total = sum(len(record.get("patches", [])) for record in records)
 logging.info("%d slides, %d patches, %d failed: %s", len(records), total, len(failed), " ".join(failed) or "none")

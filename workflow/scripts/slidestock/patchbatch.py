@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyvips
 
+from slidestock.batch import Progress
 from slidestock.dicom import decode_frame_data
 from slidestock.errors import DecodeError, FetchError, SlidestockError
 from slidestock.gdcapi import BlockCache, GdcClient, fetch_ranges
@@ -114,24 +115,25 @@ def is_finished(job: PatchJob, digest: str, in_shard: Collection[str] = ()) -> b
 
 
 def run_patch_batch(
-    jobs: Sequence[PatchJob], settings: PatchSettings, client: RangeClient, shard: Path | None = None
+    jobs: Sequence[PatchJob], settings: PatchSettings, client: RangeClient, shard: Path | None = None, name: str = ""
 ) -> list[dict[str, Any]]:
-    """Every slide's record, new or kept; the slides are done one after another.
+    """Every slide's record, new or kept; the slides are done one after another, their progress said as it goes.
 
     With ``shard`` (``patches.format: webdataset``), the batch's patches are
     then packed into that tar, and their PNG files removed.
     """
     members = shard_members(shard) if shard is not None else set()
     records = []
+    progress = Progress(f"{name} patches".strip(), len(jobs), time.monotonic())
     for job in jobs:
         digest = patch_digest(job, settings)
         if is_finished(job, digest, members):
             log.info("%s: patches done before for this plan and settings; kept", job.plan.slide_id)
             records.append(json.loads(job.json_path.read_text()))
-            continue
-        record = _run_slide(job, settings, client, digest)
-        write_json(job.json_path, record)
-        records.append(record)
+        else:
+            records.append(_run_slide(job, settings, client, digest))
+            write_json(job.json_path, records[-1])
+        progress.count(records[-1]["status"] == "done")
     if shard is not None:
         pack_shard(jobs, records, shard)
     return records
