@@ -262,31 +262,58 @@ def test_a_slide_whose_frames_do_not_decode_fails_alone(tmp_path: Path, patch_bu
     assert f'<tr class="failed"><td>{eot}</td><td>failed</td>' in html
 
 
+def assert_like_openslide(run: Run, record: dict[str, Any], s3_root: Path, folder: Path) -> None:
+    """Each of the slide's patches against the same region of its level downloaded whole (alone in ``folder``),
+    read by OpenSlide and resized the same way: pixel-identical or at least 50 dB."""
+    plan = pd.read_csv(run.workdir / "results/cohort/patch_instances.tsv", sep="\t", keep_default_na=False)
+    row = plan.set_index("slide_id").loc[record["slide_id"]]
+    folder.mkdir()
+    for url in str(row["part_urls"]).split() or [row["url"]]:
+        key = url.removeprefix("s3://")
+        shutil.copy(s3_root / key, folder / Path(key).name)
+    with openslide.OpenSlide(str(next(folder.iterdir()))) as slide:
+        assert slide.level_dimensions == (tuple(record["level"]["size_px"]),)
+        for patch in record["patches"]:
+            span = 256 * 0.5 / patch["level_spacing_um"]
+            origin = (patch["x_level_px"], patch["y_level_px"])
+            region = openslide_region(slide, 0, (math.ceil(span),) * 2, origin=origin)
+            reference = resize_exact(region, (256, 256), (span, span)).numpy().astype(float)
+            with Image.open(run.workdir / "results/patches" / patch["path"]) as png:
+                error = np.mean((np.asarray(png.convert("RGB")).astype(float) - reference) ** 2)
+            assert error == 0 or 10 * math.log10(255**2 / error) >= 50, (record["slide_id"], patch["patch_id"])
+
+
 def test_patches_of_a_concatenated_level_equal_openslide_regions(tmp_path: Path, fidelity_build) -> None:
     with s3server.serving(fidelity_build["s3_root"]) as s3, faultproxy.serving(s3.url, tmp_path / "p.log") as url:
         top = {"patches": {**PATCHES, "n_per_slide": 4, "min_tissue": 0.3}}
         run = run_in(
             tmp_path / "run", tables(fidelity_build), S3Server(url, s3.pid), top, filter={"collection_id": ["fidelity"]}
         )
-    record = next(r for name, r in records(run).items() if name == "FID-CONCAT-01")
+    found = records(run)
+    record = found["FID-CONCAT-01"]
     assert record["status"] == "done"
     assert record["level"]["parts"] == 2  # the base level is two instances sharing a ConcatenationUID
     assert len(record["patches"]) >= 2
-    parts = tmp_path / "level"  # the level downloaded whole: both parts, alone in their folder
-    parts.mkdir()
-    plan = pd.read_csv(run.workdir / "results/cohort/patch_instances.tsv", sep="\t").set_index("slide_id")
-    for part_url in plan.loc[record["slide_id"], "part_urls"].split():
-        key = part_url.removeprefix("s3://")
-        shutil.copy(fidelity_build["s3_root"] / key, parts / Path(key).name)
-    with openslide.OpenSlide(str(next(parts.iterdir()))) as slide:
-        assert slide.level_dimensions == (tuple(record["level"]["size_px"]),)
-        for row in record["patches"]:
-            span = 256 * 0.5 / row["level_spacing_um"]
-            region = openslide_region(slide, 0, (math.ceil(span),) * 2, origin=(row["x_level_px"], row["y_level_px"]))
-            reference = resize_exact(region, (256, 256), (span, span)).numpy().astype(float)
-            with Image.open(run.workdir / "results/patches" / row["path"]) as png:
-                error = np.mean((np.asarray(png.convert("RGB")).astype(float) - reference) ** 2)
-            assert error == 0 or 10 * math.log10(255**2 / error) >= 50
-    tcga = next(r for name, r in records(run).items() if name.startswith("TCGA-F1"))
+    assert_like_openslide(run, record, fidelity_build["s3_root"], tmp_path / "concatenation")
+    tcga = next(r for name, r in found.items() if name.startswith("TCGA-F1"))
     assert tcga["level"]["spacing_um"] == [0.2527, 0.2527]  # the header's, where the index says 0.25
     assert all(row["x_px"] == row["x_level_px"] for row in tcga["patches"])  # the base level is level 0
+
+
+def test_patches_of_sparse_and_uncompressed_levels_equal_openslide_regions(tmp_path: Path, edge_build) -> None:
+    with s3server.serving(edge_build["s3_root"]) as s3, faultproxy.serving(s3.url, tmp_path / "p.log") as url:
+        top = {"patches": {**PATCHES, "n_per_slide": 4}}
+        run = run_in(
+            tmp_path / "run", tables(edge_build), S3Server(url, s3.pid), top, filter={"collection_id": ["edge_cases"]}
+        )
+    found = records(run)
+    assert found["EDGE-SPARSE-01"]["frames"]["located_by"] == "Basic Offset Table"
+    assert found["EDGE-RAW-01"]["frames"]["located_by"] == "uncompressed: fixed-size frames"
+    for name in ("EDGE-SPARSE-01", "EDGE-RAW-01", "EDGE-MIXED-01"):
+        assert len(found[name]["patches"]) == 4
+        assert_like_openslide(run, found[name], edge_build["s3_root"], tmp_path / name)
+    unscaled = found["EDGE-UNSCALED-01"]
+    assert unscaled["status"] == "failed"
+    assert unscaled["error"].endswith(
+        "no level for patches: no pixel spacing on any of its levels; expected one to reach 0.5 µm/px"
+    )

@@ -385,9 +385,9 @@ def _open_gdc(job: PatchJob, settings: PatchSettings) -> OpenedLevel:
 def _cut_slide(job: PatchJob, settings: PatchSettings, client: RangeClient) -> dict[str, Any]:
     plan = job.plan
     if not plan.planned:
-        raise SlidestockError(
-            f"{plan.slide_id}: no level for patches: {plan.reason.removeprefix(plan.slide_id + ': ')}"
-        )
+        # The stock's remedy for slides without spacing (target.fallback_max_px) does not apply to patches.
+        reason = plan.reason.removeprefix(f"{plan.slide_id}: ").split(" (or set target.fallback_max_px")[0]
+        raise SlidestockError(f"{plan.slide_id}: no level for patches: {reason}")
     if not job.image_path.is_file():
         raise SlidestockError(f"{plan.slide_id}: no low-resolution image at {job.image_path} to place patches on")
     opened = _open_gdc(job, settings) if plan.source == "gdc" else _open_idc(job, client)
