@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import obstore
 from obstore.store import S3Store
 
-from slidestock.errors import FetchError, UnreachableError
+from slidestock.errors import FetchError
 from slidestock.fetch import endpoint_url, source_url
 
 if TYPE_CHECKING:  # typing names only: obstore's stubs define them, its module does not
@@ -90,15 +90,15 @@ class RangeClient:
 
     def read(self, url: str, offset: int, length: int) -> bytes:
         """``length`` bytes of ``s3://bucket/key`` from ``offset`` (fewer only at the object's end)."""
+        if length <= 0:
+            return b""
         bucket, _, key = source_url(url, self.endpoint).removeprefix("s3://").partition("/")
         try:
             body = bytes(obstore.get_range(self._store(bucket), key, start=offset, length=length))
-        except FileNotFoundError as err:
-            raise FetchError(f"{url}: not found at {self.endpoint} ({err.__class__.__name__})") from None
-        except Exception as err:  # obstore's errors: a generic one carries the HTTP or connection cause
+        except FileNotFoundError:
+            raise FetchError(f"{url}: not found at {self.endpoint}") from None
+        except Exception as err:  # obstore's errors: the first line says the HTTP or connection cause, and retries
             reason = str(err).splitlines()[0]
-            if "connect" in str(err).lower() and "error sending request" in str(err).lower():
-                raise UnreachableError(f"{url}: bytes {offset}-{offset + length - 1}: {reason}") from None
             raise FetchError(f"{url}: bytes {offset}-{offset + length - 1}: {reason}") from None
         with self._lock:
             self.bytes_fetched += len(body)

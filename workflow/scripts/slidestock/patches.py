@@ -41,10 +41,11 @@ class PatchSettings:
 
     @classmethod
     def from_config(cls, patches: Mapping[str, Any], seed: int) -> PatchSettings:
+        """The settings; ``n_per_slide`` is 0 in grid mode, which takes every cell (so changing it redoes nothing)."""
         return cls(
             mpp=float(patches["mpp"]),
             size_px=int(patches["size_px"]),
-            n_per_slide=int(patches["n_per_slide"]),
+            n_per_slide=int(patches["n_per_slide"]) if patches["mode"] == "random" else 0,
             mode=str(patches["mode"]),
             min_tissue=float(patches["min_tissue"]),
             seed=int(seed),
