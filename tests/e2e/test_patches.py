@@ -317,3 +317,24 @@ def test_patches_of_sparse_and_uncompressed_levels_equal_openslide_regions(tmp_p
     assert unscaled["error"].endswith(
         "no level for patches: no pixel spacing on any of its levels; expected one to reach 0.5 µm/px"
     )
+
+
+def test_grid_mode_takes_every_tissue_cell_of_a_grid(tmp_path: Path, patch_build, served) -> None:
+    run = patch_run(tmp_path / "grid", patch_build, served[0], mode="grid", n_per_slide=1)
+    table = pd.read_parquet(run.workdir / "results/patches/patches.parquet")
+    for slide, rows in table.groupby("slide_id"):
+        crop = math.ceil(256 * 0.5 / rows["level_spacing_um"].iloc[0] - 1e-9)
+        assert len(rows) > 1  # n_per_slide does not limit a grid
+        assert ((rows["x_level_px"] % crop == 0) & (rows["y_level_px"] % crop == 0)).all()
+        assert (rows["tissue_fraction"] >= 0.5).all()
+        mask = tissue_mask(pyvips.Image.new_from_file(str(run.workdir / f"results/slides/{slide}.png"))).numpy() > 0
+        fy, fx = mask.shape[0] / rows["level_rows"].iloc[0], mask.shape[1] / rows["level_columns"].iloc[0]
+        span = 256 * 0.5 / rows["level_spacing_um"].iloc[0]
+        cells = [
+            (x, y)
+            for y in range(0, int(rows["level_rows"].iloc[0]) - crop + 1, crop)
+            for x in range(0, int(rows["level_columns"].iloc[0]) - crop + 1, crop)
+            if mask[round(y * fy) : max(round(y * fy) + 1, round((y + span) * fy)),
+                    round(x * fx) : max(round(x * fx) + 1, round((x + span) * fx))].mean() >= 0.5
+        ]  # fmt: skip
+        assert sorted(zip(rows["x_level_px"], rows["y_level_px"], strict=True)) == sorted(cells)
