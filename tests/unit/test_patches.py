@@ -255,3 +255,11 @@ def test_reads_inside_kept_chunks_fetch_nothing_again(served, base_levels) -> No
 def test_touching_merges_ranges_that_meet_or_lie_a_few_bytes_apart() -> None:
     assert touching([(100, 10), (0, 50), (50, 20), (118, 2), (300, 5)]) == [(0, 70), (100, 20), (300, 5)]
     assert touching([(0, 10), (27, 3)]) == [(0, 10), (27, 3)]  # 17 bytes apart: two requests
+
+
+def test_a_server_that_ignores_ranges_is_named_as_such(patch_build, base_levels) -> None:
+    object_url, _, _ = base_levels["PT-BOT-01"]
+    expected = "answers a ranged GET as if it were for the whole object"
+    # rclone itself, without the proxy: a 200 with a Content-Range.
+    with s3server.serving(patch_build["s3_root"]) as s3, pytest.raises(FetchError, match=expected):
+        RangeClient(s3.url, attempts=1).read(object_url, 0, 100)

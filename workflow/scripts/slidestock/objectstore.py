@@ -99,6 +99,11 @@ class RangeClient:
             raise FetchError(f"{url}: not found at {self.endpoint}") from None
         except Exception as err:  # obstore's errors: the first line says the HTTP or connection cause, and retries
             reason = str(err).splitlines()[0]
+            if "non-partial response" in reason:
+                reason = (
+                    f"the server at {self.endpoint} answers a ranged GET as if it were for the whole object "
+                    "(rclone serve s3 does); range reads need a server that answers partial content, as AWS and GCS do"
+                )
             raise FetchError(f"{url}: bytes {offset}-{offset + length - 1}: {reason}") from None
         with self._lock:
             self.bytes_fetched += len(body)
