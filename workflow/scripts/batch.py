@@ -6,26 +6,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
 
-from slidestock.batch import run_batch, write_batch_table
+from slidestock.batch import log_job, run_batch, write_batch_table
 from slidestock.errors import UnreachableError
 from slidestock.levels import target_of
 from slidestock.planrow import read_batch_plan
-from slidestock.slide import GdcSettings, SlideJob, read_token
+from slidestock.slide import SlideJob, gdc_settings
 
 smk = snakemake  # noqa: F821
-logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-logging.getLogger("pyvips").setLevel(logging.WARNING)
-# Progress in the terminal too (a local run shows a job's stderr; a cluster keeps it in the job's output file).
-to_terminal = logging.StreamHandler(sys.stderr)
-to_terminal.setFormatter(logging.Formatter("%(message)s"))
-logging.getLogger("slidestock.progress").addHandler(to_terminal)
+log_job(smk.log[0])
 
 # Where bytes come from (endpoint, GDC API, token) and how many objects move at
 # once are read from the config, not passed as parameters: changing them must
 # not re-run finished batches.
 fetch, gdc, target = smk.config["fetch"], smk.config["gdc"], smk.params.target
-token_file = Path(gdc["token_file"]) if gdc.get("token_file") else None
-settings = GdcSettings(api=gdc["api"], token=read_token(token_file), mode=gdc["mode"], parallel=gdc["parallel"])
+settings = gdc_settings(gdc)
 slides = Path(smk.params.slides)
 jobs = [
     SlideJob(

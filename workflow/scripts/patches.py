@@ -6,24 +6,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
 
+from slidestock.batch import log_job
 from slidestock.objectstore import RangeClient
 from slidestock.patchbatch import PatchJob, run_patch_batch, write_patch_table
 from slidestock.patches import PatchSettings
 from slidestock.planrow import read_base_sizes, read_batch_plan
-from slidestock.slide import GdcSettings, read_token
+from slidestock.slide import gdc_settings
 
 smk = snakemake  # noqa: F821
-logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-logging.getLogger("pyvips").setLevel(logging.WARNING)
-# Progress in the terminal too, as the batch jobs say theirs.
-to_terminal = logging.StreamHandler(sys.stderr)
-to_terminal.setFormatter(logging.Formatter("%(message)s"))
-logging.getLogger("slidestock.progress").addHandler(to_terminal)
+log_job(smk.log[0])
 
 # Where bytes come from is read from the config, not a parameter: moving it re-runs nothing.
-fetch, gdc = smk.config["fetch"], smk.config["gdc"]
-token_file = Path(gdc["token_file"]) if gdc.get("token_file") else None
-gdc_settings = GdcSettings(api=gdc["api"], token=read_token(token_file), mode=gdc["mode"], parallel=gdc["parallel"])
+fetch, gdc = smk.config["fetch"], gdc_settings(smk.config["gdc"])
 settings = PatchSettings.from_config(smk.params.patches, smk.params.seed)
 client = RangeClient(fetch["endpoint"], attempts=fetch["attempts"], parallel=smk.config["patches"]["parallel"])
 # results/patches, where the batch tables, the patches and their records go.
@@ -36,7 +30,7 @@ jobs = [
         image_path=slides / f"{plan.slide_id}.{smk.params.suffix}",
         folder=folder / plan.slide_id,
         json_path=folder / f"{plan.slide_id}.json",
-        gdc=gdc_settings,
+        gdc=gdc,
         attempts=fetch["attempts"],
     )
     for plan in read_batch_plan(Path(smk.input.plan))

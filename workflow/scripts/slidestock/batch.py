@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -253,6 +254,18 @@ def _check_reachable(url: str, endpoint: str, attempts: int, timeout_s: float, n
 
 # Batch progress lines go to this logger: the batch log, and the terminal when run locally.
 progress_log = logging.getLogger("slidestock.progress")
+
+
+def log_job(log_path: str) -> None:
+    """A job's logging: everything to its log file, and its progress lines to the terminal too.
+
+    A local run shows a job's stderr; a cluster keeps it in the job's output file.
+    """
+    logging.basicConfig(filename=log_path, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("pyvips").setLevel(logging.WARNING)
+    to_terminal = logging.StreamHandler(sys.stderr)
+    to_terminal.setFormatter(logging.Formatter("%(message)s"))
+    progress_log.addHandler(to_terminal)
 
 
 class Progress:

@@ -7,8 +7,10 @@ downloads and outputs lie, for both and for the driver's clean-up.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from slidestock.errors import SlidestockError
 from slidestock.fetch import BatchItem
@@ -40,6 +42,12 @@ def read_token(path: Path | None) -> str | None:
     if not token:
         raise SlidestockError(f"gdc.token_file: {str(path)!r} is empty; expected a GDC token")
     return token
+
+
+def gdc_settings(gdc: Mapping[str, Any]) -> GdcSettings:
+    """The ``gdc:`` config section as settings, the token read from its file (never kept in the config)."""
+    token_file = Path(gdc["token_file"]) if gdc.get("token_file") else None
+    return GdcSettings(api=gdc["api"], token=read_token(token_file), mode=gdc["mode"], parallel=gdc["parallel"])
 
 
 @dataclass(frozen=True)
