@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import pyvips
 import webdataset
+import yaml
 from PIL import Image
 
 from slidestock.dicom import read_header
@@ -338,3 +339,24 @@ def test_grid_mode_takes_every_tissue_cell_of_a_grid(tmp_path: Path, patch_build
                     round(x * fx) : max(round(x * fx) + 1, round((x + span) * fx))].mean() >= 0.5
         ]  # fmt: skip
         assert sorted(zip(rows["x_level_px"], rows["y_level_px"], strict=True)) == sorted(cells)
+
+
+def test_changing_a_patch_setting_redoes_patches_but_not_the_plan_or_the_stock(tmp_path, patch_build, served) -> None:
+    run = patch_run(tmp_path / "run", patch_build, served[0])
+    images = {p: p.stat().st_mtime_ns for p in (run.workdir / "results/slides").glob("*.png")}
+    config = yaml.safe_load(run.config.read_text())
+    config["patches"]["n_per_slide"] = 5
+    config["patches"]["parallel"] = 2  # how fast bytes come: re-runs nothing by itself
+    run.config.write_text(yaml.safe_dump(config))
+    again = snakemake(run.workdir, run.config)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "rule patches:" in again.stderr
+    assert "checkpoint plan:" not in again.stderr
+    assert "rule batch:" not in again.stderr
+    assert {p: p.stat().st_mtime_ns for p in images} == images
+    assert len(pd.read_parquet(run.workdir / "results/patches/patches.parquet")) == 4 * 5
+    config["patches"]["parallel"] = 4
+    run.config.write_text(yaml.safe_dump(config))
+    quiet = snakemake(run.workdir, run.config)
+    assert quiet.returncode == 0
+    assert "rule patches:" not in quiet.stderr

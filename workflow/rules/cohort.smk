@@ -50,8 +50,12 @@ checkpoint plan:
         prefer=CONFIG["fetch"]["prefer"],
         batch_plans=BATCH_PLANS,
         batch_size=CONFIG["fetch"]["batch_size"],
-        # Only what the patch plan depends on: other patch settings re-run no plan.
-        patches={k: CONFIG["patches"][k] for k in ("enabled", "mpp")},
+        # Only what the patch plan depends on (nothing while patches are off): other patch settings re-run no plan.
+        patches=(
+            {"enabled": True, "mpp": CONFIG["patches"]["mpp"]}
+            if CONFIG["patches"]["enabled"]
+            else {"enabled": False}
+        ),
         patch_plans=PATCH_PLANS,
         patch_instances="results/cohort/patch_instances.tsv",
     script:
