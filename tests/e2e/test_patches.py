@@ -45,14 +45,18 @@ def tables(build: dict[str, Path]) -> dict[str, Path]:
     return {name: build[name] for name in ("index", "sm_index", "sm_instance_index")}
 
 
-def patch_run(folder: Path, build: dict[str, Path], server: S3Server, **patches: Any) -> Run:
-    top = {"patches": {**PATCHES, **patches}, "fetch": {"endpoint": server.url, "attempts": 1, "batch_size": 2}}
+def patch_run(folder: Path, build: dict[str, Path], server: S3Server, batch_size: int = 2, **patches: Any) -> Run:
+    """A run of the patch slides with these patch settings: two batches of two by default (a thread each, on 2
+    cores); one batch of four has two threads, two slides cut side by side."""
+    fetch = {"endpoint": server.url, "attempts": 1, "batch_size": batch_size}
+    top = {"patches": {**PATCHES, **patches}, "fetch": fetch}
     return run_in(folder, tables(build), server, top, filter={"collection_id": ["patch_demo"]})
 
 
 @pytest.fixture(scope="module")
 def first(tmp_path_factory: pytest.TempPathFactory, patch_build: dict[str, Path], served) -> Run:
-    return patch_run(tmp_path_factory.mktemp("patches"), patch_build, served[0])
+    # One batch, two threads: the byte counts below are checked with slides fetched side by side.
+    return patch_run(tmp_path_factory.mktemp("patches"), patch_build, served[0], batch_size=4)
 
 
 def records(run: Run) -> dict[str, dict[str, Any]]:

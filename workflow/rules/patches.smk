@@ -21,9 +21,9 @@ rule patches:
     retries: 2
     conda:
         ENV
-    threads: 1
+    threads: get_batch_threads
     resources:
-        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        mem_mb=get_batch_mem_mb,
         runtime=get_batch_runtime,
     params:
         # Not patches.parallel, read from the config by the script: how fast bytes come re-runs nothing.

@@ -37,7 +37,7 @@ jobs = [
 ]
 webdataset = smk.params.patches["format"] == "webdataset"
 shard = folder / "shards" / f"{smk.wildcards.batch}.tar" if webdataset else None
-records = run_patch_batch(jobs, settings, client, shard, smk.wildcards.batch)
+records = run_patch_batch(jobs, settings, client, shard, smk.wildcards.batch, smk.threads)
 failed = [record["slide_id"] for record in records if record["status"] != "done"]
 total = sum(len(record.get("patches", [])) for record in records)
 logging.info("%d slides, %d patches, %d failed: %s", len(records), total, len(failed), " ".join(failed) or "none")

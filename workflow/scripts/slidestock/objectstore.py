@@ -110,8 +110,9 @@ class RangeClient:
             self.requests += 1
         return body
 
-    def read_many(self, url: str, ranges: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
-        """Each (offset, length) range's bytes; touching ranges are one request, ``parallel`` in flight."""
+    def read_many(self, url: str, ranges: Sequence[tuple[int, int]]) -> tuple[dict[tuple[int, int], bytes], int, int]:
+        """Each (offset, length) range's bytes, and the bytes and requests it took (touching ranges are one
+        request; ``parallel`` in flight). The counts are this call's own, whatever other threads fetch."""
         groups = touching(ranges)
         with ThreadPoolExecutor(max_workers=max(1, min(self.parallel, len(groups)))) as pool:
             bodies = list(pool.map(lambda g: self.read(url, g[0], g[1]), groups))
@@ -120,4 +121,4 @@ class RangeClient:
         for offset, length in ranges:
             i = bisect.bisect_right(starts, offset) - 1
             out[(offset, length)] = bodies[i][offset - starts[i] : offset - starts[i] + length]
-        return out
+        return out, sum(len(body) for body in bodies), len(groups)

@@ -18,6 +18,7 @@ import shutil
 import tarfile
 import time
 from collections.abc import Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,25 +103,35 @@ def is_finished(job: PatchJob, digest: str, in_shard: Collection[str] = ()) -> b
 
 
 def run_patch_batch(
-    jobs: Sequence[PatchJob], settings: PatchSettings, client: RangeClient, shard: Path | None = None, name: str = ""
+    jobs: Sequence[PatchJob],
+    settings: PatchSettings,
+    client: RangeClient,
+    shard: Path | None = None,
+    name: str = "",
+    threads: int = 1,
 ) -> list[dict[str, Any]]:
-    """Every slide's record, new or kept; the slides are done one after another, their progress said as it goes.
+    """Every slide's record, new or kept, in the jobs' order; ``threads`` slides at a time, progress said as it goes.
 
     With ``shard`` (``patches.format: webdataset``), the batch's patches are
     then packed into that tar, and their PNG files removed.
     """
     members = shard_members(shard) if shard is not None else set()
-    records = []
     progress = Progress(f"{name} patches".strip(), len(jobs), time.monotonic())
-    for job in jobs:
+
+    def one(job: PatchJob) -> dict[str, Any]:
         digest = patch_digest(job, settings)
         if is_finished(job, digest, members):
             log.info("%s: patches done before for this plan and settings; kept", job.plan.slide_id)
-            records.append(json.loads(job.json_path.read_text()))
+            record: dict[str, Any] = json.loads(job.json_path.read_text())
         else:
-            records.append(_run_slide(job, settings, client, digest))
-            write_json(job.json_path, records[-1])
-        progress.count(records[-1]["status"] == "done")
+            record = _run_slide(job, settings, client, digest)
+            write_json(job.json_path, record)
+        progress.count(record["status"] == "done")
+        return record
+
+    # Fetching, decoding and PNG writing release Python's lock: slides side by side use the job's cores.
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        records = list(pool.map(one, jobs))
     if shard is not None:
         pack_shard(jobs, records, shard)
     return records

@@ -114,11 +114,10 @@ class RemoteObject:
         heads = {r: self.tail(r[0])[: r[1]] for r in ranges if r not in out}
         rests = {r: (r[0] + len(head), r[1] - len(head)) for r, head in heads.items()}
         if rests:
-            before = self.client.bytes_fetched, self.client.requests
-            got = self.client.read_many(self.url, list(rests.values()))
+            got, fetched, requests = self.client.read_many(self.url, list(rests.values()))
             out.update({r: heads[r] + got[rest] for r, rest in rests.items()})
-            self.fetched += self.client.bytes_fetched - before[0]
-            self.requests += self.client.requests - before[1]
+            self.fetched += fetched
+            self.requests += requests
         return out
 
 
