@@ -122,8 +122,8 @@ def test_bytes_at_the_server_are_what_the_records_count(first: Run, served) -> N
             # The covered frames, the header prefix and (for a TIFF) its directory: nothing else but, where a
             # TIFF directory located two neighbouring frames, the 8-byte item header between them (one request).
             between = 8 * record["frames"]["covered"] if record["frames"]["located_by"].startswith("TIFF") else 0
-            assert covered <= record["bytes_fetched"] <= covered + record["directory_and_header_bytes"] + between
-            assert record["directory_and_header_bytes"] <= (16 << 10) + (64 << 10)
+            assert covered <= record["bytes_fetched"] <= covered + record["locating_bytes"] + between
+            assert record["locating_bytes"] <= (16 << 10) + (64 << 10)
             assert record["bytes_fetched"] < 0.7 * row.instance_size
 
 

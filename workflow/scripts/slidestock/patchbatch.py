@@ -243,7 +243,8 @@ def _cut_slide(job: PatchJob, settings: PatchSettings, client: RangeClient) -> d
     patches = choose_patches(mask, level.size_px, span, settings, plan.slide_id)
     crop = crop_px(span)
     tiles = opened.locate(sorted({t for p in patches for t in patch_tiles(p, crop, level)}))
-    before_frames = opened.fetched()
+    # What finding the frames took: the header, a TIFF directory, or a walk over the fragments.
+    locating = opened.fetched()
     job.folder.mkdir(parents=True, exist_ok=True)
     base = opened.base_size_px or level.size_px
     scale0 = (base[0] / level.size_px[0], base[1] / level.size_px[1])
@@ -282,12 +283,13 @@ def _cut_slide(job: PatchJob, settings: PatchSettings, client: RangeClient) -> d
             "size_px": list(level.size_px),
             "spacing_um": [round(spacing[0], 6), round(spacing[1], 6)],
             "tile_px": list(level.tile_px),
-            "instance_bytes": plan.instance_size,
+            # The level's own bytes: the DICOM instance(s), or the SVS page's tiles (not the whole file).
+            "instance_bytes": tiles.level_bytes or plan.instance_size,
             "series_size_bytes": plan.series_size_bytes or plan.instance_size,
         },
         "frames": {**tiles.facts, "covered": len(tiles.sizes), "covered_bytes": sum(tiles.sizes.values())},
         "bytes_fetched": opened.fetched(),
-        "directory_and_header_bytes": before_frames,
+        "locating_bytes": locating,
         "requests": opened.requests(),
         "tissue_pixels": int(mask.sum()),
         "warnings": opened.warnings(),

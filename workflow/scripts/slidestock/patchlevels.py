@@ -62,6 +62,8 @@ class Tiles:
     fetch: Callable[[Sequence[int]], Mapping[int, bytes]]
     decode: Callable[[int, bytes], np.ndarray]
     facts: dict[str, Any]
+    # The level's encoded bytes where they are not its object's size (an SVS page among a file's pages).
+    level_bytes: int = 0
 
 
 def open_idc(plan: PlanRow, base_size_px: tuple[int, int] | None, client: RangeClient) -> OpenedLevel:
@@ -182,6 +184,7 @@ def open_gdc(plan: PlanRow, gdc: GdcSettings | None, attempts: int, mpp: float) 
             fetch=fetch,
             decode=lambda tile, data: decode_tile(page, data, item, tile),
             facts={"located_by": "SVS tile directory", "note": ""},
+            level_bytes=sum(length for _, length in where),
         )
 
     return OpenedLevel(
