@@ -78,10 +78,10 @@ class RemoteObject:
             end = start + len(data)
             if start <= offset <= end:
                 if offset + length > end:
-                    data += self._fetch(end, max(offset + length - end, ahead))
+                    data += self.fetch_once(end, max(offset + length - end, ahead))
                     self.chunks[start] = data
                 return data[offset - start : offset - start + length]
-        self.chunks[offset] = self._fetch(offset, max(length, ahead))
+        self.chunks[offset] = self.fetch_once(offset, max(length, ahead))
         return self.chunks[offset][:length]
 
     def tail(self, offset: int) -> bytes:
@@ -91,15 +91,12 @@ class RemoteObject:
                 return data[offset - start :]
         return b""
 
-    def fetch_once(self, offset: int, length: int) -> bytes:
-        """Bytes at ``offset``, fetched and counted but not kept (a walk keeps what it needs with :meth:`keep`)."""
-        return self._fetch(offset, length)
-
     def keep(self, offset: int, data: bytes) -> None:
         """Keep ``data`` (the bytes at ``offset``, already fetched) to serve later reads."""
         self.chunks[offset] = data
 
-    def _fetch(self, offset: int, length: int) -> bytes:
+    def fetch_once(self, offset: int, length: int) -> bytes:
+        """Bytes at ``offset``, fetched and counted but not kept (a walk keeps what it needs with :meth:`keep`)."""
         data = self.client.read(self.url, offset, max(0, min(length, self.size - offset)))
         self.fetched += len(data)
         self.requests += 1
@@ -143,7 +140,6 @@ class Located:
     method: str
     note: str
     items: bool
-    bytes_read: int
 
 
 def read_level_header(obj: RemoteObject, item: str) -> RemoteLevel:
@@ -185,14 +181,13 @@ def locate_frames(obj: RemoteObject, level: RemoteLevel, tiles: Collection[int])
 def locate_frame_numbers(obj: RemoteObject, level: RemoteLevel, wanted: Mapping[int, int]) -> Located:
     """Where the object's frames ``wanted`` (tile -> frame number in this object) lie (see :func:`locate_frames`)."""
     header, ds, item = level.header, level.ds, level.header.item
-    before = obj.fetched
     n_frames = int(ds.get("NumberOfFrames", 1))
     element = obj.read(level.pixel_start, 20)
     if header.transfer_syntax in NATIVE_SYNTAXES:
         size = header.tile_px[0] * header.tile_px[1] * 3
         data_start = level.pixel_start + (8 if header.transfer_syntax == "1.2.840.10008.1.2" else 12)
         frames = {t: Frame(f, ((data_start + f * size, size),)) for t, f in wanted.items()}
-        return Located(frames, "uncompressed: fixed-size frames", "", False, obj.fetched - before)
+        return Located(frames, "uncompressed: fixed-size frames", "", False)
     tag, bot_length = struct.unpack("<HH", element[12:16]), struct.unpack("<I", element[16:20])[0]
     if tag != ITEM:
         raise DecodeError(
@@ -204,7 +199,7 @@ def locate_frame_numbers(obj: RemoteObject, level: RemoteLevel, wanted: Mapping[
         lengths = np.frombuffer(bytes(ds.ExtendedOffsetTableLengths), "<u8")
         _check_count(len(offsets), n_frames, "Extended Offset Table", item)
         spans = {t: Frame(f, ((first + int(offsets[f]), 8 + int(lengths[f])),)) for t, f in wanted.items()}
-        return Located(spans, "Extended Offset Table", "", True, obj.fetched - before)
+        return Located(spans, "Extended Offset Table", "", True)
     if bot_length:
         table = np.frombuffer(obj.read(level.pixel_start + 20, bot_length), "<u4").astype(np.int64)
         _check_count(len(table), n_frames, "Basic Offset Table", item)
@@ -213,13 +208,13 @@ def locate_frame_numbers(obj: RemoteObject, level: RemoteLevel, wanted: Mapping[
             last_item = obj.read(first + int(table[-1]), 8)
             ends[-1] = int(table[-1]) + 8 + struct.unpack("<I", last_item[4:8])[0]
         frames = {t: Frame(f, ((first + int(table[f]), int(ends[f] - table[f])),)) for t, f in wanted.items()}
-        return Located(frames, "Basic Offset Table", "", True, obj.fetched - before)
+        return Located(frames, "Basic Offset Table", "", True)
     head = obj.read(0, 16)
     if head[:4] in _TIFF_MAGIC:
         located = _from_tiff(obj, header, wanted, n_frames)
         if located is not None:
-            return Located(located, "TIFF directory (dual-personality preamble)", "", False, obj.fetched - before)
-    return _walk(obj, level, first, wanted, n_frames, before)
+            return Located(located, "TIFF directory (dual-personality preamble)", "", False)
+    return _walk(obj, level, first, wanted, n_frames)
 
 
 def _positions(level: RemoteLevel, n_frames: int) -> list[tuple[int, int]] | None:
@@ -254,9 +249,7 @@ def _from_tiff(
     return frames
 
 
-def _walk(
-    obj: RemoteObject, level: RemoteLevel, first: int, wanted: Mapping[int, int], n_frames: int, before: int
-) -> Located:
+def _walk(obj: RemoteObject, level: RemoteLevel, first: int, wanted: Mapping[int, int], n_frames: int) -> Located:
     """The fragments' item headers read in order, up to the last frame wanted, with reads of growing size.
 
     One fragment per frame, as a level without any offset table must have. The
@@ -299,9 +292,9 @@ def _walk(
             f"{why}: frame {last + 1} of {n_frames} is needed, so the level was read whole "
             f"(in {reads} reads of up to {WALK_MAX_BYTES >> 20} MB, keeping only the covered frames)"
         )
-        return Located(frames, "level read whole", note, True, obj.fetched - before)
+        return Located(frames, "level read whole", note, True)
     note = f"{why}: walked {last + 1} of {n_frames} fragment headers in {reads} reads"
-    return Located(frames, "fragment walk", note, True, obj.fetched - before)
+    return Located(frames, "fragment walk", note, True)
 
 
 def fetch_frames(obj: RemoteObject, frames: Mapping[int, Frame], items: bool, item: str) -> dict[int, bytes]:
