@@ -18,8 +18,8 @@ from slidestock.output import write_output
 from slidestock.provenance import Facts, Fetched, Part, Timed
 from slidestock.reduce import openslide_region
 from slidestock.slide import SlideJob, slide_target
-from slidestock.svs import decode_page, page_levels
-from slidestock.tiff import ReadRange, read_pages, tile_locations
+from slidestock.svs import choose_page, decode_page
+from slidestock.tiff import ReadRange, tile_locations
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +136,7 @@ def _openslide_level(path: Path, job: SlideJob, item: str, why: DecodeError) -> 
 
 def _svs_level(read: ReadRange, job: SlideJob, item: str, get_tiles: TileGetter) -> LevelRead:
     """Choose the page by the level rule, say why, and decode its tiles from ``get_tiles``."""
-    pages = read_pages(read, item)
-    levels = page_levels(pages)
-    choice = choose_level(levels, job.target, slide=item)
-    page = pages[int(choice.level.sop_instance_uid.removeprefix("page"))]
+    page, choice, levels, pages = choose_page(read, job.target, item)
     yield Facts(
         "level",
         {

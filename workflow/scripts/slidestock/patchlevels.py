@@ -17,7 +17,7 @@ import numpy as np
 from slidestock.dicom import decode_frame_data
 from slidestock.errors import DecodeError, SlidestockError
 from slidestock.gdcapi import BlockCache, GdcClient, fetch_ranges
-from slidestock.levels import Target, choose_level
+from slidestock.levels import Target
 from slidestock.objectstore import RangeClient
 from slidestock.patches import TiledLevel
 from slidestock.planrow import PlanRow
@@ -30,8 +30,8 @@ from slidestock.remote import (
     read_level_header,
 )
 from slidestock.slide import GdcSettings
-from slidestock.svs import decode_tile, page_levels
-from slidestock.tiff import read_pages, tile_locations
+from slidestock.svs import choose_page, decode_tile
+from slidestock.tiff import tile_locations
 
 
 @dataclass
@@ -163,10 +163,7 @@ def open_gdc(plan: PlanRow, gdc: GdcSettings | None, attempts: int, mpp: float) 
     file_id, item = plan.gdc_file_id, f"{plan.slide_id} (GDC {plan.gdc_file_id})"
     client = GdcClient(gdc.api, gdc.token, attempts=attempts)
     cache = BlockCache(client, file_id, plan.instance_size)
-    pages = read_pages(cache.read, item)
-    levels = page_levels(pages)
-    choice = choose_level(levels, Target(mpp=mpp), slide=item)
-    page = pages[int(choice.level.sop_instance_uid.removeprefix("page"))]
+    page, choice, levels, _ = choose_page(cache.read, Target(mpp=mpp), item)
     if choice.spacing_um is None or page.tile_px is None:
         raise SlidestockError(f"{item}: page {page.index} has no spacing or is not tiled; expected a tiled level")
     spacing = float(choice.spacing_um)

@@ -10,8 +10,8 @@ import numpy as np
 import pyvips
 
 from slidestock.errors import DecodeError
-from slidestock.levels import Level
-from slidestock.tiff import TiffPage
+from slidestock.levels import Level, LevelChoice, Target, choose_level
+from slidestock.tiff import ReadRange, TiffPage, read_pages
 
 JPEG, JPEG2000_YCBCR, JPEG2000_RGB, NONE = 7, 33003, 33005, 1
 SUPPORTED = frozenset({JPEG, JPEG2000_YCBCR, JPEG2000_RGB, NONE})
@@ -37,6 +37,16 @@ def page_levels(pages: Sequence[TiffPage]) -> list[Level]:
         for page in pages
         if page.kind == "level"
     ]
+
+
+def choose_page(
+    read: ReadRange, target: Target, item: str
+) -> tuple[TiffPage, LevelChoice, list[Level], list[TiffPage]]:
+    """The pyramid page the level rule picks for ``target``: the page, the choice, the levels and every page."""
+    pages = read_pages(read, item)
+    levels = page_levels(pages)
+    choice = choose_level(levels, target, slide=item)
+    return pages[int(choice.level.sop_instance_uid.removeprefix("page"))], choice, levels, pages
 
 
 def decode_tile(page: TiffPage, data: bytes, item: str, index: int) -> np.ndarray:
