@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
@@ -297,15 +297,31 @@ def write_batch_table(json_paths: Sequence[Path], out: Path) -> int:
 
     Written atomically; returns how many slides failed for a reason a re-run may get past.
     """
-    lines = ["slide_id\tstatus\tsha256_or_error\tretryable\n"]
+    records = [json.loads(path.read_text()) for path in json_paths]
+
+    def detail(record: Mapping[str, Any]) -> list[object]:
+        return [(record.get("output") or {}).get("sha256") or record.get("error") or ""]
+
+    return write_outcome_table(records, ["sha256_or_error"], detail, out)
+
+
+def write_outcome_table(
+    records: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    cells: Callable[[Mapping[str, Any]], Sequence[object]],
+    out: Path,
+) -> int:
+    """A job's outcome table, one line per slide: id, status, ``columns`` (from ``cells``), whether a re-run may
+    help (empty for a slide done). Cells are kept to one line. Written atomically; returns how many slides failed
+    for a reason a re-run may get past."""
+    lines = ["\t".join(["slide_id", "status", *columns, "retryable"]) + "\n"]
     retryable = 0
-    for path in json_paths:
-        record = json.loads(path.read_text())
-        detail = (record.get("output") or {}).get("sha256") or record.get("error") or ""
+    for record in records:
         again = record["status"] == "failed" and record.get("retryable") is not False
         retryable += again
         flag = "" if record["status"] == "done" else str(again).lower()
-        lines.append(f"{record['slide_id']}\t{record['status']}\t{' '.join(str(detail).split())}\t{flag}\n")
+        row = [record["slide_id"], record["status"], *(" ".join(str(c).split()) for c in cells(record)), flag]
+        lines.append("\t".join(map(str, row)) + "\n")
     write_text_atomic(out, "".join(lines))
     return retryable
 
@@ -351,12 +367,18 @@ def _failure(job: SlideJob, err: Exception) -> dict[str, Any]:
     """What a failed slide's record says, once anything of an earlier, finished run of it is removed."""
     for stale in (job.image_path, *(side_path(job, name) for name in SIDE_FILES)):
         stale.unlink(missing_ok=True)
-    # Network, server and size troubles may pass on a later run; a level or file that is wrong will not.
-    failure: dict[str, Any] = {"retryable": isinstance(err, FetchError), "output": None}
+    return {**failure_of(job.plan.slide_id, err), "output": None}
+
+
+def failure_of(slide_id: str, err: Exception, what: str = "") -> dict[str, Any]:
+    """A failed slide's ``error`` and whether a re-run may get past it (``retryable``), logged.
+
+    Network, server and size troubles may pass on a later run; a level or file that is wrong will not.
+    An error slidestock did not raise on purpose is a bug: logged with its traceback.
+    """
+    failed = f"{slide_id}: {what} failed" if what else f"{slide_id} failed"
     if isinstance(err, SlidestockError):
-        log.error("%s failed: %s", job.plan.slide_id, err)
-        failure["error"] = str(err)
-    else:
-        log.exception("%s failed unexpectedly", job.plan.slide_id)
-        failure["error"] = f"{job.plan.slide_id}: unexpected {type(err).__name__}: {err}"
-    return failure
+        log.error("%s: %s", failed, err)
+        return {"retryable": isinstance(err, FetchError), "error": str(err)}
+    log.exception("%s unexpectedly", failed)
+    return {"retryable": False, "error": f"{slide_id}: unexpected {type(err).__name__}: {err}"}

@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyvips
 
-from slidestock.batch import Progress
-from slidestock.errors import FetchError, SlidestockError
+from slidestock.batch import Progress, failure_of, write_outcome_table
+from slidestock.errors import SlidestockError
 from slidestock.objectstore import RangeClient
 from slidestock.output import tissue_mask, write_image
 from slidestock.patches import PatchSettings, choose_patches, crop_px, cut_patches, patch_tiles, span_px
 from slidestock.patchlevels import open_gdc, open_idc
 from slidestock.planrow import PlanRow, slide_plan_text
-from slidestock.provenance import SLIDESTOCK_VERSION, sha256_file, write_json, write_text_atomic
+from slidestock.provenance import SLIDESTOCK_VERSION, sha256_file, write_json
 from slidestock.slide import GdcSettings
 
 if TYPE_CHECKING:
@@ -208,13 +208,7 @@ def _run_slide(job: PatchJob, settings: PatchSettings, client: RangeClient, dige
         record["status"] = "done"
     except Exception as err:  # one slide never stops its batch
         shutil.rmtree(job.folder, ignore_errors=True)
-        record["retryable"] = isinstance(err, FetchError)
-        if isinstance(err, SlidestockError):
-            log.error("%s: patches failed: %s", plan.slide_id, err)
-            record["error"] = str(err)
-        else:
-            log.exception("%s: patches failed unexpectedly", plan.slide_id)
-            record["error"] = f"{plan.slide_id}: unexpected {type(err).__name__}: {err}"
+        record.update(failure_of(plan.slide_id, err, "patches"))
     record["seconds"] = round(time.monotonic() - started, 3)
     return record
 
@@ -304,20 +298,12 @@ def _cut_slide(job: PatchJob, settings: PatchSettings, client: RangeClient) -> d
 
 
 def write_patch_table(records: Sequence[Mapping[str, Any]], out: Path) -> int:
-    """A batch's outcome, one line per slide; returns how many failed for a reason a re-run may get past."""
-    lines = ["slide_id\tstatus\tn_patches\tbytes_fetched\terror\tretryable\n"]
-    retryable = 0
-    for record in records:
-        again = record["status"] == "failed" and record.get("retryable") is not False
-        retryable += again
-        error = " ".join(str(record.get("error") or "").split())
-        flag = "" if record["status"] == "done" else str(again).lower()
-        lines.append(
-            f"{record['slide_id']}\t{record['status']}\t{len(record.get('patches', []))}\t"
-            f"{record.get('bytes_fetched', 0)}\t{error}\t{flag}\n"
-        )
-    write_text_atomic(out, "".join(lines))
-    return retryable
+    """A batch's patch outcome, one line per slide; returns how many failed for a reason a re-run may get past."""
+
+    def cells(record: Mapping[str, Any]) -> list[object]:
+        return [len(record.get("patches", [])), record.get("bytes_fetched", 0), record.get("error") or ""]
+
+    return write_outcome_table(records, ["n_patches", "bytes_fetched", "error"], cells, out)
 
 
 def mask_of(image_path: Path) -> np.ndarray:
