@@ -8,13 +8,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import pyvips
-
 from slidestock.dicom import LevelHeader, read_concatenation, read_header
 from slidestock.errors import FetchError
 from slidestock.fetch import FetchResult
 from slidestock.levels import output_size_px
-from slidestock.output import write_image, write_output
+from slidestock.output import with_icc_profile, write_image, write_output
 from slidestock.provenance import Associated, Facts, Fetched, Part, Timed, Warned, sha256_file
 from slidestock.reduce import openslide_reduced, read_level, reduce_level
 from slidestock.slide import SlideJob, level_downloads, level_file, side_path, slide_target
@@ -60,10 +58,7 @@ def fetch_and_downsample(job: SlideJob, fetched: Mapping[Path, FetchResult | Fet
     else:
         image, shrink = openslide_reduced(files[0], header, scale)
         yield Facts("level", {"box_shrink": shrink})
-    if header.icc_profile:
-        image = image.copy()
-        image.set_type(pyvips.GValue.blob_type, "icc-profile-data", header.icc_profile)
-    yield write_output(job, target, image, spacing, header.size_px, shrink)
+    yield write_output(job, target, with_icc_profile(image, header.icc_profile), spacing, header.size_px, shrink)
     yield from _export_associated(job, fetched)
     yield Timed({"fetch": round(fetch_s, 3), "downsample": round(time.monotonic() - t0, 3)})
 

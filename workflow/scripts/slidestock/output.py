@@ -58,6 +58,15 @@ def write_image(
         partial.unlink(missing_ok=True)
 
 
+def with_icc_profile(image: pyvips.Image, profile: bytes | None) -> pyvips.Image:
+    """``image`` carrying the level's ICC profile (when it has one), which :func:`write_image` keeps."""
+    if not profile:
+        return image
+    tagged: pyvips.Image = image.copy()
+    tagged.set_type(pyvips.GValue.blob_type, "icc-profile-data", profile)
+    return tagged
+
+
 def tissue_mask(image: pyvips.Image, min_saturation: int = 20, max_brightness: int = 220) -> pyvips.Image:
     """A 0/255 mask of stained tissue: pixels with colour (max - min of R, G, B) or darkness.
 

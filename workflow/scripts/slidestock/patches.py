@@ -22,6 +22,7 @@ import numpy as np
 import pyvips
 
 from slidestock.dicom import BACKGROUND
+from slidestock.output import with_icc_profile
 from slidestock.reduce import resize_exact
 
 # Random mode tries positions on a lattice this many times finer than the patch.
@@ -200,23 +201,24 @@ def cut_patches(
                 else np.full((level.tile_px[1], level.tile_px[0], 3), BACKGROUND, dtype=np.uint8)
             )
         for k in group:
-            yield patches[k], _resampled(patches[k], crop, span, size_px, level, decoded)
+            yield patches[k], _resampled(patches[k], needs[k], crop, span, size_px, level, decoded)
         for tile in [t for t in decoded if last_use[t] <= group[-1]]:
             del decoded[tile]
 
 
 def _resampled(
     patch: Patch,
+    tiles: Sequence[int],
     crop: tuple[int, int],
     span: tuple[float, float],
     size_px: int,
     level: TiledLevel,
     decoded: Mapping[int, np.ndarray],
 ) -> pyvips.Image:
-    """The patch's crop assembled from its decoded tiles, resized to ``size_px`` against its exact span."""
+    """The patch's crop assembled from its decoded ``tiles`` (its :func:`patch_tiles`), resized to ``size_px``
+    against its exact span."""
     tile_w, tile_h = level.tile_px
     c0, r0 = patch.x // tile_w, patch.y // tile_h
-    tiles = patch_tiles(patch, crop, level)
     n_cols = (patch.x + crop[0] - 1) // tile_w - c0 + 1
     n_rows = len(tiles) // n_cols
     mosaic = np.concatenate(
@@ -225,8 +227,6 @@ def _resampled(
     )
     x, y = patch.x - c0 * tile_w, patch.y - r0 * tile_h
     region = np.ascontiguousarray(mosaic[y : y + crop[1], x : x + crop[0]])
-    image = pyvips.Image.new_from_array(region).copy(interpretation="srgb")
-    if level.icc_profile:
-        image.set_type(pyvips.GValue.blob_type, "icc-profile-data", level.icc_profile)
+    image = with_icc_profile(pyvips.Image.new_from_array(region).copy(interpretation="srgb"), level.icc_profile)
     resized: pyvips.Image = resize_exact(image, (size_px, size_px), span)
     return resized

@@ -6,7 +6,6 @@ patch's place drawn on it, beside some of its patches.
 
 from __future__ import annotations
 
-import base64
 import html
 import io
 import tarfile
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
+
+from slidestock.thumbnails import data_uri
 
 SAMPLE_SLIDES = 6
 PATCHES_SHOWN = 8
@@ -115,7 +116,4 @@ def _outlined(record: Mapping[str, Any], image_path: Path) -> Image.Image:
 
 
 def _img(image: Image.Image, alt: str) -> str:
-    data = io.BytesIO()
-    image.save(data, "PNG")
-    uri = "data:image/png;base64," + base64.b64encode(data.getvalue()).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="{uri}">'
+    return f'<img alt="{html.escape(alt)}" src="{data_uri(image, "PNG")}">'

@@ -7,7 +7,8 @@ converted slides have no offset table, but their 128-byte preamble starts a
 TIFF whose directory holds every tile's offset and length), or, lacking all
 three, a walk over the fragments' item headers with reads of growing size,
 up to the last frame needed; when that would read nearly all of the level, the
-level is read in one request instead, and the record says which.
+level is read whole, in large requests, keeping only the covered frames. The
+record says which.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pydicom
 from pydicom.filereader import read_partial
 
 from slidestock.dicom import (
+    IMPLICIT_VR,
     ITEM,
     NATIVE_SYNTAXES,
     PIXEL_DATA,
@@ -41,7 +43,7 @@ HEADER_PREFIX_BYTES = (16 << 10, 256 << 10, 2 << 20, 16 << 20)
 DIRECTORY_AHEAD_BYTES = 64 << 10
 WALK_FIRST_BYTES = 256 << 10
 WALK_MAX_BYTES = 16 << 20
-# Walking to a frame past this share of the level reads nearly all of it: read it whole, in one request.
+# Walking to a frame past this share of the level reads nearly all of it: read it whole, in WALK_MAX_BYTES requests.
 WALK_WHOLE_SHARE = 0.8
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PIXEL_TAG = struct.pack("<HH", *PIXEL_DATA)
@@ -185,7 +187,7 @@ def locate_frame_numbers(obj: RemoteObject, level: RemoteLevel, wanted: Mapping[
     element = obj.read(level.pixel_start, 20)
     if header.transfer_syntax in NATIVE_SYNTAXES:
         size = header.tile_px[0] * header.tile_px[1] * 3
-        data_start = level.pixel_start + (8 if header.transfer_syntax == "1.2.840.10008.1.2" else 12)
+        data_start = level.pixel_start + (8 if header.transfer_syntax == IMPLICIT_VR else 12)
         frames = {t: Frame(f, ((data_start + f * size, size),)) for t, f in wanted.items()}
         return Located(frames, "uncompressed: fixed-size frames", "", False)
     tag, bot_length = struct.unpack("<HH", element[12:16]), struct.unpack("<I", element[16:20])[0]

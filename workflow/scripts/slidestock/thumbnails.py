@@ -39,10 +39,14 @@ def thumbnails(paths: Sequence[Path], threads: int = 1) -> dict[Path, Image.Imag
 
 def thumbnail_data_uri(path: Path, made: Mapping[Path, Image.Image] | None = None) -> str:
     """A small JPEG of ``path`` (its thumbnail in ``made`` when there) as a data URI: the page needs no other file."""
-    image = made[path] if made and path in made else thumbnail(path)
+    return data_uri(made[path] if made and path in made else thumbnail(path))
+
+
+def data_uri(image: Image.Image, fmt: str = "JPEG") -> str:
+    """``image`` encoded (JPEG at quality 80, or PNG for sharp lines) as a data URI."""
     data = io.BytesIO()
-    image.save(data, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(data.getvalue()).decode("ascii")
+    image.save(data, fmt, **({"quality": 80} if fmt == "JPEG" else {}))
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(data.getvalue()).decode("ascii")
 
 
 def sheet_records(frame: pd.DataFrame, sheet_max: int | None) -> list[dict[Hashable, Any]]:
