@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from slidestock.status import read_outcome, reason_of, redo_notice
+from slidestock.status import patch_outcome, read_outcome, reason_of, redo_notice
 
 TARGET = {"mpp": 15.0, "max_px": None, "fallback_max_px": None, "format": "png", "backend": "pyvips"}
 
@@ -65,3 +65,20 @@ def test_outcome_splits_failures_that_may_pass(tmp_path: Path) -> None:
         "2 may pass: `snakemake --cores 2` again retries them; "
         "1 permanent: fetch.redo_failed: true retries those; report: results/report/index.html"
     )
+
+
+def test_the_patches_line_counts_patches_and_says_what_a_rerun_retries(tmp_path: Path) -> None:
+    table = tmp_path / "b00000.tsv"
+    table.write_text(
+        "slide_id\tstatus\tn_patches\tbytes_fetched\terror\tretryable\n"
+        "A\tdone\t8\t1000\t\t\n"
+        "B\tfailed\t0\t20\tB: s3://x/y.dcm: bytes 0-9: Server returned non-2xx status code: 503 (2 attempts)\ttrue\n"
+        "C\tfailed\t0\t0\tC: no level for patches: no pixel spacing\tfalse\n"
+    )
+    line, failed = patch_outcome([table], "snakemake --cores 2")
+    assert failed == 2
+    assert line.startswith(
+        "slidestock: patches: 8 from 1 of 3 slides, 2 failed; fetched 1,020 bytes by range; "
+        "1 may pass: `snakemake --cores 2` again retries them; "
+    )
+    assert "1 x no level for patches: no pixel spacing" in line

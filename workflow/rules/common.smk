@@ -206,11 +206,11 @@ def summarise_run():
     patch_tables = [
         Path(path) for path in get_patch_outputs(None) if path.endswith(".tsv")
     ]
+    command = shlex.join(["snakemake", *sys.argv[1:]])
     patches_line, patches_failed = patch_outcome(
-        [p for p in patch_tables if p.exists()]
+        [p for p in patch_tables if p.exists()], command
     )
     redo_next_time()
-    command = shlex.join(["snakemake", *sys.argv[1:]])
     for line in outcome.lines(command):
         print(line, file=sys.stderr)
     if patch_tables:

@@ -11,6 +11,7 @@ several requests are in flight at once. Every byte that arrives is counted.
 from __future__ import annotations
 
 import bisect
+import re
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -99,6 +100,11 @@ class RangeClient:
             raise FetchError(f"{url}: not found at {self.endpoint}") from None
         except Exception as err:  # obstore's errors: the first line says the HTTP or connection cause, and retries
             reason = str(err).splitlines()[0]
+            # obstore says "Generic S3 error: Error performing GET <url> in <time>, after <n> retries, ... - <cause>":
+            # the cause, and how many tries it took, are what a user needs.
+            tries = re.search(r"after (\d+) retries", reason)
+            if " - " in reason and tries:
+                reason = f"{reason.rsplit(' - ', 1)[1]} ({int(tries.group(1)) + 1} attempts)"
             if "non-partial response" in reason:
                 reason = (
                     f"the server at {self.endpoint} answers a ranged GET as if it were for the whole object "

@@ -181,9 +181,12 @@ def tables_to_redo(tables: Sequence[Path]) -> list[Path]:
     return redo
 
 
-def patch_outcome(tables: Sequence[Path]) -> tuple[str, int]:
-    """The end-of-run line about patches (from ``results/patches/batches/*.tsv``), and how many slides' failed."""
-    slides = failed = patches = fetched = 0
+def patch_outcome(tables: Sequence[Path], command: str) -> tuple[str, int]:
+    """The end-of-run line about patches (from ``results/patches/batches/*.tsv``), and how many slides' failed.
+
+    As for the stock's line, failures that may pass are said to be retried by ``command`` run again.
+    """
+    slides = failed = patches = fetched = again = 0
     reasons: Counter[str] = Counter()
     for table in tables:
         with table.open(newline="") as handle:
@@ -193,9 +196,12 @@ def patch_outcome(tables: Sequence[Path]) -> tuple[str, int]:
                 fetched += int(row["bytes_fetched"] or 0)
                 if row["status"] != "done":
                     failed += 1
+                    again += _may_pass(row)
                     reasons[reason_of(row["slide_id"], row["error"])] += 1
     line = f"slidestock: patches: {patches:,} from {slides - failed:,} of {slides:,} slides, {failed:,} failed"
     line += f"; fetched {fetched:,} bytes by range"
+    if again:
+        line += f"; {again:,} may pass: `{command}` again retries them"
     if reasons:
         line += "; " + "; ".join(f"{count:,} x {reason}" for reason, count in reasons.most_common(3))
     return line, failed
