@@ -48,7 +48,6 @@ from slidestock.fetch import s5cmd_base  # noqa: E402
 from slidestock.objectstore import RangeClient  # noqa: E402
 from slidestock.output import write_image  # noqa: E402
 from slidestock.patches import (  # noqa: E402
-    PatchSettings,
     TiledLevel,
     choose_patches,
     crop_px,
@@ -58,6 +57,7 @@ from slidestock.patches import (  # noqa: E402
 )
 from slidestock.reduce import openslide_region, resize_exact  # noqa: E402
 from slidestock.remote import RemoteObject, fetch_frames, locate_frames, read_level_header  # noqa: E402
+from slidestock.settings import PatchSettings  # noqa: E402
 from slidestock_testkit import dicomseries, faultproxy, s3server  # noqa: E402
 from slidestock_testkit.slides import BACKGROUND_RGB  # noqa: E402
 

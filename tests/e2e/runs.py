@@ -58,9 +58,13 @@ def snakemake_argv(workdir: Path, config: Path, *extra: str) -> tuple[list[str],
     return argv, {**os.environ, "TMPDIR": str(scratch)}
 
 
-def snakemake(workdir: Path, config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    argv, env = snakemake_argv(workdir, config, *extra)
-    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600, check=False)
+def snakemake(
+    workdir: Path, config: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run snakemake in ``workdir`` as a user would; ``env`` adds to the environment."""
+    argv, environ = snakemake_argv(workdir, config, *extra)
+    environ.update(env or {})
+    return subprocess.run(argv, capture_output=True, text=True, env=environ, timeout=600, check=False)
 
 
 def run_in(

@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import venv
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -52,11 +53,24 @@ def build_env(env: Path) -> Path:
     return python
 
 
-def run_with(python: Path, folder: Path, config: Path) -> subprocess.CompletedProcess[str]:
+def build_runtime_venv() -> Path:
+    """A virtualenv of requirements.txt alone, as `make demo` makes it (cached by the file); returns its python."""
+    key = hashlib.sha256((REPO / "requirements.txt").read_bytes()).hexdigest()[:16]
+    root = CACHE / f"requirements-{key}"
+    python = root / "bin" / "python"
+    if not (root / ".complete").exists():
+        venv.create(root, with_pip=True, clear=True)
+        pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        subprocess.run([*pip, "-r", str(REPO / "requirements.txt")], check=True, timeout=1200)
+        (root / ".complete").write_text("requirements.txt\n")
+    return python
+
+
+def run_with(python: Path, folder: Path, config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     scratch = folder / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
     argv = [str(python), "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(folder),
-            "--configfile", str(config), "--cores", "2"]  # fmt: skip
+            "--configfile", str(config), "--cores", "2", *extra]  # fmt: skip
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
     return subprocess.run(argv, capture_output=True, text=True, env={**env, "TMPDIR": str(scratch)}, timeout=900)
 
@@ -91,3 +105,24 @@ def test_jobs_run_in_the_env(env: Path, tmp_path: Path, demo_build: dict[str, Pa
     patches = [pd.read_parquet(run / "results/patches/patches.parquet") for run in (folder, reference.workdir)]
     assert len(patches[0]) == 6 * 3
     assert patches[0]["sha256"].tolist() == patches[1]["sha256"].tolist()
+    # Snakemake's own report, from this env alone (it needs pygments, which no job imports).
+    assert_report_zip(run_with(python, folder, config, "--report", "report.zip"), folder / "report.zip")
+
+
+def assert_report_zip(proc: subprocess.CompletedProcess[str], archive: Path) -> None:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with zipfile.ZipFile(archive) as packed:
+        names = {Path(name).name for name in packed.namelist()}
+    assert {"slides.csv", "cohort.tsv", "contact_sheet.png", "bytes.svg"} <= names
+
+
+def test_report_zip_from_the_runtime_requirements_alone(
+    tmp_path: Path, demo_build: dict[str, Path], s3: S3Server
+) -> None:
+    """Observed: `snakemake --report report.zip`, documented in README, failed from `make demo`'s install:
+    `Python package pygments must be installed` (it was only in requirements-dev.txt)."""
+    python = build_runtime_venv()
+    probe = subprocess.run([str(python), "-c", "import pytest"], capture_output=True, text=True, check=False)
+    assert probe.returncode != 0  # no dev tools: what `make demo` installs, nothing more
+    run = run_in(tmp_path, demo_tables(demo_build), s3)
+    assert_report_zip(run_with(python, run.workdir, run.config, "--report", "report.zip"), run.workdir / "report.zip")

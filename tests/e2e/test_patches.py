@@ -6,10 +6,12 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -204,9 +206,26 @@ def test_webdataset_shards_load_with_the_webdataset_package(first: Run, tmp_path
             assert np.array_equal(sample["png"], np.asarray(png.convert("RGB")))
         assert sample["json"]["sha256"] == row.sha256
     assert not any((run.workdir / "results/patches").glob("PT-*/"))  # the shards instead of the PNG files
+    # Observed: patches.parquet still named the deleted PNG files. Each row names its shard and member instead.
+    table = pd.read_parquet(run.workdir / "results/patches/patches.parquet")
+    assert table["path"].eq("").all()
+    assert table["member"].tolist() == [f"{patch}.png" for patch in reference["patch_id"]]
+    members = {}
+    for shard in shards:
+        with tarfile.open(shard) as tar:
+            members[shard.name] = set(tar.getnames())
+    assert all(row.member in members[Path(row.shard).name] for row in table.itertuples())
     again = snakemake(run.workdir, run.config)
     assert again.returncode == 0
     assert "rule patches" not in again.stderr
+    # The same stock as PNG files again: the shards move out of the stock (never deleted), the PNGs come back.
+    png = patch_run(tmp_path / "wds", patch_build, served[0])
+    assert not (png.workdir / "results/patches/shards").exists()
+    moved = sorted(p.name for p in (png.workdir / "results/stale").glob("*/patches/shards/*.tar"))
+    assert moved == ["b00000.tar", "b00001.tar"]
+    table = pd.read_parquet(png.workdir / "results/patches/patches.parquet")
+    assert all((png.workdir / "results/patches" / path).is_file() for path in table["path"])
+    assert table["sha256"].tolist() == reference["sha256"].tolist()
 
 
 def test_gdc_patches_match_openslide_on_the_svs(tmp_path, demo_build, s3, gdc_build) -> None:
@@ -258,7 +277,9 @@ def test_a_slide_whose_frames_do_not_decode_fails_alone(tmp_path: Path, patch_bu
     others = pd.read_csv(run.workdir / "results/patches/batches/b00001.tsv", sep="\t")
     assert (others["status"] == "done").all()
     assert len(pd.read_parquet(run.workdir / "results/patches/patches.parquet")) == 3 * 8
-    assert "slidestock: patches: 24 from 3 of 4 slides, 1 failed" in run.proc.stderr
+    assert "slidestock: patches in the stock: 24 from 3 of 4 slides, 1 failed;" in run.proc.stderr
+    # Shown as said, numbers and all.
+    assert re.search(r"^ +1 x PT-EOT-01\S*: .*frame \d+ cannot be decoded", run.proc.stderr, re.M)
     status = subprocess.run(
         [sys.executable, str(REPO / "workflow/scripts/status.py"), "results"],
         cwd=run.workdir,
@@ -267,7 +288,7 @@ def test_a_slide_whose_frames_do_not_decode_fails_alone(tmp_path: Path, patch_bu
     )
     assert "  patches   24 from 3 slides; 1 failed, 0 to do;" in status.stdout
     html = (run.workdir / "results/report/index.html").read_text()
-    assert f'<tr class="failed"><td>{eot}</td><td>failed</td>' in html
+    assert f'<tr class="failed"><td>{eot}</td><td>failed</td>' in html  # the Patches section's table
 
 
 def assert_like_openslide(run: Run, record: dict[str, Any], s3_root: Path, folder: Path) -> None:
@@ -362,8 +383,23 @@ def test_changing_a_patch_setting_redoes_patches_but_not_the_plan_or_the_stock(t
     assert "rule batch:" not in again.stderr
     assert {p: p.stat().st_mtime_ns for p in images} == images
     assert len(pd.read_parquet(run.workdir / "results/patches/patches.parquet")) == 4 * 5
+    assert (
+        "slidestock: the patches of 4 slides differ (patches.n_per_slide 8 → 5): a run redoes them; "
+        "the files no longer of the stock move to results/stale/"
+    ) in again.stderr.splitlines()
+    assert re.search(r"^slidestock: moved 36 files that are not this stock's to results/stale/\S+/: "
+                     r"36 made for other settings or an earlier plan$", again.stderr, re.M)  # fmt: skip
+    assert "slidestock: patches this run: 20 cut from 4 slides, 0 failed, 0 slides kept from before;" in again.stderr
     config["patches"]["parallel"] = 4
     run.config.write_text(yaml.safe_dump(config))
     quiet = snakemake(run.workdir, run.config)
     assert quiet.returncode == 0
     assert "rule patches:" not in quiet.stderr
+    # A run that reuses every patch says it fetched nothing (observed: the stock's 15,329,238 bytes, as its own).
+    reused = snakemake(run.workdir, run.config, "--forcerun", "patches")
+    assert reused.returncode == 0, reused.stderr[-2000:]
+    assert (
+        "slidestock: patches this run: 0 cut from 0 slides, 0 failed, 4 slides kept from before; fetched 0 bytes"
+        in (reused.stderr)
+    )
+    assert "slidestock: patches in the stock: 20 from 4 of 4 slides, 0 failed;" in reused.stderr

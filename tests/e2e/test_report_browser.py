@@ -6,6 +6,7 @@ with its own script, and display every thumbnail.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import zipfile
@@ -84,24 +85,57 @@ def test_report_works_in_a_real_browser(run: Run, browser: Any) -> None:
     assert driver.find_element(By.ID, "shown").text == "6"
 
     headers = driver.find_elements(By.CSS_SELECTOR, "#slides th")
-    column = [h.text for h in headers].index("output_columns")
+    column = [h.text for h in headers].index("output px")
     header = headers[column]
+    pixels = sorted(report["output_columns"] * report["output_rows"])
+
+    def shown_pixels() -> list[int]:
+        cells = [
+            r.find_elements(By.TAG_NAME, "td")[column]
+            for r in driver.find_elements(By.CSS_SELECTOR, "#slides tbody tr")
+        ]
+        assert all(" x " in cell.text for cell in cells)  # "137 x 103", sorted by its pixel count
+        return [int(cell.get_attribute("data-value")) for cell in cells]
+
     header.click()
-    values = [
-        int(r.find_elements(By.TAG_NAME, "td")[column].text)
-        for r in driver.find_elements(By.CSS_SELECTOR, "#slides tbody tr")
-    ]
-    assert values == sorted(report["output_columns"])
+    assert shown_pixels() == pixels
     header.click()
-    values = [
-        int(r.find_elements(By.TAG_NAME, "td")[column].text)
-        for r in driver.find_elements(By.CSS_SELECTOR, "#slides tbody tr")
-    ]
-    assert values == sorted(report["output_columns"], reverse=True)
+    assert shown_pixels() == pixels[::-1]
 
     shot = run.workdir / "results/report/screenshot.png"
     assert driver.save_screenshot(str(shot))
     assert shot.stat().st_size > 20_000
+
+
+TABLE_RIGHT_EDGES = """
+const right = (el) => Math.round(el.getBoundingClientRect().right);
+const heads = Array.from(document.querySelectorAll('#slides thead th'));
+return [document.documentElement.clientWidth, right(document.getElementById('slides')),
+        Object.fromEntries(heads.map((th) => [th.textContent, right(th)]))];
+"""
+
+
+def test_the_slide_table_fits_a_1280_px_window_with_a_failure(run: Run, browser: Any, tmp_path: Path) -> None:
+    """Observed: the table was 1,541 px wide in a 1,280 px window: its error and file-link columns cut off."""
+    from slidestock.lockfile import read_lock
+    from slidestock.report import ReportInputs, render_html, report_frame
+
+    records = [json.loads(p.read_text()) for p in sorted((run.workdir / "results/slides").glob("*.json"))]
+    first = records[0]
+    # The longest reason the tool gives: a missing object, with its URL and what to do.
+    first.update(status="failed", retryable=False, output=None, error=(
+        f"{first['slide_id']}: {first['source']['url']}: not found at aws: the index names an object the bucket "
+        "does not hold; a re-run will not fetch it. Check cohort.idc_version (the index and the bucket disagree), "
+        "or report the object to IDC (https://discourse.canceridc.dev)"))  # fmt: skip
+    frame = report_frame(records, read_lock(run.workdir / "results/cohort/cohort.tsv"))
+    page = run.workdir / "results/report/with-a-failure.html"
+    page.write_text(render_html(frame, ReportInputs("25", "SELECT 1", {}, {}, None), {}))
+    browser.set_window_size(1280, 900)
+    for shown in (run.workdir / "results/report/index.html", page):
+        browser.get(shown.as_uri())
+        window, table, heads = browser.execute_script(TABLE_RIGHT_EDGES)
+        assert table <= window, (shown.name, table, window)
+        assert heads["error"] <= heads["files"] <= window, heads
 
 
 PLOT_TEXT_BOXES = """
@@ -177,16 +211,26 @@ def test_snakemake_report_with_another_config_packs_what_the_run_left(run: Run, 
 def test_verify_passes_then_catches_a_changed_image(run: Run) -> None:
     proc = snakemake(run.workdir, run.config, "verify")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "verify: 6 images match their provenance, 0 do not" in proc.stderr
+    summary = "verify: 6 images match their records, 0 do not; 0 files in the stock's folders are not of it"
+    assert summary in proc.stderr.splitlines()
     image = sorted((run.workdir / "results/slides").glob("*.png"))[0]
     original = image.read_bytes()
+    stray = run.workdir / "results/slides" / f"{image.stem}.webp"
     try:
         image.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        stray.write_bytes(b"an old format's image")
         proc = snakemake(run.workdir, run.config, "verify")
         assert proc.returncode != 0
-        assert f"{image.stem}: results/slides/{image.name}: sha256" in proc.stderr
+        # One plain line names the slide and what is wrong; no traceback (observed: the slide inside one).
+        [line] = [line for line in proc.stderr.splitlines() if line.startswith(f"verify: {image.stem}:")]
+        assert line.startswith(f"verify: {image.stem}: results/slides/{image.name}: sha256 ")
+        assert line.endswith(f"; 1 paths not of this stock (e.g. results/slides/{stray.name}): a run moves them "
+                             "to results/stale/")  # fmt: skip
+        assert "Traceback" not in proc.stderr
+        assert "SlidestockError" not in proc.stderr
     finally:
         image.write_bytes(original)
+        stray.unlink()
 
 
 def test_verify_reads_what_a_run_left_whichever_config(run: Run, tmp_path: Path) -> None:
@@ -196,14 +240,14 @@ def test_verify_reads_what_a_run_left_whichever_config(run: Run, tmp_path: Path)
     before = (lock.read_bytes(), lock.stat().st_mtime_ns)
     proc = snakemake(run.workdir, REPO / "config" / "config.yaml", "verify")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "verify: 6 images match their provenance, 0 do not" in proc.stderr
+    assert "verify: 6 images match their records, 0 do not; 0 files in the stock's folders are not of it" in proc.stderr
     assert (lock.read_bytes(), lock.stat().st_mtime_ns) == before
     assert "rule cohort" not in proc.stdout + proc.stderr
     empty = tmp_path / "nothing"
     empty.mkdir()
     proc = snakemake(empty, run.config, "verify")
     assert proc.returncode != 0
-    assert "verify: results/cohort/cohort.tsv not found; expected a run's results here" in proc.stderr
+    assert "verify: results/cohort/instances.tsv not found: no plan yet; expected the results of a run" in proc.stderr
 
 
 def test_a_failed_reselection_keeps_the_lock_file(run: Run, tmp_path: Path, demo_build: dict[str, Path]) -> None:
@@ -217,7 +261,9 @@ def test_a_failed_reselection_keeps_the_lock_file(run: Run, tmp_path: Path, demo
                           filter={"collection_id": ["demo_brac"]})  # fmt: skip
     proc = snakemake(folder, config)
     assert proc.returncode != 0
-    assert "cohort selects no slides" in proc.stderr
+    assert (
+        "cohort.filter: collection_id='demo_brac' matches no series of IDC v25 (did you mean demo_brca" in proc.stderr
+    )
     assert "slidestock: the cohort step failed; results/cohort/cohort.tsv is the previous one again" in proc.stderr
     assert lock.read_bytes() == before
     assert (folder / "results/cohort/cohort.previous.tsv").read_bytes() == before

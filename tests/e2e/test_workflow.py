@@ -213,8 +213,8 @@ def test_target_change_reruns_plan_and_slides_but_not_the_cohort(first: Run, dem
     assert "rule cohort:" not in out
     n_made = len(list((first.workdir / "results/slides").glob("*.json")))
     notice = (
-        f"slidestock: {n_made} of the {n_made} slides made before differ from this config "
-        "(target.mpp 15.0 → 20.0): a run redoes them"
+        f"slidestock: {n_made} of the {n_made} slides in the cohort made before differ from this config "
+        "(target.mpp 15.0 → 20.0): a run redoes them; the files no longer of the stock move to results/stale/"
     )
     assert notice in dry.stderr.splitlines()
     config["target"]["mpp"] = 15.0
@@ -453,7 +453,8 @@ def test_status_reads_a_run_as_it_goes(first: Run, tmp_path: Path) -> None:
         os.utime(results / "slides" / f"{slide}.json", (plan_time + 50, plan_time + 50))
     mid = read_status(results, now=plan_time + 100)
     assert (mid.planned, mid.done, mid.failed, mid.to_do) == (6, 3, 1, 2)
-    assert mid.failures == {"frame # cannot be decoded (#.#.#.#.#.#.#.#): broken": 1}
+    [group] = mid.failures
+    assert (group.count, group.first) == (1, record["error"])  # as it was said, numbers and all
     assert mid.slides_per_s == pytest.approx(4 / 100)
     assert mid.eta_s == pytest.approx(2 / (4 / 100))
     shown = subprocess.run([sys.executable, str(REPO / "workflow/scripts/status.py"), str(results)],
@@ -468,3 +469,114 @@ def test_report_names_the_target_and_the_config_it_was_run_with(first: Run) -> N
     assert "<dt>target</dt><dd>15 µm/px, png, backend pyvips</dd>" in page
     assert f"<dt>config</dt><dd>{first.config}</dd>" in page
     assert re.search(r"<dt>run date</dt><dd>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00</dd>", page)
+
+
+def stock_files(folder: Path) -> list[str]:
+    """The names in results/slides, the slide ids replaced by their container ids' last part (A001 ...)."""
+    return sorted(
+        re.sub(r"TCGA-D\d-(A\d+)-[\w-]+?_[0-9a-f]{8}", r"\1", p.name) for p in (folder / "results/slides").iterdir()
+    )
+
+
+def ours(lines: list[str]) -> list[str]:
+    """The lines slidestock says (Snakemake's own come after them)."""
+    return [line for line in lines if line.startswith("slidestock: ")]
+
+
+def status_of(folder: Path) -> str:
+    argv = [sys.executable, str(REPO / "workflow/scripts/status.py"), str(folder / "results")]
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+
+def test_a_replan_makes_status_count_the_old_slides_as_to_do(first: Run, tmp_path: Path) -> None:
+    """Observed: status said `done 6 ... to do 0 ... finished` while the records were made for the previous
+    target.mpp (the run had been interrupted after re-planning)."""
+    folder = tmp_path / "copy"
+    shutil.copytree(first.workdir, folder, symlinks=True)
+    assert "  done      6\n" in status_of(folder)
+    config = yaml.safe_load(first.config.read_text())
+    config["target"]["mpp"] = 20.0
+    changed = tmp_path / "target20.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    proc = snakemake(folder, changed, "--until", "plan")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shown = status_of(folder)
+    assert "  done      0\n" in shown
+    assert "  to do     6 (6 made for other settings or an earlier plan)\n" in shown
+    assert "  fetched   0 bytes for the 0 slides done or failed\n" in shown
+    assert "finished" not in shown
+
+
+def test_format_mask_and_cohort_changes_leave_exactly_the_stock(
+    tmp_path: Path, demo_build: dict[str, Path], s3: S3Server
+) -> None:
+    """Observed: after png → webp → png and tissue_mask on → off, results/slides held 6 .webp and 4 .mask.png files
+    of earlier runs, and slides dropped from the cohort (n 6 → 3) kept their images and records."""
+    png = run_in(tmp_path, demo_tables(demo_build), s3, top={"target": {"mpp": 15.0, "tissue_mask": True}})
+    names = ("A001", "A002", "A003", "A004", "A005", "A006")
+    assert stock_files(png.workdir) == sorted(f"{n}{s}" for n in names for s in (".json", ".mask.png", ".png"))
+    made_png = {p.name: p.read_bytes() for p in (png.workdir / "results/slides").glob("*.png")}
+
+    webp = run_in(tmp_path, demo_tables(demo_build), s3, top={"target": {"mpp": 15.0, "format": "webp"}})
+    said = webp.proc.stderr.splitlines()
+    assert stock_files(webp.workdir) == sorted(f"{n}{s}" for n in names for s in (".json", ".webp"))
+    [moved] = [line for line in said if line.startswith("slidestock: moved ")]
+    assert re.fullmatch(
+        r"slidestock: moved 18 files that are not this stock's to results/stale/\d{4}-\d\d-\d\dT\d{6}Z/: "
+        r"18 made for other settings or an earlier plan",
+        moved,
+    )
+    stale = Path(moved.split(" to ")[1].split("/: ")[0])
+    kept = {p.name: p.read_bytes() for p in (webp.workdir / stale / "slides").glob("*.png")}
+    assert kept == made_png  # the old images, moved whole: never deleted
+    assert ours(said)[-1].startswith("slidestock: the stock: 6 of 6 slides done, 0 failed; ")
+
+    # Three slides of the same draw, at another target: three redone, three moved out of the stock.
+    small = run_in(tmp_path, demo_tables(demo_build), s3, top={"target": {"mpp": 20.0, "format": "webp"}}, n=3)
+    said = small.proc.stderr.splitlines()
+    assert ours(said)[0] == (
+        "slidestock: the cohort is drawn again (cohort.n null → 3); 6 of the 6 slides made before differ from "
+        "this config (target.mpp 15.0 → 20.0): a run redoes those still in it; the files no longer of the stock "
+        "move to results/stale/"
+    )
+    assert len(stock_files(small.workdir)) == 6
+    [moved] = [line for line in said if line.startswith("slidestock: moved ")]
+    assert moved.endswith(": 6 made for other settings or an earlier plan, 6 of slides no longer in the cohort")
+    assert "slidestock: this run: 3 slides made, 0 failed, 0 kept from before; fetched " in small.proc.stderr
+    proc = snakemake(small.workdir, small.config, "verify")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "verify: 3 images match their records, 0 do not; 0 files in the stock's folders are not of it" in (
+        proc.stderr.splitlines()
+    )
+
+
+def test_one_unknown_value_of_a_filter_stops_the_run(tmp_path: Path, demo_build: dict[str, Path], s3: S3Server) -> None:
+    """Observed: `collection_id: [demo_brca, demo-luad]` drew a 4-slide cohort from demo_brca alone."""
+    config = write_config(tmp_path / "config.yaml", demo_tables(demo_build), s3.url,
+                          filter={"collection_id": ["demo_brca", "demo-luad"], "Modality": ["SM"]})  # fmt: skip
+    proc = snakemake(tmp_path, config)
+    assert proc.returncode != 0
+    assert (
+        "cohort: cohort.filter: collection_id='demo-luad' matches no series of IDC v25 (did you mean demo_luad"
+        in proc.stderr
+    )
+    assert not (tmp_path / "results/cohort/cohort.tsv").exists()
+    assert not (tmp_path / "results/slides").exists()
+
+
+def test_a_rerun_says_what_it_made_apart_from_what_the_stock_holds(first: Run, tmp_path: Path) -> None:
+    """Observed: a run that redid nothing said `fetched 274,702`: the whole stock's bytes, as if its own."""
+    folder = tmp_path / "copy"
+    shutil.copytree(first.workdir, folder, symlinks=True)
+    victim = sorted((folder / "results/slides").glob("*.json"))[2]
+    fetched = json.loads(victim.read_text())["bytes_fetched"]
+    total = sum(json.loads(p.read_text())["bytes_fetched"] for p in (folder / "results/slides").glob("*.json"))
+    victim.unlink()
+    proc = snakemake(folder, first.config, "--forcerun", "batch")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    said = ours(proc.stderr.splitlines())
+    assert (
+        said[-2]
+        == f"slidestock: this run: 1 slide made, 0 failed, 5 kept from before; fetched {fetched:,} bytes for them"
+    )
+    assert said[-1].startswith(f"slidestock: the stock: 6 of 6 slides done, 0 failed; {total:,} of ")

@@ -112,8 +112,33 @@ def test_unknown_value_stops_with_nearest_and_logs_the_query(
     with pytest.raises(CohortError) as info:
         draw(connect(real_tables), {"collection_id": [typo]}, 5, 1)
     message = str(info.value)
-    assert f"collection_id={typo!r} matches no series (did you mean tcga_brca" in message
+    assert message.startswith(
+        f"cohort.filter: collection_id={typo!r} matches no series of IDC v25 (did you mean tcga_brca"
+    )
+    assert message.endswith("; every value of a filter must match some series")
     assert "\n" not in message
+
+
+def test_one_unknown_value_of_a_list_stops_the_draw(real_tables: TablePaths) -> None:
+    """Observed: [tcga_brca, tcga-luad] drew from tcga_brca alone, without a word."""
+    with pytest.raises(CohortError) as info:
+        draw(connect(real_tables), {"collection_id": ["tcga_brca", "tcga-luad"]}, 5, 1)
+    assert str(info.value) == (
+        "cohort.filter: collection_id='tcga-luad' matches no series of IDC v25 (did you mean tcga_luad, tcga_stad, "
+        "tcga_read?); every value of a filter must match some series"
+    )
+
+
+def test_values_that_exist_but_never_together_log_the_query(
+    real_tables: TablePaths, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="slidestock.cohort")
+    with pytest.raises(CohortError) as info:
+        draw(
+            connect(real_tables), {"collection_id": ["tcga_brca"], "Modality": ["SM"], "PatientID": ["C3L-00001"]}, 5, 1
+        )
+    message = str(info.value)
+    assert "no series has all of them together" in message
     assert message.endswith("(the query is in logs/cohort/cohort.log)")
     assert 'FROM "index"' in caplog.text
 

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from slidestock.errors import ConfigError, FetchError
+from slidestock.errors import ConfigError, FetchError, MissingObjectError, WrongSizeError
 from slidestock.fetch import (
     BatchItem,
     FetchResult,
@@ -55,8 +55,11 @@ def test_wrong_index_size_is_retried_once_and_leaves_nothing(
     s3: S3Server, one_instance: tuple[str, int, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     url, size, _ = one_instance
-    with pytest.raises(FetchError, match=rf"wrong size twice; .*downloaded {size} bytes; expected {size + 1}"):
+    with pytest.raises(
+        WrongSizeError, match=rf"wrong size twice; .*downloaded {size} bytes; expected {size + 1}"
+    ) as info:
         fetch_one(url, tmp_path / "x.dcm", size + 1, s3.url, attempts=5, backoff_s=0.01)
+    assert info.value.retryable is False  # the object, not the network: permanent for this plan
     assert list(tmp_path.iterdir()) == []
     # One retry after the first wrong size; the second ends it, long before attempt 5.
     assert [m for r in caplog.records if "attempt" in (m := r.getMessage())] == [
@@ -64,9 +67,20 @@ def test_wrong_index_size_is_retried_once_and_leaves_nothing(
     ]
 
 
-def test_missing_object_is_a_fetch_error(s3: S3Server, tmp_path: Path) -> None:
-    with pytest.raises(FetchError, match="s5cmd exited 1"):
-        fetch_one("s3://idc-open-data/nope/nope.dcm", tmp_path / "x.dcm", 10, s3.url, attempts=1)
+def test_a_missing_object_fails_for_good_at_once(
+    s3: S3Server, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Observed: a 404 NoSuchKey was called "may pass on a re-run", and every re-run tried it again."""
+    url = "s3://idc-open-data/nope/nope.dcm"
+    with pytest.raises(MissingObjectError) as info:
+        fetch_one(url, tmp_path / "x.dcm", 10, s3.url, attempts=3, backoff_s=0.01)
+    assert str(info.value) == (
+        f"{url}: not found at {s3.url}: the index names an object the bucket does not hold; a re-run will not "
+        "fetch it. Check cohort.idc_version (the index and the bucket disagree), or report the object to IDC "
+        "(https://discourse.canceridc.dev)"
+    )
+    assert info.value.retryable is False
+    assert [r for r in caplog.records if "attempt" in r.getMessage()] == []  # not tried again within the run
     assert list(tmp_path.iterdir()) == []
 
 
@@ -128,14 +142,14 @@ def test_a_batch_moves_every_object_and_reports_each_failure_alone(
         assert result.bytes_fetched == item.expected_bytes == item.dest.stat().st_size
     # The same object, expected one byte shorter: wrong size twice, then given up.
     assert re.fullmatch(
-        rf"{wrong.url}: wrong size twice; .* expected {wrong.expected_bytes} bytes \(instance_size\)",
+        rf"{wrong.url}: wrong size twice; .* expected {wrong.expected_bytes} bytes \(instance_size\): the object is "
+        "not the size the index gives, and a re-run will not change it. .*",
         str(outcome[wrong.dest]),
     )
     assert not wrong.dest.exists()
     failed = outcome[missing.dest]
-    assert isinstance(failed, FetchError)
-    assert "3 attempts failed" in str(failed)
-    assert "NoSuchKey" in str(failed)
+    assert isinstance(failed, MissingObjectError)  # at once: a 404 is the same on every attempt
+    assert str(failed).startswith(f"{missing.url}: not found at {s3.url}: the index names an object")
     assert not missing.dest.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0.dcm", "1.dcm", "2.dcm", "3.dcm"]
 

@@ -16,9 +16,10 @@ import pytest
 from slidestock.dicom import LevelHeader, decode_frame_data, read_header
 from slidestock.errors import FetchError
 from slidestock.objectstore import RangeClient, touching
-from slidestock.patches import PatchSettings, TiledLevel, choose_patches, crop_px, cut_patches, patch_tiles, span_px
+from slidestock.patches import TiledLevel, choose_patches, crop_px, cut_patches, patch_tiles, span_px
 from slidestock.reduce import openslide_region, resize_exact
 from slidestock.remote import RemoteObject, fetch_frames, locate_frames, read_level_header
+from slidestock.settings import PatchSettings
 from slidestock_testkit import faultproxy, s3server
 from slidestock_testkit.slides import PATCH_FRAMES_LOCATED_BY
 

@@ -61,6 +61,7 @@ def test_rows_flatten_records_and_sort() -> None:
         "slides": 2,
         "done": 1,
         "failed": 1,
+        "not_made": 0,
         "bytes_fetched": 3000,
         "series_bytes": 2_000_000,
         "fraction_fetched": 0.0015,
@@ -216,6 +217,7 @@ def test_a_failed_slide_leaves_no_image_or_side_files(tmp_path: Path) -> None:
     from slidestock.batch import run_batch
     from slidestock.levels import Target
     from slidestock.planrow import PLAN_COLUMNS, PlanRow
+    from slidestock.settings import StockSettings
     from slidestock.slide import SIDE_FILES, SlideJob
 
     image = tmp_path / "s1.png"
@@ -224,9 +226,8 @@ def test_a_failed_slide_leaves_no_image_or_side_files(tmp_path: Path) -> None:
         path.write_bytes(b"from an earlier run")
     plan = dict.fromkeys(PLAN_COLUMNS, "")
     plan.update(slide_id="s1", status="failed", reason="s1: no VOLUME instance", SeriesInstanceUID="1.2")
-    job = SlideJob(
-        PlanRow.from_columns(plan), Target(mpp=15.0), "png", "aws", 1, image, tmp_path / "s1.json", tmp_path / "scratch"
-    )
+    settings = StockSettings(Target(mpp=15.0))
+    job = SlideJob(PlanRow.from_columns(plan), settings, "aws", 1, image, tmp_path / "s1.json", tmp_path / "scratch")
     [record] = run_batch([job], "b00000", tmp_path / "scratch")
     assert json.loads((tmp_path / "s1.json").read_text()) == record
     assert record["status"] == "failed"
@@ -277,10 +278,11 @@ def test_page_says_the_target_date_config_links_each_slide_and_groups_failures()
     assert '<a href="../../logs/slide/d.log">log</a>' in page
     failures_part = page.split('<ul id="failures">')[1].split("</ul>")[0]
     assert failures_part.count("<li>") == 2  # two reasons, not three slides
-    assert "<b>2 x</b> &lt;where&gt;: # attempts failed; last: HTTP #" in failures_part  # URLs aside: grouped
+    # Alike but for their URLs: grouped, and the first shown as it was said, numbers and all.
+    assert "<b>2 x</b> a: s3://b/a.dcm: 3 attempts failed; last: HTTP 503 (and 1 alike)" in failures_part
     assert "running the same snakemake command again retries these" in failures_part
-    assert "<b>1 x</b> frame # cannot be decoded (broken)" in failures_part
+    assert "<b>1 x</b> d: frame 7 cannot be decoded (broken)" in failures_part
     assert "permanent: not tried again unless <code>fetch.redo_failed: true</code>" in failures_part
     # Read first: the failures come before the plots and the table, whose error cells stay one line.
     assert page.index('id="failures"') < page.index('id="plots-title"') < page.index('id="slides"')
-    assert '<td class="error" title="frame # cannot be decoded (broken)">frame # cannot be decoded' in page
+    assert '<td class="error" title="d: frame 7 cannot be decoded (broken)">d: frame 7 cannot be decoded' in page

@@ -1,7 +1,7 @@
-# The cohort (lock file) and the level plan. The plan is a checkpoint: how many
-# batch jobs there are, and their parameters, depend on what it contains; the
-# cohort is a plain rule (the plan reads it as a file). Neither is retried: they
-# read tables and headers, and fail the same way a second time (an unreachable
+# The cohort (lock file) and the level plan. The plan
+# is a checkpoint: how many batch jobs there are, and their parameters, depend on what it
+# contains; the cohort is a plain rule (the plan reads it as a file). Neither is retried:
+# they read tables and headers, and fail the same way a second time (an unreachable
 # server, a filter that selects nothing); the message says what to do.
 
 
@@ -10,7 +10,7 @@ rule cohort:
         unpack(get_cohort_inputs),
     output:
         lock=report(
-            "results/cohort/cohort.tsv",
+            LOCK,
             caption="../report/cohort.rst",
             category="Cohort",
         ),
@@ -32,9 +32,9 @@ rule cohort:
 
 checkpoint plan:
     input:
-        lock="results/cohort/cohort.tsv",
+        lock=LOCK,
     output:
-        plan="results/cohort/instances.tsv",
+        plan=PLAN,
     log:
         "logs/plan/plan.log",
     benchmark:

@@ -1,19 +1,23 @@
 # Config validation, the cohort's slide list and every input function.
+import os
 import shlex
 import shutil
 import sys
 import time
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
 from slidestock.config import check_input_files, resolve_idc_version, validate_config
-from slidestock.levels import FORMATS
 from slidestock.errors import ConfigError
 from slidestock.planrow import batch_name, batch_size_for, n_batches, read_batch_plan
-from slidestock.provenance import SLIDESTOCK_VERSION
-from slidestock.status import patch_outcome, read_outcome, redo_notice, tables_to_redo
+from slidestock.settings import RunSettings
+from slidestock.notice import cohort_change, lock_slide_ids, redo_notice
+from slidestock.status import run_lines, tables_to_redo
+from slidestock.stock import Stock
+from slidestock.tidy import moved_line
 
 try:
     CONFIG = validate_config(
@@ -34,17 +38,38 @@ IDC_RELEASE = (
     if CONFIG["cohort"]["source"] in ("idc", "idc_manifest")
     else None
 )
-IMAGE_SUFFIX = FORMATS[CONFIG["target"]["format"]]
+# Everything the outputs depend on besides the plan: the stock's and the patches' settings.
+RUN_SETTINGS = RunSettings.from_config(CONFIG)
+IMAGE_SUFFIX = RUN_SETTINGS.stock.suffix
 RUN_STARTED = time.time()
 ENV = "../../envs/slidestock.yaml"
+LOCK = "results/cohort/cohort.tsv"
+PLAN = "results/cohort/instances.tsv"
+SETTINGS = "results/cohort/settings.json"
 BATCH_PLANS = "results/cohort/batches"
 PATCH_PLANS = "results/cohort/patches"
 SLIDES = "results/slides"
 PATCHES = "results/patches"
+# The command that retries what may pass: this one, unless a wrapper (make demo) says its own.
+RETRY_COMMAND = os.environ.get("SLIDESTOCK_RETRY_COMMAND") or shlex.join(
+    ["snakemake", *sys.argv[1:]]
+)
 
-# Before the job list (a dry run's too): slides made before that a run with this config redoes.
+
+def cohort_notice():
+    """What a run with this config redoes of what is on disk, counted on the cohort it will have."""
+    lock = Path(LOCK)
+    release = resolve_idc_version(CONFIG["cohort"]["idc_version"])
+    changed = cohort_change(CONFIG["cohort"], release, lock)
+    if not lock.is_file():
+        changed = "no lock file yet"
+    cohort = None if changed else lock_slide_ids(lock)
+    return redo_notice(Path("results"), RUN_SETTINGS, cohort, changed or "")
+
+
+# Before the job list (a dry run's too): what a run with this config redoes of the stock.
 if workflow.is_main_process:
-    notice = redo_notice(Path(SLIDES), CONFIG["target"], SLIDESTOCK_VERSION)
+    notice = cohort_notice()
     if notice:
         print(notice, file=sys.stderr)
 
@@ -103,7 +128,7 @@ def get_batch_plan(wildcards):
     plan = f"{BATCH_PLANS}/{wildcards.batch}.tsv"
     if not Path(plan).exists():
         checkpoints.plan.get()
-    return {"plan": plan, "planned": ancient("results/cohort/instances.tsv")}
+    return {"plan": plan, "planned": ancient(PLAN)}
 
 
 def get_patch_plan(wildcards):
@@ -113,7 +138,7 @@ def get_patch_plan(wildcards):
         checkpoints.plan.get()
     return {
         "plan": plan,
-        "planned": ancient("results/cohort/instances.tsv"),
+        "planned": ancient(PLAN),
         "slides": f"results/batches/{wildcards.batch}.tsv",
     }
 
@@ -197,42 +222,54 @@ def redo_next_time():
 
 
 def summarise_run():
-    """The outcome of a run that wrote the report; exits non-zero when slides failed (unless accepted)."""
+    """The outcome of a run that wrote the report; exits non-zero when slides failed (unless accepted).
+
+    Failures grouped by reason, then what this run did and what the stock holds, each in one line.
+    """
     table = Path("results/report/slides.csv")
     if not table.exists() or table.stat().st_mtime < RUN_STARTED:
         return  # the report was not written by this run (a dry run, verify, --report)
-    tables = [Path(path) for path in get_batch_tables(None)]
-    outcome = read_outcome([path for path in tables if path.exists()], table)
-    patch_tables = [
-        Path(path) for path in get_patch_outputs(None) if path.endswith(".tsv")
-    ]
-    command = shlex.join(["snakemake", *sys.argv[1:]])
-    patches_line, patches_failed = patch_outcome(
-        [p for p in patch_tables if p.exists()], command
-    )
+    lines, failed = run_lines(Stock.at(Path("results")), RUN_STARTED, RETRY_COMMAND)
     redo_next_time()
-    for line in outcome.lines(command):
-        print(line, file=sys.stderr)
-    if patch_tables:
-        print(patches_line, file=sys.stderr)
-    failed = outcome.failed + (patches_failed if patch_tables else 0)
+    for line in [said_moved(), *lines]:
+        if line:
+            print(line, file=sys.stderr)
     if failed and not CONFIG["report"]["accept_failures"]:
         sys.exit(1)
 
 
-LOCK = Path("results/cohort/cohort.tsv")
-PREVIOUS_LOCK = LOCK.with_name("cohort.previous.tsv")
+PREVIOUS_LOCK = "results/cohort/cohort.previous.tsv"
+# This run, as it names itself: what it moves out of the stock goes to results/stale/<RUN>/.
+RUN = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime(RUN_STARTED))
+
+
+def write_settings():
+    """The settings of this run, before any job: jobs, status and verify judge the stock against them.
+
+    Not for a run of `verify` alone, which reads what an earlier run left.
+    """
+    if (
+        set(workflow.dag_settings.targets) <= {"verify"}
+        and workflow.dag_settings.targets
+    ):
+        return
+    replace(RUN_SETTINGS, run=RUN).write(Path(SETTINGS))
+
+
+def said_moved():
+    """One line: what this run moved out of the stock's folders (None when nothing)."""
+    return moved_line(Path("results"), RUN)
 
 
 def keep_lock_file():
     """Copy the lock file aside before anything runs: a re-selection that fails must not lose it."""
-    if LOCK.is_file():
+    if Path(LOCK).is_file():
         shutil.copy2(LOCK, PREVIOUS_LOCK)
 
 
 def restore_lock_file():
     """Put the lock file back when a failed run took it (Snakemake removes a failed job's outputs)."""
-    if not LOCK.exists() and PREVIOUS_LOCK.is_file():
+    if not Path(LOCK).exists() and Path(PREVIOUS_LOCK).is_file():
         shutil.copy2(PREVIOUS_LOCK, LOCK)
         print(
             f"slidestock: the cohort step failed; {LOCK} is the previous one again "

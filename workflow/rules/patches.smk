@@ -27,8 +27,8 @@ rule patches:
         runtime=get_batch_runtime,
     params:
         # Not patches.parallel, read from the config by the script: how fast bytes come re-runs nothing.
-        patches={k: v for k, v in CONFIG["patches"].items() if k != "parallel"},
-        seed=CONFIG["cohort"]["seed"],
+        settings=RUN_SETTINGS.as_json()["patches"],
+        version=RUN_SETTINGS.stock.version,
         slides=SLIDES,
         suffix=IMAGE_SUFFIX,
     script:

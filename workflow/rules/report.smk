@@ -10,7 +10,7 @@ localrules:
 rule report:
     input:
         batches=get_batch_tables,
-        lock="results/cohort/cohort.tsv",
+        lock=LOCK,
         patches=get_patch_outputs,
     output:
         csv=report(
@@ -70,8 +70,7 @@ rule verify:
     conda:
         ENV
     params:
-        slides=SLIDES,
-        lock="results/cohort/cohort.tsv",
+        results="results",
     script:
         "../scripts/verify.py"
 
@@ -87,7 +86,10 @@ onsuccess:
 onerror:
     redo_next_time()
     restore_lock_file()
+    if said_moved():
+        print(said_moved(), file=sys.stderr)
 
 
 onstart:
     keep_lock_file()
+    write_settings()

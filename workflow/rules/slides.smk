@@ -27,9 +27,9 @@ rule batch:
         runtime=get_batch_runtime,
         disk_mb=get_batch_disk_mb,
     params:
-        target=CONFIG["target"],
+        # Everything the images depend on besides the plan, slidestock's version included.
+        settings=RUN_SETTINGS.as_json()["stock"],
         redo_failed=CONFIG["fetch"]["redo_failed"],
         slides=SLIDES,
-        suffix=IMAGE_SUFFIX,
     script:
         "../scripts/batch.py"

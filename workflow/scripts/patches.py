@@ -6,39 +6,46 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
 
-from slidestock.batch import log_job
-from slidestock.objectstore import RangeClient
-from slidestock.patchbatch import PatchJob, run_patch_batch, write_patch_table
-from slidestock.patches import PatchSettings
-from slidestock.planrow import read_base_sizes, read_batch_plan
-from slidestock.slide import gdc_settings
+from slidestock.jobs import log_job, run_job
 
 smk = snakemake  # noqa: F821
 log_job(smk.log[0])
 
-# Where bytes come from is read from the config, not a parameter: moving it re-runs nothing.
-fetch, gdc = smk.config["fetch"], gdc_settings(smk.config["gdc"])
-settings = PatchSettings.from_config(smk.params.patches, smk.params.seed)
-client = RangeClient(fetch["endpoint"], attempts=fetch["attempts"], parallel=smk.config["patches"]["parallel"])
-# results/patches, where the batch tables, the patches and their records go.
-folder, slides = Path(smk.output.table).parents[1], Path(smk.params.slides)
-bases = read_base_sizes(Path(smk.input.plan))
-jobs = [
-    PatchJob(
-        plan=plan,
-        base_size_px=bases.get(plan.slide_id),
-        image_path=slides / f"{plan.slide_id}.{smk.params.suffix}",
-        folder=folder / plan.slide_id,
-        json_path=folder / f"{plan.slide_id}.json",
-        gdc=gdc,
-        attempts=fetch["attempts"],
-    )
-    for plan in read_batch_plan(Path(smk.input.plan))
-]
-webdataset = smk.params.patches["format"] == "webdataset"
-shard = folder / "shards" / f"{smk.wildcards.batch}.tar" if webdataset else None
-records = run_patch_batch(jobs, settings, client, shard, smk.wildcards.batch, smk.threads)
-failed = [record["slide_id"] for record in records if record["status"] != "done"]
-total = sum(len(record.get("patches", [])) for record in records)
-logging.info("%d slides, %d patches, %d failed: %s", len(records), total, len(failed), " ".join(failed) or "none")
-write_patch_table(records, Path(smk.output.table))
+
+def main() -> None:
+    # Imported here, where Ctrl-C ends the job quietly (run_job), not at its start.
+    from slidestock.objectstore import RangeClient
+    from slidestock.patchbatch import PatchJob, run_patch_batch, write_patch_table
+    from slidestock.planrow import read_base_sizes, read_batch_plan
+    from slidestock.settings import PatchSettings
+    from slidestock.slide import gdc_settings
+
+    # Where bytes come from is read from the config, not a parameter: moving it re-runs nothing.
+    fetch, gdc = smk.config["fetch"], gdc_settings(smk.config["gdc"])
+    settings = PatchSettings.from_terms(smk.params.settings)
+    client = RangeClient(fetch["endpoint"], attempts=fetch["attempts"], parallel=smk.config["patches"]["parallel"])
+    # results/patches, where the batch tables, the patches and their records go.
+    folder, slides = Path(smk.output.table).parents[1], Path(smk.params.slides)
+    bases = read_base_sizes(Path(smk.input.plan))
+    jobs = [
+        PatchJob(
+            plan=plan,
+            base_size_px=bases.get(plan.slide_id),
+            image_path=slides / f"{plan.slide_id}.{smk.params.suffix}",
+            folder=folder / plan.slide_id,
+            json_path=folder / f"{plan.slide_id}.json",
+            gdc=gdc,
+            attempts=fetch["attempts"],
+        )
+        for plan in read_batch_plan(Path(smk.input.plan))
+    ]
+    webdataset = smk.params.settings["patches.format"] == "webdataset"
+    shard = folder / "shards" / f"{smk.wildcards.batch}.tar" if webdataset else None
+    records = run_patch_batch(jobs, settings, client, shard, smk.wildcards.batch, smk.threads)
+    failed = [record["slide_id"] for record in records if record["status"] != "done"]
+    total = sum(len(record.get("patches", [])) for record in records)
+    logging.info("%d slides, %d patches, %d failed: %s", len(records), total, len(failed), " ".join(failed) or "none")
+    write_patch_table(records, Path(smk.output.table))
+
+
+run_job(f"patches {smk.wildcards.batch}", main)

@@ -1,4 +1,4 @@
-"""Rule `verify`: re-hash every image against its provenance; fail on any mismatch."""
+"""Rule `verify`: every image and patch against its record, and nothing in the stock's folders but the stock."""
 
 import logging
 import sys
@@ -6,22 +6,31 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
 
-from slidestock.errors import SlidestockError
-from slidestock.lockfile import read_lock
-from slidestock.verify import verify
+from slidestock.jobs import log_job, run_job
 
 smk = snakemake  # noqa: F821
-logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+log_job(smk.log[0])
 
-lock = Path(smk.params.lock)
-if not lock.is_file():
-    sys.exit(f"verify: {lock} not found; expected a run's results here (run the workflow first)")
-slides = read_lock(lock)["slide_id"]
-checks = verify([Path(f"{smk.params.slides}/{slide}.json") for slide in slides], Path.cwd())
-for check in checks:
-    logging.info("%s\t%s\t%s", check.slide_id, check.outcome, check.detail)
-bad = [c for c in checks if c.outcome in ("missing", "mismatch")]
-ok = sum(c.outcome == "ok" for c in checks)
-print(f"verify: {ok} images match their provenance, {len(bad)} do not", file=sys.stderr)
-if bad:
-    raise SlidestockError("verify: " + "; ".join(f"{c.slide_id}: {c.detail}" for c in bad))
+
+def main() -> None:
+    # Imported here, where Ctrl-C ends the job quietly (run_job), not at its start.
+    from slidestock.errors import SlidestockError
+    from slidestock.stock import Stock
+    from slidestock.verify import verify
+
+    try:
+        checked = verify(Stock.at(Path(smk.params.results)), Path.cwd())
+    except SlidestockError as err:
+        sys.exit(f"verify: {err}")
+    for check in (*checked.images, *checked.patches):
+        logging.info("%s\t%s\t%s", check.slide_id, check.outcome, check.detail)
+    for path in checked.strays:
+        logging.info("not of this stock: %s", path)
+    print(checked.summary(), file=sys.stderr)
+    problem = checked.problem()
+    if problem:
+        logging.error("%s", problem)
+        sys.exit(problem)  # one line, not a traceback
+
+
+run_job("verify", main)

@@ -13,12 +13,10 @@ import hashlib
 import json
 import logging
 import shutil
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -28,17 +26,17 @@ from typing import Any
 from slidestock import gdc, idc
 from slidestock.errors import FetchError, SlidestockError, UnreachableError
 from slidestock.fetch import BatchItem, FetchResult, check_free_disk, fetch_batch, s5cmd_binary
-from slidestock.planrow import slide_plan_text
+from slidestock.jobs import Progress, failure_of, map_threads, write_outcome_table
 from slidestock.provenance import (
-    SLIDESTOCK_VERSION,
     Part,
     Timed,
     compose,
     software_versions,
     write_json,
-    write_text_atomic,
 )
 from slidestock.slide import SIDE_FILES, SlideJob, level_downloads, level_file, side_path
+from slidestock.stock import judge_one
+from slidestock.tidy import move_stale, run_of, stale_slide_files
 
 log = logging.getLogger(__name__)
 
@@ -90,31 +88,16 @@ def _base_record(job: SlideJob) -> dict[str, Any]:
             "spacing_derived": plan.spacing_derived,
         },
         "target": {
-            "mpp": job.target.mpp,
-            "max_px": job.target.max_px,
-            "fallback_max_px": job.target.fallback_max_px,
-            "format": job.fmt,
+            "mpp": job.settings.target.mpp,
+            "max_px": job.settings.target.max_px,
+            "fallback_max_px": job.settings.target.fallback_max_px,
+            "format": job.settings.format,
         },
+        # Everything the output depends on besides the plan, in the config's terms: what a later
+        # config is compared with (the redo notice, status).
+        "settings": job.settings.terms(),
         "output": None,
     }
-
-
-def output_digest(job: SlideJob) -> str:
-    """What a slide's output depends on: its plan row, the output settings and slidestock's version.
-
-    Not the endpoint, the batch or the machine: moving where bytes come from, or
-    how slides are grouped into jobs, re-does nothing.
-    """
-    settings = {
-        "target": [job.target.mpp, job.target.max_px, job.target.fallback_max_px],
-        "format": [job.fmt, job.quality, job.pyramid],
-        "tissue_mask": job.tissue_mask,
-        "backend": job.backend,
-        "associated": list(job.associated),
-        "slidestock": SLIDESTOCK_VERSION,
-    }
-    text = slide_plan_text(job.plan) + json.dumps(settings, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def is_finished(job: SlideJob) -> bool:
@@ -129,7 +112,7 @@ def is_finished(job: SlideJob) -> bool:
         record = json.loads(job.json_path.read_text())
     except (OSError, ValueError):
         return False
-    if record.get("output_digest") != output_digest(job):
+    if record.get("output_digest") != job.settings.digest(job.plan):
         return False
     if record.get("status") == "failed":
         return record.get("retryable") is False and not job.redo_failed
@@ -143,6 +126,17 @@ def is_finished(job: SlideJob) -> bool:
     return all(path.is_file() and (size is None or path.stat().st_size == size) for path, size in files)
 
 
+def move_stale_outputs(jobs: Sequence[SlideJob], name: str) -> None:
+    """Move the files of the batch's slides that are not of the stock any longer out of ``results/slides``."""
+    if not jobs:
+        return
+    folder = jobs[0].json_path.parent
+    states = [judge_one(job.plan, job.json_path, job.settings.digest(job.plan), "output_digest") for job in jobs]
+    results = folder.parent
+    for stale, dest in move_stale(stale_slide_files(folder, states), results, run_of(results), f"batch-{name}"):
+        log.info("%s: moved %s to %s: %s", name, stale.path.name, dest, stale.why)
+
+
 def _batch_items(jobs: Sequence[SlideJob]) -> list[BatchItem]:
     """Every IDC object the jobs need: the chosen level and the associated images asked for."""
     items = []
@@ -153,7 +147,7 @@ def _batch_items(jobs: Sequence[SlideJob]) -> list[BatchItem]:
         items += level_downloads(job)
         items += [
             BatchItem(plan.associated[kind][0], level_file(job, kind), plan.associated[kind][1])
-            for kind in job.associated
+            for kind in job.settings.associated
             if kind in plan.associated
         ]
     return items
@@ -189,7 +183,11 @@ def run_batch(
     planned bytes. Each slide then ends as done or failed in its own record;
     no slide's failure, expected or not, stops the others. Returns the records
     of the slides processed here (finished ones are left as they are).
+
+    First the batch's slides' files that their current plan and settings do not account for (a record and
+    image of other settings, another format, a mask turned off) move to ``results/stale/<run>/``.
     """
+    move_stale_outputs(jobs, name)
     todo = [job for job in jobs if not is_finished(job)]
     log.info(
         "%s: %d slides, %d finished before, %d to do, on %d thread%s",
@@ -230,8 +228,7 @@ def run_batch(
             counter.count(record["status"] == "done")
             return record
 
-        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            return list(pool.map(one, todo))
+        return map_threads(one, todo, threads)
 
 
 def _check_reachable(url: str, endpoint: str, attempts: int, timeout_s: float, name: str) -> None:
@@ -252,46 +249,6 @@ def _check_reachable(url: str, endpoint: str, attempts: int, timeout_s: float, n
         raise UnreachableError(message) from None
 
 
-# Batch progress lines go to this logger: the batch log, and the terminal when run locally.
-progress_log = logging.getLogger("slidestock.progress")
-
-
-def log_job(log_path: str) -> None:
-    """A job's logging: everything to its log file, and its progress lines to the terminal too.
-
-    A local run shows a job's stderr; a cluster keeps it in the job's output file.
-    """
-    logging.basicConfig(filename=log_path, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("pyvips").setLevel(logging.WARNING)
-    to_terminal = logging.StreamHandler(sys.stderr)
-    to_terminal.setFormatter(logging.Formatter("%(message)s"))
-    progress_log.addHandler(to_terminal)
-
-
-class Progress:
-    """Slides done and failed in a batch, said at most every ``every_s`` seconds and once at the end."""
-
-    def __init__(self, name: str, todo: int, start: float, every_s: float = 5.0) -> None:
-        self.name, self.todo, self.start, self.every_s = name, todo, start, every_s
-        self.done = self.failed = 0
-        self.said = start
-        self._lock = threading.Lock()
-
-    def count(self, done: bool) -> None:
-        with self._lock:
-            self.done += done
-            self.failed += not done
-            now = time.monotonic()
-            finished = self.done + self.failed
-            if finished == self.todo or now - self.said >= self.every_s:
-                self.said = now
-                rate = finished / max(now - self.start, 1e-9)
-                progress_log.info(
-                    "%s: %d of %d slides: %d done, %d failed, %d to do; %.2f slides/s",
-                    *(self.name, finished, self.todo, self.done, self.failed, self.todo - finished, rate),
-                )
-
-
 def write_batch_table(json_paths: Sequence[Path], out: Path) -> int:
     """A batch's outcome, one line per slide (id, status, image sha256 or the error, whether a re-run may help).
 
@@ -303,27 +260,6 @@ def write_batch_table(json_paths: Sequence[Path], out: Path) -> int:
         return [(record.get("output") or {}).get("sha256") or record.get("error") or ""]
 
     return write_outcome_table(records, ["sha256_or_error"], detail, out)
-
-
-def write_outcome_table(
-    records: Sequence[Mapping[str, Any]],
-    columns: Sequence[str],
-    cells: Callable[[Mapping[str, Any]], Sequence[object]],
-    out: Path,
-) -> int:
-    """A job's outcome table, one line per slide: id, status, ``columns`` (from ``cells``), whether a re-run may
-    help (empty for a slide done). Cells are kept to one line. Written atomically; returns how many slides failed
-    for a reason a re-run may get past."""
-    lines = ["\t".join(["slide_id", "status", *columns, "retryable"]) + "\n"]
-    retryable = 0
-    for record in records:
-        again = record["status"] == "failed" and record.get("retryable") is not False
-        retryable += again
-        flag = "" if record["status"] == "done" else str(again).lower()
-        row = [record["slide_id"], record["status"], *(" ".join(str(c).split()) for c in cells(record)), flag]
-        lines.append("\t".join(map(str, row)) + "\n")
-    write_text_atomic(out, "".join(lines))
-    return retryable
 
 
 def _run_slide(
@@ -338,7 +274,7 @@ def _run_slide(
     The record is the plan's and the settings' facts with the parts its source
     yielded folded in (a failed slide keeps those it had), composed once.
     """
-    base = {**_base_record(job), "software": dict(software), "output_digest": output_digest(job)}
+    base = {**_base_record(job), "software": dict(software), "output_digest": job.settings.digest(job.plan)}
     base["started_at"] = started_at
     log.info("%s: %s", job.plan.slide_id, job.plan.reason)
     parts: list[Part] = []
@@ -354,7 +290,7 @@ def _run_slide(
     finally:
         for item in level_downloads(job):
             item.dest.unlink(missing_ok=True)
-        for kind in job.associated:
+        for kind in job.settings.associated:
             level_file(job, kind).unlink(missing_ok=True)
     parts.append(Timed({"total": round(time.monotonic() - batch_start, 3)}))
     record = {**compose(base, parts), **ending}
@@ -368,17 +304,3 @@ def _failure(job: SlideJob, err: Exception) -> dict[str, Any]:
     for stale in (job.image_path, *(side_path(job, name) for name in SIDE_FILES)):
         stale.unlink(missing_ok=True)
     return {**failure_of(job.plan.slide_id, err), "output": None}
-
-
-def failure_of(slide_id: str, err: Exception, what: str = "") -> dict[str, Any]:
-    """A failed slide's ``error`` and whether a re-run may get past it (``retryable``), logged.
-
-    Network, server and size troubles may pass on a later run; a level or file that is wrong will not.
-    An error slidestock did not raise on purpose is a bug: logged with its traceback.
-    """
-    failed = f"{slide_id}: {what} failed" if what else f"{slide_id} failed"
-    if isinstance(err, SlidestockError):
-        log.error("%s: %s", failed, err)
-        return {"retryable": isinstance(err, FetchError), "error": str(err)}
-    log.exception("%s unexpectedly", failed)
-    return {"retryable": False, "error": f"{slide_id}: unexpected {type(err).__name__}: {err}"}

@@ -228,7 +228,11 @@ def allocate(n: int | None, available: Mapping[str, int]) -> dict[str, int]:
 
 def select_cohort(con: duckdb.DuckDBPyConnection, spec: CohortSpec, version: int) -> Cohort:
     """Candidates of release ``version`` through filter, query, manifest, then the seeded draw."""
-    relation = apply_filter(con.sql(read_sql("candidates"), params={"idc_version": version}), spec.filters)
+    candidates = con.sql(read_sql("candidates"), params={"idc_version": version})
+    for column in sorted(spec.filters):
+        _check_column(candidates, column, "cohort.filter")
+    check_filter_values(con, spec.filters, version)
+    relation = apply_filter(candidates, spec.filters)
     if spec.sql is not None:
         relation = _restrict_by_sql(con, relation, spec)
     unmatched = 0
@@ -305,6 +309,22 @@ def _present_values(con: duckdb.DuckDBPyConnection, column: str, version: int) -
     for (value,) in values:
         present.update(str(v) for v in (value if isinstance(value, list) else [value]) if v is not None)
     return present
+
+
+def check_filter_values(con: duckdb.DuckDBPyConnection, filters: Mapping[str, Sequence[Any]], version: int) -> None:
+    """Every value of every filter must match some series of the release: a typo in one of a list's values
+    would otherwise draw the cohort from the others alone, without a word. The first that matches nothing
+    stops the selection, naming the nearest values."""
+    for column, values in sorted(filters.items()):
+        present = _present_values(con, column, version)
+        for value in values:
+            if str(value) not in present:
+                near = difflib.get_close_matches(str(value), present, n=3)
+                hint = f" (did you mean {', '.join(near)}?)" if near else ""
+                raise CohortError(
+                    f"cohort.filter: {column}={value!r} matches no series of IDC v{version}{hint}; "
+                    "every value of a filter must match some series"
+                )
 
 
 def _raise_empty(

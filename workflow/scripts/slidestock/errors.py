@@ -11,6 +11,10 @@ from __future__ import annotations
 class SlidestockError(Exception):
     """Base class of every error slidestock raises on purpose."""
 
+    #: Whether a later run may get past it. Only network and server troubles may: a missing
+    #: object, a wrong size seen twice, a level or file that is wrong fail the same way again.
+    retryable = False
+
 
 class ConfigError(SlidestockError):
     """The configuration does not satisfy the schema or its cross-key rules."""
@@ -25,7 +29,21 @@ class LevelError(SlidestockError):
 
 
 class FetchError(SlidestockError):
-    """A download failed or produced a file of the wrong size."""
+    """A download failed (the network, the server, a timeout): a later run may get past it."""
+
+    retryable = True
+
+
+class MissingObjectError(FetchError):
+    """The object the plan names is not at the endpoint (HTTP 404, NoSuchKey): the same on every run."""
+
+    retryable = False
+
+
+class WrongSizeError(FetchError):
+    """An object arrived twice with the same wrong size: the object is not what the index says, on every run."""
+
+    retryable = False
 
 
 class DecodeError(SlidestockError):

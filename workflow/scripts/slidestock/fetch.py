@@ -17,11 +17,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from slidestock.errors import ConfigError, FetchError
+from slidestock.errors import ConfigError, FetchError, MissingObjectError, WrongSizeError
 
 log = logging.getLogger(__name__)
 
 GCS_URL = "https://storage.googleapis.com"
+# What a missing object looks like in s5cmd's error line (AWS: NoSuchKey, a bucket: NoSuchBucket; others: 404).
+_MISSING = ("NoSuchKey", "NoSuchBucket", "status code: 404")
+# Said with every missing object: a re-run cannot mend it, and what can.
+MISSING_HINT = (
+    "the index names an object the bucket does not hold; a re-run will not fetch it. "
+    "Check cohort.idc_version (the index and the bucket disagree), or report the object to IDC "
+    "(https://discourse.canceridc.dev)"
+)
 # IDC's GCS mirrors of two AWS buckets have other names (idc-open-data keeps its name).
 _GCS_BUCKETS = {"idc-open-data-two": "idc-open-idc1", "idc-open-data-cr": "idc-open-cr"}
 
@@ -160,6 +168,9 @@ def fetch_batch(
             if item.dest in errors or not item.dest.exists():
                 item.dest.unlink(missing_ok=True)
                 why = errors.get(item.dest) or general or "no file written"
+                if any(sign in why for sign in _MISSING):
+                    outcome[item.dest] = MissingObjectError(f"{item.url}: not found at {endpoint}: {MISSING_HINT}")
+                    continue
                 last_error[item.dest] = f"s5cmd exited {code}: {why}"
                 still.append(item)
                 continue
@@ -184,14 +195,19 @@ def _checked(
 ) -> FetchResult | FetchError | str:
     """A downloaded item checked against its expected size: its result, or why it is wrong.
 
-    A first wrong size is only a reason (the item is fetched again); the same twice is the
-    object itself, not the network, and fails the item.
+    A first wrong size is only a reason (the item is fetched again); the second is the
+    object itself, not the network, and fails the item for good.
     """
     try:
         size = check_size(item.dest, item.expected_bytes, item.url)
     except FetchError as err:
         wrong_sizes[item.dest] = wrong_sizes.get(item.dest, 0) + 1
-        return FetchError(f"{item.url}: wrong size twice; {err}") if wrong_sizes[item.dest] == 2 else str(err)
+        if wrong_sizes[item.dest] < 2:
+            return str(err)
+        return WrongSizeError(
+            f"{item.url}: wrong size twice; {err}: the object is not the size the index gives, and a re-run will "
+            "not change it. Check cohort.idc_version (the index and the bucket disagree), or report it to IDC"
+        )
     return FetchResult(item.dest, size, seconds, attempt)
 
 

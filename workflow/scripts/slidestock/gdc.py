@@ -116,7 +116,7 @@ def _openslide_level(path: Path, job: SlideJob, item: str, why: DecodeError) -> 
                   None if base_um is None else base_um * slide.level_downsamples[i], "openslide", 0, True)
             for i, dims in enumerate(slide.level_dimensions)
         ]  # fmt: skip
-        choice = choose_level(levels, job.target, slide=item)
+        choice = choose_level(levels, job.settings.target, slide=item)
         index = int(choice.level.sop_instance_uid.removeprefix("page"))
         image = openslide_region(slide, index, choice.level.size_px)
     yield Facts(
@@ -136,7 +136,7 @@ def _openslide_level(path: Path, job: SlideJob, item: str, why: DecodeError) -> 
 
 def _svs_level(read: ReadRange, job: SlideJob, item: str, get_tiles: TileGetter) -> LevelRead:
     """Choose the page by the level rule, say why, and decode its tiles from ``get_tiles``."""
-    page, choice, levels, pages = choose_page(read, job.target, item)
+    page, choice, levels, pages = choose_page(read, job.settings.target, item)
     yield Facts(
         "level",
         {

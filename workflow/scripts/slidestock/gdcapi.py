@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from slidestock.errors import FetchError
+from slidestock.errors import FetchError, MissingObjectError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,6 +53,8 @@ def retrying(
         try:
             return action()
         except urllib.error.HTTPError as err:
+            if err.code in (404, 410):
+                raise MissingObjectError(f"{what}: HTTP {err.code} {err.reason}: the server has no such file") from None
             if err.code not in _TRANSIENT:
                 raise FetchError(f"{what}: HTTP {err.code} {err.reason}") from None
             last, never_connected = f"HTTP {err.code}", False

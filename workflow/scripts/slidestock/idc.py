@@ -42,13 +42,13 @@ def fetch_and_downsample(job: SlideJob, fetched: Mapping[Path, FetchResult | Fet
     t0 = time.monotonic()
     item = f"{plan.slide_id} ({plan.url})"
     header = read_concatenation(files, item) if n_parts else read_header(files[0], item=item)
-    yield Facts("level", _header_facts(header, n_parts, job.backend))
+    yield Facts("level", _header_facts(header, n_parts, job.settings.backend))
     # The header's full-precision spacing beats the index's two significant figures.
     spacing = header.spacing_xy_um or plan.level_spacing_um
     target = slide_target(job, spacing)
     size = output_size_px(header.size_px, spacing, target)
     scale = max(size[0] / header.size_px[0], size[1] / header.size_px[1])
-    if job.backend == "pyvips":
+    if job.settings.backend == "pyvips":
         level = reduce_level(header, scale=scale, threads=job.threads)
         yield Facts("level", {"decode_shrink": level.decode_shrink, "box_shrink": level.box})
         for warning in level.warnings:
@@ -80,7 +80,7 @@ def _header_facts(header: LevelHeader, n_parts: int, backend: str) -> dict[str, 
 def _export_associated(job: SlideJob, fetched: Mapping[Path, FetchResult | FetchError]) -> Iterator[Part]:
     """Write the slide's label and overview images (fetched with its batch) as they are, when asked to."""
     exported: dict[str, dict[str, Any] | None] = {}
-    for kind in job.associated:
+    for kind in job.settings.associated:
         if kind not in job.plan.associated:
             exported[kind] = None  # the series has no such instance
             continue
@@ -99,5 +99,5 @@ def _export_associated(job: SlideJob, fetched: Mapping[Path, FetchResult | Fetch
             "bytes_fetched": result.bytes_fetched,
             "sha256": sha256_file(path),
         }
-    if job.associated:
+    if job.settings.associated:
         yield Associated(exported)

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import obstore
 from obstore.store import S3Store
 
-from slidestock.errors import FetchError
-from slidestock.fetch import endpoint_url, source_url
+from slidestock.errors import FetchError, MissingObjectError
+from slidestock.fetch import MISSING_HINT, endpoint_url, source_url
 
 if TYPE_CHECKING:  # typing names only: obstore's stubs define them, its module does not
     from obstore.store import ClientConfig, RetryConfig
@@ -97,7 +97,7 @@ class RangeClient:
         try:
             body = bytes(obstore.get_range(self._store(bucket), key, start=offset, length=length))
         except FileNotFoundError:
-            raise FetchError(f"{url}: not found at {self.endpoint}") from None
+            raise MissingObjectError(f"{url}: not found at {self.endpoint}: {MISSING_HINT}") from None
         except Exception as err:  # obstore's errors: the first line says the HTTP or connection cause, and retries
             reason = str(err).splitlines()[0]
             # obstore says "Generic S3 error: Error performing GET <url> in <time>, after <n> retries, ... - <cause>":

@@ -108,18 +108,18 @@ def write_output(
     )
     extent = (level_size[0] / shrink, level_size[1] / shrink)
     output = resize_exact(image, size, extent)
-    if job.tissue_mask:  # in memory: the image file and the mask are made from one computation of it
+    if job.settings.tissue_mask:  # in memory: the image file and the mask are made from one computation of it
         output = output.copy_memory()
-    write_image(output, job.image_path, out_spacing, job.fmt, job.quality, job.pyramid)
+    write_image(output, job.image_path, out_spacing, job.settings.format, job.settings.quality, job.settings.pyramid)
     written: dict[str, Any] = {
         "path": str(job.image_path),
-        "format": job.fmt,
+        "format": job.settings.format,
         "size_px": list(size),
         "spacing_um": None if out_spacing is None else list(out_spacing),
         "bytes": job.image_path.stat().st_size,
         "sha256": sha256_file(job.image_path),
     }
-    if job.tissue_mask:
+    if job.settings.tissue_mask:
         mask = tissue_mask(output)
         mask_path = side_path(job, "mask")
         write_image(mask, mask_path, out_spacing, "png")

@@ -10,7 +10,6 @@ never stops the batch; a failed slide leaves no patch behind.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -18,7 +17,6 @@ import shutil
 import tarfile
 import time
 from collections.abc import Collection, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,15 +24,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyvips
 
-from slidestock.batch import Progress, failure_of, write_outcome_table
 from slidestock.errors import SlidestockError
+from slidestock.jobs import Progress, failure_of, map_threads, write_outcome_table
 from slidestock.objectstore import RangeClient
 from slidestock.output import tissue_mask, write_image
-from slidestock.patches import PatchSettings, choose_patches, crop_px, cut_patches, patch_tiles, span_px
+from slidestock.patches import choose_patches, crop_px, cut_patches, patch_tiles, span_px
 from slidestock.patchlevels import open_gdc, open_idc
-from slidestock.planrow import PlanRow, slide_plan_text
-from slidestock.provenance import SLIDESTOCK_VERSION, sha256_file, write_json
+from slidestock.planrow import PlanRow
+from slidestock.provenance import sha256_file, write_json
+from slidestock.settings import PatchSettings
 from slidestock.slide import GdcSettings
+from slidestock.stock import judge_one
+from slidestock.tidy import NOT_OUTPUT, Stale, move_stale, run_of, stale_patch_files
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -60,6 +61,7 @@ PATCH_COLUMNS = (
     "bytes_fetched",
     "sha256",
     "shard",
+    "member",
 )
 
 
@@ -78,9 +80,7 @@ class PatchJob:
 
 def patch_digest(job: PatchJob, settings: PatchSettings) -> str:
     """What a slide's patches depend on; the image's bytes stand for the mask they are placed on."""
-    image = sha256_file(job.image_path) if job.image_path.is_file() else ""
-    text = slide_plan_text(job.plan) + json.dumps([asdict(settings), image, SLIDESTOCK_VERSION], sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return settings.digest(job.plan, sha256_file(job.image_path) if job.image_path.is_file() else "")
 
 
 def is_finished(job: PatchJob, digest: str, in_shard: Collection[str] = ()) -> bool:
@@ -97,7 +97,7 @@ def is_finished(job: PatchJob, digest: str, in_shard: Collection[str] = ()) -> b
     if record.get("status") == "failed":
         return record.get("retryable") is False
     return record.get("status") == "done" and all(
-        (job.folder.parent / row["path"]).is_file() or f"{row['patch_id']}.png" in in_shard
+        (row["path"] and (job.folder.parent / row["path"]).is_file()) or f"{row['patch_id']}.png" in in_shard
         for row in record.get("patches", [])
     )
 
@@ -113,8 +113,12 @@ def run_patch_batch(
     """Every slide's record, new or kept, in the jobs' order; ``threads`` slides at a time, progress said as it goes.
 
     With ``shard`` (``patches.format: webdataset``), the batch's patches are
-    then packed into that tar, and their PNG files removed.
+    then packed into that tar, and their PNG files removed. First what the
+    batch's slides have that their current settings do not account for (patches
+    of other settings; the batch's shard once patches are PNG files) moves to
+    ``results/stale/<run>/``.
     """
+    move_stale_patches(jobs, settings, shard, name)
     members = shard_members(shard) if shard is not None else set()
     progress = Progress(f"{name} patches".strip(), len(jobs), time.monotonic())
 
@@ -130,11 +134,25 @@ def run_patch_batch(
         return record
 
     # Fetching, decoding and PNG writing release Python's lock: slides side by side use the job's cores.
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        records = list(pool.map(one, jobs))
+    records = map_threads(one, jobs, threads)
     if shard is not None:
         pack_shard(jobs, records, shard)
     return records
+
+
+def move_stale_patches(jobs: Sequence[PatchJob], settings: PatchSettings, shard: Path | None, name: str) -> None:
+    """Move the patches of the batch's slides that are not of the stock any longer out of ``results/patches``."""
+    if not jobs:
+        return
+    folder = jobs[0].json_path.parent
+    states = [judge_one(job.plan, job.json_path, patch_digest(job, settings), "digest") for job in jobs]
+    found = stale_patch_files(folder, states, "png" if shard is None else "webdataset")
+    png_shard = folder / "shards" / f"{name}.tar"
+    if shard is None and png_shard.exists():  # patches are PNG files now: the batch's shard is of another config
+        found.append(Stale(png_shard, NOT_OUTPUT))
+    results = folder.parent
+    for stale, dest in move_stale(found, results, run_of(results), f"patches-{name}"):
+        log.info("%s: moved %s to %s: %s", name, stale.path.name, dest, stale.why)
 
 
 def shard_members(shard: Path) -> set[str]:
@@ -164,9 +182,10 @@ def pack_shard(jobs: Sequence[PatchJob], records: Sequence[dict[str, Any]], shar
             if record.get("status") != "done":
                 continue
             for row in record["patches"]:
-                row["shard"] = f"{shard.parent.name}/{shard.name}"
                 png = job.folder.parent / row["path"]
-                data = png.read_bytes() if png.is_file() else _member(old, f"{row['patch_id']}.png")
+                data = png.read_bytes() if row["path"] and png.is_file() else _member(old, f"{row['patch_id']}.png")
+                # The patch is now a member of the shard, not a file of its own.
+                row.update(shard=f"{shard.parent.name}/{shard.name}", member=f"{row['patch_id']}.png", path="")
                 _add(tar, f"{row['patch_id']}.png", data)
                 _add(tar, f"{row['patch_id']}.json", json.dumps(row, sort_keys=True).encode())
         tar.close()
@@ -267,6 +286,7 @@ def _cut_slide(job: PatchJob, settings: PatchSettings, client: RangeClient) -> d
                 "bytes_fetched": sum(tiles.sizes.get(t, 0) for t in patch_tiles(patch, crop, level)),
                 "sha256": sha256_file(path),
                 "shard": "",
+                "member": "",
             }
         )
     fewer = settings.mode == "random" and len(patches) < settings.n_per_slide

@@ -16,7 +16,6 @@ import hashlib
 import math
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pyvips
@@ -24,33 +23,10 @@ import pyvips
 from slidestock.dicom import BACKGROUND
 from slidestock.output import with_icc_profile
 from slidestock.reduce import resize_exact
+from slidestock.settings import PatchSettings
 
 # Random mode tries positions on a lattice this many times finer than the patch.
 LATTICE_STEPS = 4
-
-
-@dataclass(frozen=True)
-class PatchSettings:
-    """The ``patches:`` config section, and the cohort's seed."""
-
-    mpp: float
-    size_px: int
-    n_per_slide: int
-    mode: str
-    min_tissue: float
-    seed: int
-
-    @classmethod
-    def from_config(cls, patches: Mapping[str, Any], seed: int) -> PatchSettings:
-        """The settings; ``n_per_slide`` is 0 in grid mode, which takes every cell (so changing it redoes nothing)."""
-        return cls(
-            mpp=float(patches["mpp"]),
-            size_px=int(patches["size_px"]),
-            n_per_slide=int(patches["n_per_slide"]) if patches["mode"] == "random" else 0,
-            mode=str(patches["mode"]),
-            min_tissue=float(patches["min_tissue"]),
-            seed=int(seed),
-        )
 
 
 @dataclass(frozen=True)

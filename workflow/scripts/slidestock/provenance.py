@@ -97,8 +97,17 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, record: Mapping[str, Any]) -> None:
-    """Write a JSON record atomically (sorted keys, so equal records give equal files)."""
-    write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    """Write a JSON record atomically (sorted keys, so equal records give equal files).
+
+    A file that holds this very record already is left as it is: its time still says when it was made.
+    """
+    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+    try:
+        if path.read_text() == text:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
+    write_text_atomic(path, text)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,7 +20,8 @@ import pandas as pd
 from PIL import Image
 
 from slidestock import plots
-from slidestock.status import reason_of
+from slidestock.status import group_failures, said
+from slidestock.stock import DONE, FAILED, SlideState
 from slidestock.thumbnails import sheet_records, thumbnail_data_uri
 
 REPORT_COLUMNS: dict[str, str] = {
@@ -96,7 +97,7 @@ def report_row(record: Mapping[str, Any], slide: Mapping[Hashable, Any]) -> dict
         "fetch_from": slide.get("fetch_from") or "idc",
         "status": record["status"],
         "error": record.get("error") or None,
-        "retryable": record.get("retryable") if record["status"] != "done" else None,
+        "retryable": record.get("retryable") if record["status"] == "failed" else None,
         "level_columns": size[0],
         "level_rows": size[1],
         "level_spacing_um": None if spacing is None else round(float(spacing), 6),
@@ -121,6 +122,25 @@ def load_records(json_paths: Iterable[Path]) -> list[dict[str, Any]]:
     return [json.loads(Path(p).read_text()) for p in json_paths]
 
 
+def judged_records(states: Iterable[SlideState]) -> list[dict[str, Any]]:
+    """The report's records: each slide's own where it was made for the current plan and settings, else a row
+    that says it is still to do (or to redo) and nothing of an older record."""
+    return [dict(s.record) if s.state in (DONE, FAILED) and s.record else _pending(s) for s in states]
+
+
+def _pending(state: SlideState) -> dict[str, Any]:
+    plan = state.plan
+    return {
+        "slide_id": plan.slide_id,
+        "status": state.state,
+        "error": "not made for the current plan and settings yet: the next run makes it",
+        "source": {"SeriesInstanceUID": plan.series_instance_uid},
+        "series_size_bytes": plan.series_size_bytes,
+        "bytes_fetched": 0,
+        "level": {"reason": plan.reason},
+    }
+
+
 def report_frame(records: Iterable[Mapping[str, Any]], cohort: pd.DataFrame) -> pd.DataFrame:
     """One typed row per provenance record, sorted by slide id."""
     slides = {row["slide_id"]: row for row in cohort.to_dict("records")}
@@ -142,7 +162,8 @@ def summary(frame: pd.DataFrame) -> dict[str, Any]:
     return {
         "slides": len(frame),
         "done": int((frame["status"] == "done").sum()),
-        "failed": int((frame["status"] != "done").sum()),
+        "failed": int((frame["status"] == "failed").sum()),
+        "not_made": int((~frame["status"].isin(["done", "failed"])).sum()),
         "bytes_fetched": fetched,
         "series_bytes": whole,
         "fraction_fetched": fetched / whole if whole else 0.0,
@@ -236,7 +257,9 @@ td, th { border: 1px solid #ccc; padding: 0.25em 0.4em; vertical-align: top; }
 th { cursor: pointer; background: #f3f0f5; position: sticky; top: 0; }
 th[data-order=asc]::after { content: ' \\25B2'; } th[data-order=desc]::after { content: ' \\25BC'; }
 tr.failed { background: #fde4e4; }
-td.error { max-width: 30em; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+td.error { max-width: 16em; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+#slides th { white-space: normal; }
+#slides td { white-space: nowrap; }
 .sheet { display: flex; flex-wrap: wrap; gap: 8px; }
 .sheet figure { margin: 0; width: 170px; font-size: 0.7em; text-align: center; }
 .sheet img { max-width: 160px; max-height: 160px; border: 1px solid #ddd; }
@@ -248,11 +271,44 @@ dl.facts dt { font-weight: bold; } dl.facts dd { margin: 0; }
 pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 0.8em; }
 """
 
-_SHOWN = (
-    "slide_id", "collection_id", "PatientID", "status", "level_columns", "level_rows", "level_spacing_um",
-    "scale", "output_columns", "output_rows", "output_spacing_um", "bytes_fetched", "series_size_bytes",
-    "fraction_fetched", "tissue_fraction", "error",
-)  # fmt: skip
+
+def _number(value: Any, digits: int | None = None) -> tuple[str, str]:
+    """A number's cell text (thousands separated, or ``digits`` decimals) and its sort value."""
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+        return "", ""
+    text = f"{value:,}" if digits is None else f"{value:,.{digits}f}"
+    return text, str(value)
+
+
+def _size(columns: Any, rows: Any) -> tuple[str, str]:
+    """``512 x 384`` and its pixel count to sort by."""
+    if columns is None or columns is pd.NA or rows is None or rows is pd.NA:
+        return "", ""
+    return f"{int(columns):,} x {int(rows):,}", str(int(columns) * int(rows))
+
+
+# The slide table's columns after the slide (whose patient its cell's title says): header, then each cell's
+# (text, sort value) from a report row. Sizes share a column each, and the scale and series size are left to
+# slides.csv (which keeps every column), so that the table, error and file links included, fits 1280 px.
+_COLUMNS: tuple[tuple[str, Callable[[Mapping[Hashable, Any]], tuple[str, str]]], ...] = (
+    ("collection", lambda r: (_text(r["collection_id"]), _text(r["collection_id"]))),
+    ("status", lambda r: (str(r["status"]), str(r["status"]))),
+    ("level px", lambda r: _size(r["level_columns"], r["level_rows"])),
+    ("level µm/px", lambda r: _number(r["level_spacing_um"], 3)),
+    ("output px", lambda r: _size(r["output_columns"], r["output_rows"])),
+    ("output µm/px", lambda r: _number(r["output_spacing_um"], 2)),
+    ("fetched bytes", lambda r: _number(r["bytes_fetched"])),
+    ("fetched %", lambda r: _number(None if _missing(r["fraction_fetched"]) else 100 * r["fraction_fetched"], 2)),
+    ("tissue", lambda r: _number(r["tissue_fraction"], 2)),
+)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
+
+
+def _text(value: Any) -> str:
+    return "" if _missing(value) else str(value)
 
 
 def render_html(
@@ -287,7 +343,7 @@ def render_html(
             '<meta name="viewport" content="width=device-width, initial-scale=1">',
             f"<title>slidestock report</title>\n<style>{_STYLE}</style></head><body>",
             "<h1>slidestock report</h1>",
-            f'<p id="summary">{stats["done"]} of {stats["slides"]} slides done, {stats["failed"]} failed. '
+            f'<p id="summary">{_counts_text(stats)}. '
             f"Fetched {_mb(stats['bytes_fetched'])} of the {_mb(stats['series_bytes'])} that whole-slide "
             f"downloads would have moved ({100 * stats['fraction_fetched']:.2f} %).</p>",
             '<dl class="facts">',
@@ -307,6 +363,12 @@ def render_html(
             "</body></html>\n",
         ]
     )
+
+
+def _counts_text(stats: Mapping[str, Any]) -> str:
+    """``5 of 6 slides done, 1 failed`` (and how many are not made for the current settings, when any)."""
+    text = f"{stats['done']} of {stats['slides']} slides done, {stats['failed']} failed"
+    return text + (f", {stats['not_made']} not made for the current settings yet" if stats["not_made"] else "")
 
 
 def _target_text(target: Mapping[str, Any] | None) -> str:
@@ -352,13 +414,16 @@ def _files_cell(record: Mapping[Hashable, Any]) -> str:
 
 
 def _table_html(frame: pd.DataFrame) -> str:
-    header = "".join(f"<th>{html.escape(c)}</th>" for c in _SHOWN) + "<th>files</th>"
+    names = ["slide", *(name for name, _ in _COLUMNS), "error", "files"]
+    header = "".join(f"<th>{html.escape(name)}</th>" for name in names)
     rows = []
     for record in frame.to_dict("records"):
-        shown = {**record, "error": _reason(record)}
-        opening = {"error": f'<td class="error" title="{_cell(shown["error"])}">'}
-        cells = "".join(f"{opening.get(c, '<td>')}{_cell(shown[c])}</td>" for c in _SHOWN)
-        cells += _files_cell(record)
+        patient = _text(record["PatientID"])
+        cells = f'<td title="patient {_cell(patient)}">{_cell(record["slide_id"])}</td>' if patient else ""
+        cells = cells or f"<td>{_cell(record['slide_id'])}</td>"
+        cells += "".join(_sortable(*cell(record)) for _, cell in _COLUMNS)
+        error = _reason(record)
+        cells += f'<td class="error" title="{_cell(error)}">{_cell(error)}</td>' + _files_cell(record)
         rows.append(f'<tr class="{_cell(record["status"])}">{cells}</tr>')
     return (
         "<h2>Slides</h2>"
@@ -368,34 +433,46 @@ def _table_html(frame: pd.DataFrame) -> str:
     )
 
 
+def _sortable(text: str, value: str) -> str:
+    """A cell whose sort value differs from its text carries it (``data-value``), for the page's script."""
+    data = f' data-value="{html.escape(value, quote=True)}"' if value != text else ""
+    return f"<td{data}>{html.escape(text)}</td>"
+
+
 def _reason(record: Mapping[Hashable, Any]) -> str | None:
-    """A failed slide's reason without its id and numbers (see :func:`slidestock.status.reason_of`)."""
+    """A failed slide's reason as it was said (its first line, numbers and all)."""
     if record.get("status") == "done" or not isinstance(record.get("error"), str):
         return None
-    return reason_of(str(record["slide_id"]), str(record["error"]))
+    return said(str(record["error"]))
+
+
+def _may_pass(record: Mapping[Hashable, Any]) -> bool:
+    flag = record.get("retryable")
+    return True if flag is None or flag is pd.NA else bool(flag)  # unknown: a re-run may help
 
 
 def _failures_html(frame: pd.DataFrame, shown_per_reason: int = 20) -> str:
-    """Failures grouped by reason, with counts, whether a re-run may help, and links to the slides' logs."""
-    failed = frame[frame["status"] != "done"]
-    if failed.empty:
+    """Failures grouped by reason (the first said as it was), with counts, whether a re-run may help, and links to
+    the slides' logs."""
+    failed = frame[frame["status"] == "failed"].to_dict("records")
+    if not failed:
         return '<h2>Failures</h2><p id="failures">None.</p>'
-    groups: dict[tuple[str, bool], list[str]] = {}
-    for record in failed.to_dict("records"):
-        flag = record.get("retryable")
-        again = True if flag is None or flag is pd.NA else bool(flag)  # unknown: a re-run may help
-        groups.setdefault((_reason(record) or "no reason recorded", again), []).append(str(record["slide_id"]))
+    groups = group_failures((str(r["slide_id"]), _reason(r) or "no reason recorded", _may_pass(r)) for r in failed)
     items = []
-    for (reason, again), slides in sorted(groups.items(), key=lambda item: (-len(item[1]), item[0])):
+    for group in groups:
+        slides = group.slides
         what = (
             "may pass: running the same snakemake command again retries these"
-            if again
+            if group.may_pass
             else "permanent: not tried again unless <code>fetch.redo_failed: true</code>"
         )
+        alike = f" (and {group.count - 1:,} alike)" if group.count > 1 else ""
         links = ", ".join(f'<a href="../../logs/slide/{html.escape(s, quote=True)}.log">{html.escape(s)}</a>'
                           for s in slides[:shown_per_reason])  # fmt: skip
         more = f" and {len(slides) - shown_per_reason:,} more" if len(slides) > shown_per_reason else ""
-        items.append(f"<li><b>{len(slides):,} x</b> {html.escape(reason)} <i>({what})</i><br>{links}{more}</li>")
+        items.append(
+            f"<li><b>{group.count:,} x</b> {html.escape(group.first)}{alike} <i>({what})</i><br>{links}{more}</li>"
+        )
     return f'<h2>Failures</h2><ul id="failures">{"".join(items)}</ul>'
 
 

@@ -16,6 +16,7 @@ from slidestock.errors import SlidestockError
 from slidestock.fetch import BatchItem
 from slidestock.levels import Target
 from slidestock.planrow import PlanRow
+from slidestock.settings import StockSettings
 
 # Files written beside a slide's image: {slide}.<name>.png
 SIDE_FILES = ("mask", "label", "overview")
@@ -55,19 +56,13 @@ class SlideJob:
     """Everything one slide's job needs, from its plan row and the config."""
 
     plan: PlanRow
-    target: Target
-    fmt: str
+    settings: StockSettings
     endpoint: str
     attempts: int
     image_path: Path
     json_path: Path
     tmpdir: Path
     gdc: GdcSettings | None = None
-    quality: int = 90
-    pyramid: bool = False
-    tissue_mask: bool = False
-    backend: str = "pyvips"
-    associated: tuple[str, ...] = ()
     log_path: Path | None = None
     threads: int = 1
     redo_failed: bool = False
@@ -80,7 +75,8 @@ def side_path(job: SlideJob, name: str) -> Path:
 
 def slide_target(job: SlideJob, spacing: tuple[float, float] | None) -> Target:
     """The target the slide is sized by: the configured one, or for a slide without any spacing its fallback."""
-    return job.target if spacing is not None else job.target.without_spacing(job.plan.slide_id)
+    target = job.settings.target
+    return target if spacing is not None else target.without_spacing(job.plan.slide_id)
 
 
 def level_file(job: SlideJob, kind: str = "") -> Path:

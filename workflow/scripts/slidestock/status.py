@@ -1,46 +1,35 @@
-"""The state of a run, read from what it wrote: the plan and the per-slide records.
+"""What a stock holds and what a run did, read from what it wrote: the plan, the settings and the records.
 
 Nothing is locked or changed, so it can be asked at any time, from a login
-node, while the run goes on. Slides count as done or failed once their record
-says so for the current plan (records older than the plan are from an earlier
-run); the rate is taken over the records written since the plan.
+node, while the run goes on. A slide counts as done or failed only when its
+record was made for the current plan and settings (:mod:`slidestock.stock`);
+any other record is to redo. Every count says whether it is the stock's (all
+of it, whenever made) or this run's (written since the run started).
+
+Failures are grouped by their reason with the numbers, places and slide ids
+masked (:func:`reason_of`); what is shown of a group is its first reason, as
+it was said.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import re
 import time
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from slidestock.errors import SlidestockError
+from slidestock.stock import DONE, FAILED, TO_DO, TO_REDO, SlideState, Stock, count
 
 _NUMBERS = re.compile(r"\b(?:0x[0-9a-fA-F]+|\d+)\b")  # hexadecimal too: a memory address in a repr
 # What differs from slide to slide in alike failures: object URLs and local paths.
 _PLACES = re.compile(r"\b(?:s3|gs|https?)://\S+|(?<![\w.])/[\w.\-]+(?:/[\w.\-]+)+")
-
-
-@dataclass(frozen=True)
-class RunStatus:
-    """Slides planned, done, failed (by reason) and still to do; bytes fetched; the recent rate and an ETA."""
-
-    planned: int
-    done: int
-    failed: int
-    to_do: int
-    bytes_fetched: int
-    failures: dict[str, int] = field(default_factory=dict)
-    slides_per_s: float | None = None
-    eta_s: float | None = None
+REPORT = "results/report/index.html"
 
 
 def reason_of(slide_id: str, error: str) -> str:
-    """A failure's reason without its slide id, URLs, paths and numbers, so that alike failures group together."""
+    """A failure's pattern: its reason without the slide id, URLs, paths and numbers. Only for grouping."""
     reason = error.removeprefix(f"{slide_id}: ").split("\n")[0]
     reason = re.sub(rf"(?<![\w-]){re.escape(slide_id)}(?![\w-])", "<slide>", _PLACES.sub(_place, reason))
     return _NUMBERS.sub("#", reason)[:400]
@@ -53,72 +42,116 @@ def _place(match: re.Match[str]) -> str:
     return "<where>" + found[len(kept) :]
 
 
-def read_status(results: Path, now: float | None = None) -> RunStatus:
-    """The state of the run whose outputs are under ``results`` (``results/cohort/instances.tsv`` and slides)."""
-    plan = results / "cohort" / "instances.tsv"
-    if not plan.is_file():
-        raise SlidestockError(f"{plan}: no plan yet; expected a run that has passed its plan step")
-    with plan.open(newline="") as handle:
-        slide_ids = [row["slide_id"] for row in csv.DictReader(handle, delimiter="\t")]
-    since = last = plan.stat().st_mtime
-    done = failed = fetched = recent = 0
-    failures: Counter[str] = Counter()
-    for slide_id in slide_ids:
-        path = results / "slides" / f"{slide_id}.json"
-        try:
-            record = json.loads(path.read_text())
-            written = path.stat().st_mtime
-        except (OSError, ValueError):
-            continue  # not yet written, or being replaced
-        fetched += int(record.get("bytes_fetched") or 0)
-        recent += written >= since
-        last = max(last, written)
-        if record.get("status") == "done":
-            done += 1
-        else:
-            failed += 1
-            failures[reason_of(slide_id, str(record.get("error") or "no reason recorded"))] += 1
-    to_do = len(slide_ids) - done - failed
-    # A run still going is measured up to now; a finished one up to its last record.
-    end = (time.time() if now is None else now) if to_do else last
-    rate = recent / (end - since) if recent and end > since else None
-    eta = to_do / rate if rate and to_do else None
-    return RunStatus(len(slide_ids), done, failed, to_do, fetched, dict(failures.most_common()), rate, eta)
+def plural(count: int, noun: str) -> str:
+    """``1 slide``, ``2 slides``, ``1,000 slides``."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
-def patch_status_lines(results: Path) -> list[str]:
-    """With patches on (a patch plan exists), how many slides have their patches, failed or are to do."""
-    plan = results / "cohort" / "patch_instances.tsv"
-    if not plan.is_file():
-        return []
-    with plan.open(newline="") as handle:
-        slide_ids = [row["slide_id"] for row in csv.DictReader(handle, delimiter="\t")]
-    done = failed = patches = fetched = 0
-    for slide_id in slide_ids:
-        try:
-            record = json.loads((results / "patches" / f"{slide_id}.json").read_text())
-        except (OSError, ValueError):
-            continue
-        fetched += int(record.get("bytes_fetched") or 0)
-        if record.get("status") == "done":
-            done, patches = done + 1, patches + len(record.get("patches", []))
-        else:
-            failed += 1
+def said(error: str) -> str:
+    """A failure as shown: its first line, as it was said (numbers and all), at most 400 characters."""
+    line = error.split("\n")[0]
+    return line if len(line) <= 400 else line[:399] + "…"
+
+
+@dataclass(frozen=True)
+class FailureGroup:
+    """Failures alike but for their numbers and places: their slides, the first as said, whether a re-run may help."""
+
+    slides: tuple[str, ...]
+    first: str
+    may_pass: bool
+
+    @property
+    def count(self) -> int:
+        return len(self.slides)
+
+    def line(self) -> str:
+        alike = f"; and {self.count - 1:,} alike" if self.count > 1 else ""
+        what = "may pass on a re-run" if self.may_pass else "permanent"
+        return f"  {self.count:>6,} x {self.first}  ({what}{alike})"
+
+
+def group_failures(failed: Iterable[tuple[str, str, bool]]) -> list[FailureGroup]:
+    """(slide id, error, may pass) of failed slides as groups of the same pattern, largest first."""
+    groups: dict[tuple[str, bool], list[tuple[str, str]]] = {}
+    for slide_id, error, may_pass in failed:
+        groups.setdefault((reason_of(slide_id, error), may_pass), []).append((slide_id, error))
+    ordered = sorted(groups.items(), key=lambda item: (not item[0][1], -len(item[1]), item[0][0]))
     return [
-        f"  patches   {patches:,} from {done:,} slides; {failed:,} failed, {len(slide_ids) - done - failed:,} to do; "
-        f"{fetched:,} bytes fetched by range"
+        FailureGroup(tuple(slide for slide, _ in members), said(members[0][1]), may_pass)
+        for (_, may_pass), members in ordered
     ]
 
 
+def _failures(states: Iterable[SlideState]) -> list[FailureGroup]:
+    return group_failures(
+        (s.slide_id, str((s.record or {}).get("error") or "no reason recorded"), s.may_pass)
+        for s in states
+        if s.state == FAILED
+    )
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """The stock's slides by state, the bytes fetched for its current records, failures, the recent rate and an ETA."""
+
+    planned: int
+    done: int
+    failed: int
+    to_redo: int
+    to_do: int
+    bytes_fetched: int
+    failures: list[FailureGroup] = field(default_factory=list)
+    slides_per_s: float | None = None
+    eta_s: float | None = None
+
+
+def read_status(results: Path, now: float | None = None) -> RunStatus:
+    """The state of the stock under ``results`` against its last plan and settings."""
+    stock = Stock.at(results)
+    return status_of(stock, stock.slide_states(), now)
+
+
+def status_of(stock: Stock, states: Sequence[SlideState], now: float | None = None) -> RunStatus:
+    """The stock's state from its judged slides; the rate over the records written since the plan."""
+    counts = count(states)
+    since = (stock.results / "cohort" / "instances.tsv").stat().st_mtime
+    written = [_mtime(stock.slides / f"{s.slide_id}.json") for s in states if s.state in (DONE, FAILED)]
+    recent = sum(t >= since for t in written)
+    left = counts[TO_DO] + counts[TO_REDO]
+    # A run still going is measured up to now; a finished one up to its last record.
+    end = (time.time() if now is None else now) if left else max(written, default=since)
+    rate = recent / (end - since) if recent and end > since else None
+    return RunStatus(
+        planned=len(states),
+        done=counts[DONE],
+        failed=counts[FAILED],
+        to_redo=counts[TO_REDO],
+        to_do=counts[TO_DO],
+        bytes_fetched=sum(s.bytes_fetched for s in states if s.state in (DONE, FAILED)),
+        failures=_failures(states),
+        slides_per_s=rate,
+        eta_s=left / rate if rate and left else None,
+    )
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def format_status(status: RunStatus, results: Path) -> str:
-    """The state as a few aligned lines for the terminal."""
+    """The stock's state as a few aligned lines for the terminal."""
+    redo = f" ({status.to_redo:,} made for other settings or an earlier plan)" if status.to_redo else ""
     lines = [
-        f"slidestock run in {results}: {status.planned:,} slides planned",
+        f"slidestock stock in {results}: {status.planned:,} slides planned",
         f"  done      {status.done:,}",
         f"  failed    {status.failed:,}",
-        *(f"    {count:>6,}  {reason}" for reason, count in status.failures.items()),
-        f"  to do     {status.to_do:,}",
-        f"  fetched   {status.bytes_fetched:,} bytes",
+        *(group.line() for group in status.failures),
+        f"  to do     {status.to_do + status.to_redo:,}{redo}",
+        f"  fetched   {status.bytes_fetched:,} bytes for the {status.done + status.failed:,} slides done or failed",
     ]
     if status.slides_per_s is not None:
         eta = "" if status.eta_s is None else f", about {_duration(status.eta_s)} to go"
@@ -132,38 +165,94 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
 
 
-@dataclass(frozen=True)
-class RunOutcome:
-    """A finished run's slides from its batch tables: done, and failed by reason, split by whether a re-run may help.
+def patch_status_lines(stock: Stock, slides: Sequence[SlideState]) -> list[str]:
+    """With patches on, the patches cut from slides done for the current settings, and the slides still to do."""
+    states = stock.patch_states(slides)
+    if stock.settings.patches is None:
+        return []
+    counts = count(states)
+    current = [s for s in states if s.state in (DONE, FAILED)]
+    patches = sum(len((s.record or {}).get("patches", [])) for s in current if s.state == DONE)
+    redo = f" ({counts[TO_REDO]:,} made for other settings)" if counts[TO_REDO] else ""
+    return [
+        f"  patches   {patches:,} from {counts[DONE]:,} slides; {counts[FAILED]:,} failed, "
+        f"{counts[TO_DO] + counts[TO_REDO]:,} to do{redo}; "
+        f"{sum(s.bytes_fetched for s in current):,} bytes fetched by range for them",
+        *(f"  {group.line()}" for group in _failures(states)),
+    ]
 
-    ``fetched`` is (bytes fetched, bytes of the whole series) over the report's slides, when known.
+
+# --- The end of a run: what it did, and what the stock holds -----------------------------------------------
+
+
+def _this_run(states: Sequence[SlideState], folder: Path, since: float) -> list[SlideState]:
+    """The judged slides whose records this run wrote (written at or after ``since``)."""
+    return [s for s in states if s.state in (DONE, FAILED) and _mtime(folder / f"{s.slide_id}.json") >= since]
+
+
+def run_lines(stock: Stock, since: float, command: str) -> tuple[list[str], int]:
+    """What the terminal shows at the end of a run: failures by reason, what this run did, what the stock holds.
+
+    Returns the lines and how many slides (and slides' patches) of the stock failed.
     """
+    states = stock.slide_states()
+    counts, made = count(states), _this_run(states, stock.slides, since)
+    made_counts = count(made)
+    failures = _failures(states)
+    lines = [group.line() for group in failures]
+    lines.append(
+        f"slidestock: this run: {plural(made_counts[DONE], 'slide')} made, {made_counts[FAILED]:,} failed, "
+        f"{counts[DONE] + counts[FAILED] - len(made):,} kept from before; "
+        f"fetched {sum(s.bytes_fetched for s in made):,} bytes for them"
+    )
+    lines.append(_stock_line(states, counts, command))
+    failed = counts[FAILED]
+    patches = stock.patch_states(states)
+    if stock.settings.patches is not None:
+        lines += _patch_lines(patches, _this_run(patches, stock.patches, since), command)
+        failed += count(patches)[FAILED]
+    return lines, failed
 
-    done: int
-    retryable: dict[str, int]
-    permanent: dict[str, int]
-    fetched: tuple[int, int] | None = None
 
-    @property
-    def failed(self) -> int:
-        return sum(self.retryable.values()) + sum(self.permanent.values())
+def _stock_line(states: Sequence[SlideState], counts: dict[str, int], command: str) -> str:
+    current = [s for s in states if s.state in (DONE, FAILED)]
+    fetched = sum(s.bytes_fetched for s in current)
+    whole = sum(int((s.record or {}).get("series_size_bytes") or 0) for s in current)
+    share = f" ({100 * fetched / whole:.2f} %)" if whole else ""
+    line = (
+        f"slidestock: the stock: {counts[DONE]:,} of {len(states):,} slides done, {counts[FAILED]:,} failed"
+        f"{_left(counts)}; {fetched:,} of {whole:,} series bytes fetched for it{share}"
+    )
+    return line + _retry_hint(current, command) + f"; report: {REPORT}"
 
-    def lines(self, command: str) -> list[str]:
-        """What the terminal shows at the end: failures grouped by reason, then one line with the counts."""
-        total = self.done + self.failed
-        shown = [f"  {count:>6,} x {reason}  (may pass on a re-run)" for reason, count in self.retryable.items()]
-        shown += [f"  {count:>6,} x {reason}  (permanent)" for reason, count in self.permanent.items()]
-        last = f"slidestock: {self.done:,} of {total:,} slides done, {self.failed:,} failed"
-        if self.fetched is not None:
-            fetched, whole = self.fetched
-            share = f" ({100 * fetched / whole:.2f} %)" if whole else ""
-            last += f"; fetched {fetched:,} of {whole:,} series bytes{share}"
-        n_again, n_kept = sum(self.retryable.values()), sum(self.permanent.values())
-        if n_again:
-            last += f"; {n_again:,} may pass: `{command}` again retries them"
-        if n_kept:
-            last += f"; {n_kept:,} permanent: fetch.redo_failed: true retries those"
-        return [*shown, last + "; report: results/report/index.html"]
+
+def _left(counts: dict[str, int]) -> str:
+    left = counts[TO_DO] + counts[TO_REDO]
+    return f", {left:,} not made" if left else ""
+
+
+def _retry_hint(states: Sequence[SlideState], command: str) -> str:
+    n_again = sum(s.may_pass for s in states)
+    n_kept = sum(s.state == FAILED and not s.may_pass for s in states)
+    hint = f"; {n_again:,} may pass: `{command}` again retries them" if n_again else ""
+    return hint + (f"; {n_kept:,} permanent: fetch.redo_failed: true retries those" if n_kept else "")
+
+
+def _patch_lines(states: Sequence[SlideState], made: Sequence[SlideState], command: str) -> list[str]:
+    def n_patches(group: Iterable[SlideState]) -> int:
+        return sum(len((s.record or {}).get("patches", [])) for s in group if s.state == DONE)
+
+    counts, made_counts = count(states), count(made)
+    current = [s for s in states if s.state in (DONE, FAILED)]
+    return [
+        *(group.line() for group in _failures(states)),
+        f"slidestock: patches this run: {n_patches(made):,} cut from {plural(made_counts[DONE], 'slide')}, "
+        f"{made_counts[FAILED]:,} failed, {plural(len(current) - len(made), 'slide')} kept from before; "
+        f"fetched {sum(s.bytes_fetched for s in made):,} bytes by range",
+        f"slidestock: patches in the stock: {n_patches(states):,} from {counts[DONE]:,} of {len(states):,} slides, "
+        f"{counts[FAILED]:,} failed{_left(counts)}; {sum(s.bytes_fetched for s in current):,} bytes fetched by "
+        f"range for them" + _retry_hint(current, command),
+    ]
 
 
 def _may_pass(row: dict[str, str]) -> bool:
@@ -179,93 +268,3 @@ def tables_to_redo(tables: Sequence[Path]) -> list[Path]:
             if any(_may_pass(row) for row in csv.DictReader(handle, delimiter="\t")):
                 redo.append(table)
     return redo
-
-
-def patch_outcome(tables: Sequence[Path], command: str) -> tuple[str, int]:
-    """The end-of-run line about patches (from ``results/patches/batches/*.tsv``), and how many slides' failed.
-
-    As for the stock's line, failures that may pass are said to be retried by ``command`` run again.
-    """
-    slides = failed = patches = fetched = again = 0
-    reasons: Counter[str] = Counter()
-    for table in tables:
-        with table.open(newline="") as handle:
-            for row in csv.DictReader(handle, delimiter="\t"):
-                slides += 1
-                patches += int(row["n_patches"] or 0)
-                fetched += int(row["bytes_fetched"] or 0)
-                if row["status"] != "done":
-                    failed += 1
-                    again += _may_pass(row)
-                    reasons[reason_of(row["slide_id"], row["error"])] += 1
-    line = f"slidestock: patches: {patches:,} from {slides - failed:,} of {slides:,} slides, {failed:,} failed"
-    line += f"; fetched {fetched:,} bytes by range"
-    if again:
-        line += f"; {again:,} may pass: `{command}` again retries them"
-    if reasons:
-        line += "; " + "; ".join(f"{count:,} x {reason}" for reason, count in reasons.most_common(3))
-    return line, failed
-
-
-def read_outcome(tables: Sequence[Path], report_table: Path | None = None) -> RunOutcome:
-    """The outcome of the run whose batch tables (``results/batches/*.tsv``) are given.
-
-    With the report's ``slides.csv``, also the bytes fetched against the whole series'.
-    """
-    done = 0
-    again: Counter[str] = Counter()
-    kept: Counter[str] = Counter()
-    for table in tables:
-        with table.open(newline="") as handle:
-            for row in csv.DictReader(handle, delimiter="\t"):
-                if row["status"] == "done":
-                    done += 1
-                    continue
-                reason = reason_of(row["slide_id"], row["sha256_or_error"])
-                (again if _may_pass(row) else kept)[reason] += 1
-    fetched = None
-    if report_table is not None:
-        with report_table.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        fetched = (_total(rows, "bytes_fetched"), _total(rows, "series_size_bytes"))
-    return RunOutcome(done, dict(again.most_common()), dict(kept.most_common()), fetched)
-
-
-def _total(rows: Sequence[Mapping[str, str]], column: str) -> int:
-    return sum(int(float(row[column])) for row in rows if row.get(column))
-
-
-RECORDED_TARGET = ("mpp", "max_px", "fallback_max_px", "format")
-
-
-def redo_notice(slides: Path, target: Mapping[str, Any], version: str) -> str | None:
-    """One line saying how many slides made before differ from the current settings (a run redoes them), and how.
-
-    Read from the per-slide records: those whose target (spacing or size, fallback,
-    format) or slidestock version differs from now. None when there are none.
-    """
-    changes: Counter[str] = Counter()
-    stale = total = 0
-    for path in slides.glob("*.json"):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        total += 1
-        made = record.get("target") or {}
-        differs = [
-            f"target.{key} {made.get(key)} → {target.get(key)}"
-            for key in RECORDED_TARGET
-            if made.get(key) != target.get(key)
-        ]
-        made_by = (record.get("software") or {}).get("slidestock")
-        if made_by != version:
-            differs.append(f"slidestock {made_by} → {version}")
-        stale += bool(differs)
-        changes.update(differs)
-    if not stale:
-        return None
-    why = ", ".join(sorted(changes, key=lambda change: (-changes[change], change)))
-    return (
-        f"slidestock: {stale:,} of the {total:,} slides made before differ from this config ({why}): a run redoes them"
-    )
