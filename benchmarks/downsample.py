@@ -8,11 +8,14 @@ each contender runs in its own process, on the same file, to the same output
 size, and its best wall time and peak RSS are kept:
   floor           decode every frame at full size (libjpeg-turbo through Pillow), one thread, nothing else
   floor shrunk    decode every frame at the DCT scale slidestock uses, one thread, nothing else
-  slidestock 1    read_level (streaming, shrink-on-decode, box average) + Lanczos resize + PNG, one thread
+  slidestock 1    read_level (streaming, shrink-on-decode, Lanczos-3 across then down) + PNG, one thread
   slidestock N    the same on every core
   slidestock backend openslide
-                  target.backend openslide: OpenSlide read_region in bands of tile rows, box average, Lanczos, PNG
+                  target.backend openslide: OpenSlide read_region in bands of tile rows, Lanczos-3, PNG
   openslide       OpenSlide(file).get_thumbnail(size) + PNG (single-threaded by design)
+  floor SVS shrunk, slidestock SVS page 1 / N, openslide SVS
+                  the same for the level's pixels as the base page of an SVS (libvips' tiled JPEG TIFF), as
+                  the GDC path reads it (from a local file here)
 By default the level is 12,000 x 9,000 px at 1 µm/px (the demo's tissue
 generator). With --large it is a single-level slide at 0.25 µm/px, 40,000 px
 a side by default, written tile by tile (about 0.7 GB of JPEG); OpenSlide is
@@ -40,35 +43,61 @@ FLOOR = """
 import io, math
 from PIL import Image
 from slidestock.dicom import read_frame, read_header
-from slidestock.reduce import plan_shrink
+from slidestock.reduce import JPEG, plan_decode
 header = read_header(Path(SRC))
-decode = plan_shrink(header.transfer_syntax, SCALE, header.tile_px)[0] if SHRUNK else 1
+decode = plan_decode(JPEG, SCALE, header.tile_px, header.size_px) if SHRUNK else 1
 for frame in header.grid:
     with Image.open(io.BytesIO(read_frame(header.path, frame, "bench"))) as picture:
         picture.draft("RGB", (picture.width // decode, picture.height // decode))
         picture.load()
 """
+FLOOR_SVS = """
+from slidestock.svs import PageTiles, choose_page, decode_tile
+from slidestock.levels import Target
+from slidestock.reduce import JPEG, plan_decode
+handle = open(SVS, "rb")
+def read(offset, length):
+    handle.seek(offset)
+    return handle.read(length)
+page = choose_page(read, Target(mpp=0.25), "bench").page
+tiles = PageTiles(page, read, lambda ranges: [read(o, n) for o, n in ranges], "bench")
+decode = plan_decode(JPEG, SCALE, page.tile_px, page.size_px)
+for index, (offset, length) in enumerate(tiles.locations):
+    decode_tile(page, read(offset, length), "bench", index, decode)
+"""
 SLIDESTOCK = """
 from slidestock.reduce import read_level
 from slidestock.output import write_image
-from slidestock.reduce import resize_exact
-level = read_level(Path(SRC), scale=SCALE, threads=THREADS)
-(w, h), s = level.header.size_px, level.shrink
-write_image(resize_exact(level.image, SIZE, (w / s, h / s)), Path(OUT) / "s.png", (15.0, 15.0))
+level = read_level(Path(SRC), out_px=SIZE, threads=THREADS)
+write_image(level.image, Path(OUT) / "s.png", (15.0, 15.0))
+"""
+SVS_PAGE = """
+from slidestock.output import write_image
+from slidestock.svs import PageTiles, choose_page, reduce_page
+from slidestock.levels import Target
+handle = open(SVS, "rb")
+def read(offset, length):
+    handle.seek(offset)
+    return handle.read(length)
+chosen = choose_page(read, Target(mpp=0.25), "bench")
+tiles = PageTiles(chosen.page, read, lambda ranges: [read(o, n) for o, n in ranges], "bench")
+write_image(reduce_page(tiles, SIZE, threads=THREADS).image, Path(OUT) / "v.png", (15.0, 15.0))
 """
 BACKEND_OPENSLIDE = """
 from slidestock.dicom import read_header
 from slidestock.output import write_image
-from slidestock.reduce import resize_exact
 from slidestock.reduce import openslide_reduced
 header = read_header(Path(SRC))
-image, box = openslide_reduced(Path(SRC), header, SCALE)
-(w, h) = header.size_px
-write_image(resize_exact(image, SIZE, (w / box, h / box)), Path(OUT) / "b.png", (15.0, 15.0))
+reduced = openslide_reduced(Path(SRC), header.size_px, header.tile_px[1], SIZE)
+write_image(reduced.image, Path(OUT) / "b.png", (15.0, 15.0))
 """
 OPENSLIDE = """
 import openslide
 openslide.OpenSlide(SRC).get_thumbnail(SIZE).save(OUT + "/o.png")
+"""
+OPENSLIDE_SVS = """
+import openslide
+openslide.OpenSlide(SVS).get_thumbnail(SIZE).save(OUT + "/p.png")
 """
 # The contender's own peak RSS (VmHWM, kB); ru_maxrss would include the parent's RSS at fork, which exec keeps.
 PEAK = """
@@ -81,24 +110,53 @@ CONTENDERS = {
     f"slidestock {os.cpu_count()}": (SLIDESTOCK, {"THREADS": os.cpu_count() or 1}),
     "slidestock backend openslide": (BACKEND_OPENSLIDE, {}),
     "openslide": (OPENSLIDE, {}),
+    "floor SVS shrunk": (FLOOR_SVS, {}),
+    "slidestock SVS page 1": (SVS_PAGE, {"THREADS": 1}),
+    f"slidestock SVS page {os.cpu_count()}": (SVS_PAGE, {"THREADS": os.cpu_count() or 1}),
+    "openslide SVS": (OPENSLIDE_SVS, {}),
 }
 
 
-def make_level(folder: Path, size: tuple[int, int], large: bool) -> Path:
+def make_level(folder: Path, size: tuple[int, int], large: bool) -> tuple[Path, Path]:
+    """The level as a DICOM file, and the same tiles as the base page of an SVS (libvips' tiled TIFF, JPEG Q90)."""
+    import pyvips
+
+    from slidestock.reduce import reduce_level
     from slidestock_testkit import dicomseries, slides
 
     if large:
-        return dicomseries.write_large_level(folder / "level.dcm", size, seed=7).path
-    spec = slides.SlideSpec("bench", "BENCH", "BENCH-01", size, base_spacing_um=1.0, n_levels=1, seed=7)
-    record = dicomseries.write_series(spec, folder)
-    return next((folder / slides.BUCKET / record.crdc_series_uuid).glob("*.dcm"))
+        dicom = dicomseries.write_large_level(folder / "level.dcm", size, seed=7).path
+    else:
+        spec = slides.SlideSpec("bench", "BENCH", "BENCH-01", size, base_spacing_um=1.0, n_levels=1, seed=7)
+        record = dicomseries.write_series(spec, folder)
+        dicom = next((folder / slides.BUCKET / record.crdc_series_uuid).glob("*.dcm"))
+    svs = folder / "page.svs"
+    # The level's own pixels (decoded in rows, never whole) as one tiled JPEG page, without a pyramid.
+    from slidestock.dicom import read_header
+
+    image: pyvips.Image = reduce_level(read_header(dicom)).image if not large else _large_image(dicom)
+    image.set_type(pyvips.GValue.gstr_type, "image-description", f"Aperio bench |MPP = {0.25 if large else 1.0}")
+    image.tiffsave(str(svs), tile=True, tile_width=256, tile_height=256, compression="jpeg", Q=90, bigtiff=True)
+    return dicom, svs
 
 
-def one(name: str, src: str, size: str, scale: str, repeat: str) -> None:
+def _large_image(dicom: Path) -> pyvips.Image:  # noqa: F821 (pyvips imported where used)
+    """A large single-level DICOM as a pyvips image libvips can stream to a TIFF: its frames, joined lazily."""
+    import pyvips
+
+    from slidestock.dicom import read_frame, read_header
+
+    header = read_header(dicom)
+    tiles = [pyvips.Image.jpegload_buffer(read_frame(dicom, frame, "bench")) for frame in header.grid if frame]
+    joined = pyvips.Image.arrayjoin(tiles, across=header.across)
+    return joined.crop(0, 0, *header.size_px)
+
+
+def one(name: str, src: str, svs: str, size: str, scale: str, repeat: str) -> None:
     """Run one contender ``repeat`` times in fresh interpreters; print best seconds and peak RSS as JSON."""
     code, extra = CONTENDERS[name]
     width, height = (int(v) for v in size.split("x"))
-    settings = {"SRC": src, "SIZE": (width, height), "SCALE": float(scale), **extra}
+    settings = {"SRC": src, "SVS": svs, "SIZE": (width, height), "SCALE": float(scale), **extra}
     times, peaks = [], []
     with tempfile.TemporaryDirectory() as out:
         prelude = "from pathlib import Path\n" + "".join(f"{k} = {v!r}\n" for k, v in {**settings, "OUT": out}.items())
@@ -128,10 +186,10 @@ def main() -> None:
     spacing = 0.25 if args.large else 1.0
     out_size = (round(width * spacing / args.target_um), round(height * spacing / args.target_um))
     scale = max(out_size[0] / width, out_size[1] / height)
-    names = [n for n in CONTENDERS if n != "openslide" or not args.large or args.openslide]
+    names = [n for n in CONTENDERS if not n.startswith("openslide") or not args.large or args.openslide]
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
-        src = make_level(Path(folder), (width, height), args.large)
+        src, svs = make_level(Path(folder), (width, height), args.large)
         made = time.perf_counter() - started
         file_mb = src.stat().st_size / 1e6
         results = {}
@@ -139,7 +197,7 @@ def main() -> None:
         for name in names:
             sizes = (f"{out_size[0]}x{out_size[1]}", str(scale), str(args.repeat))
             probe = subprocess.run(
-                [sys.executable, __file__, "--one", name, str(src), *sizes],
+                [sys.executable, __file__, "--one", name, str(src), str(svs), *sizes],
                 check=True,
                 capture_output=True,
                 text=True,
@@ -158,16 +216,20 @@ def main() -> None:
     for name, r in results.items():
         lines.append(f"| {name} | {r['seconds']:.2f} | {r['seconds'] / floor:.2f}x | {r['rss_mb']:.0f} |")
     lines.append("")
-    single, multi = results["slidestock 1"]["seconds"], results[names[3]]["seconds"]
+    cores = os.cpu_count()
+    single, multi = results["slidestock 1"]["seconds"], results[f"slidestock {cores}"]["seconds"]
+    page, page_multi = results["slidestock SVS page 1"]["seconds"], results[f"slidestock SVS page {cores}"]["seconds"]
     if "openslide" in results:
-        thumb = results["openslide"]["seconds"]
+        thumb, svs_thumb = results["openslide"]["seconds"], results["openslide SVS"]["seconds"]
         lines.append(
-            f"OpenSlide get_thumbnail / slidestock: {thumb / single:.2f}x on one thread, {thumb / multi:.2f}x "
-            f"on {os.cpu_count()}."
+            f"OpenSlide get_thumbnail / slidestock: DICOM level {thumb / single:.2f}x on one thread, "
+            f"{thumb / multi:.2f}x on {cores}; SVS page {svs_thumb / page:.2f}x on one thread, "
+            f"{svs_thumb / page_multi:.2f}x on {cores} (get_thumbnail is single-threaded)."
         )
+    shrunk, svs_shrunk = results["floor shrunk"]["seconds"], results["floor SVS shrunk"]["seconds"]
     lines.append(
-        f"slidestock on one thread / decoding the frames at its DCT scale: "
-        f"{single / results['floor shrunk']['seconds']:.2f}x."
+        f"slidestock on one thread / decoding the tiles at its DCT scale: DICOM level {single / shrunk:.2f}x, "
+        f"SVS page {page / svs_shrunk:.2f}x."
     )
     text = "\n".join(lines) + "\n"
     print(text)
@@ -177,6 +239,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--one":
-        one(*sys.argv[2:7])
+        one(*sys.argv[2:8])
     else:
         main()

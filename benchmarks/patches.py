@@ -59,7 +59,6 @@ from slidestock.reduce import openslide_region, resize_exact  # noqa: E402
 from slidestock.remote import RemoteObject, fetch_frames, locate_frames, read_level_header  # noqa: E402
 from slidestock.settings import PatchSettings  # noqa: E402
 from slidestock_testkit import dicomseries, faultproxy, s3server  # noqa: E402
-from slidestock_testkit.slides import BACKGROUND_RGB  # noqa: E402
 
 WORK = REPO / "benchmarks" / "work" / "patches"
 KEY = "idc-open-data/bench-tcga/level.dcm"
@@ -72,8 +71,7 @@ def make_slide(size: tuple[int, int]) -> tuple[Path, np.ndarray]:
     if not stamp.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         large = dicomseries.write_large_level(path, size, seed=11, tiff_directory=True)
-        background = np.flatnonzero((large.colours == np.asarray(BACKGROUND_RGB)).all(axis=1))
-        np.save(stamp, ~np.isin(large.tile_map, background))
+        np.save(stamp, large.tile_map != large.background)
     return path, np.load(stamp)
 
 

@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO / "testkit"))
 from slidestock.fetch import BatchItem, fetch_batch  # noqa: E402
 from slidestock.levels import Level  # noqa: E402
 from slidestock.output import write_image  # noqa: E402
-from slidestock.reduce import read_level, resize_exact  # noqa: E402
+from slidestock.reduce import read_level  # noqa: E402
 from slidestock_testkit import dicomseries, indextables, s3server, slides  # noqa: E402
 
 WORK = REPO / "benchmarks" / "work"
@@ -149,11 +149,9 @@ def jobs_of(output: str, dry: bool = False) -> int:
 
 def reduce_and_write(work: list[tuple[str, str, int, int, int]]) -> int:
     """Decode, resize and write a chunk of slides (level file, output file, output size, level width)."""
-    for level_path, out_path, width, height, level_width in work:
-        level = read_level(Path(level_path), item=out_path, scale=width / level_width)
-        assert level.header.spacing_xy_um is not None
-        (w, h), s = level.header.size_px, level.shrink
-        write_image(resize_exact(level.image, (width, height), (w / s, h / s)), Path(out_path), (15.0, 15.0), "png")
+    for level_path, out_path, width, height, _ in work:
+        level = read_level(Path(level_path), item=out_path, out_px=(width, height))
+        write_image(level.image, Path(out_path), (15.0, 15.0), "png")
     return len(work)
 
 

@@ -8,6 +8,7 @@ converters give (short edge frames, an RGB label over YCbCr frames).
 
 from __future__ import annotations
 
+import io
 import math
 import struct
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from pathlib import Path
 import imagecodecs
 import numpy as np
 import pyvips
+from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, encapsulate_extended
 from pydicom.sequence import Sequence as DicomSequence
@@ -36,21 +38,23 @@ from slidestock_testkit.slides import (
     WSI_SOP_CLASS,
     SeriesRecord,
     SlideSpec,
-    exact_size,
+    base_image,
+    level_image,
     level_sizes,
-    tissue_image,
     to_array,
     uid_for,
     uuid_for,
 )
+from slidestock_testkit.tissue import layout, texture_array
 
 
 def encode_frame(tile: np.ndarray, transfer_syntax: str) -> bytes:
     """Encode one RGB tile as a DICOM frame of the given transfer syntax."""
     if transfer_syntax == JPEG_BASELINE:
-        image = pyvips.Image.new_from_array(tile).copy(interpretation="srgb" if tile.ndim == 3 else "b-w")
-        data: bytes = image.jpegsave_buffer(Q=85, keep="none")
-        return data
+        # As scanners and converters write them: quality 90, chroma halved across only (YBR_FULL_422).
+        out = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(tile)).save(out, "JPEG", quality=90, subsampling=1)
+        return out.getvalue()
     if transfer_syntax == JPEG_2000:
         return bytes(imagecodecs.jpeg2k_encode(tile, level=45, codecformat="J2K", reversible=False, mct=True))
     if transfer_syntax == JPEG_2000_LOSSLESS:
@@ -395,12 +399,22 @@ def _concatenation_part(ds: Dataset, uids: tuple[str, str], number: int, total: 
 
 @dataclass(frozen=True)
 class LargeLevel:
-    """A single-level slide written tile by tile: which palette tile stands at each place, and their colours."""
+    """A single-level slide written tile by tile from a palette: which palette tile stands at each place."""
 
     path: Path
     size_px: tuple[int, int]
-    tile_map: np.ndarray  # (tile rows, tile columns): index into colours
-    colours: np.ndarray  # (n, 3) uint8: the mean colour of each palette tile
+    tile_map: np.ndarray  # (tile rows, tile columns): index into palette
+    palette: np.ndarray  # (n, 256, 256, 3) uint8: the tiles as encoded (before JPEG)
+    background: int  # the palette index of the plain background tile
+
+
+def palette_tiles(seed: int, n: int = 64) -> np.ndarray:
+    """``n`` tiles of real tissue texture (the first plain background), each as it will be encoded."""
+    plane = texture_array((TILE_PX * 8, TILE_PX * 8), seed)
+    tiles = [np.full((TILE_PX, TILE_PX, 3), BACKGROUND_RGB, dtype=np.uint8)]
+    tiles += [plane[y : y + TILE_PX, x : x + TILE_PX] for y in range(0, 8 * TILE_PX, TILE_PX)
+              for x in range(0, 8 * TILE_PX, TILE_PX)][: n - 1]  # fmt: skip
+    return np.ascontiguousarray(np.stack(tiles))
 
 
 def write_large_level(
@@ -408,28 +422,22 @@ def write_large_level(
     size_px: tuple[int, int],
     seed: int = 0,
     spacing_um: float = 0.25,
-    noise: float = 40.0,
     tiff_directory: bool = False,
 ) -> LargeLevel:
     """Write a single-level JPEG DICOM WSI of ``size_px`` without ever holding it in memory.
 
-    Each tile is one of a small palette (a flat colour from a coarse tissue
-    map, with Gaussian texture of ``noise`` sigma, so JPEG files come out the
-    size real tissue gives), encoded once and written wherever the map puts
-    it. That makes 40,000 x 40,000 px (about 1 GB) take seconds to write.
+    Where the tissue lies is a coarse map of the slide (:func:`tissue.layout` at one pixel per
+    tile); each tissue tile is one of a palette of real H&E tiles, encoded once and written
+    wherever the map puts it, so the JPEG frames are the size and detail real tissue gives. That
+    makes 40,000 x 40,000 px (about 1 GB) take seconds to write.
     """
     width, height = size_px
     across, down = math.ceil(width / TILE_PX), math.ceil(height / TILE_PX)
-    coarse = tissue_image((across, down), seed).numpy()
-    # Colours quantised to steps of 16 (the background kept exact): a palette of a few dozen tiles.
-    quantised = np.where(coarse == np.asarray(BACKGROUND_RGB), coarse, coarse // 16 * 16 + 8).reshape(-1, 3)
-    colours, tile_map = np.unique(quantised, axis=0, return_inverse=True)
-    rng = np.random.default_rng(seed)
-    frames = []
-    for colour in colours:
-        texture = 0.0 if (colour == BACKGROUND_RGB).all() else noise
-        tile = np.clip(colour + rng.normal(0.0, texture, (TILE_PX, TILE_PX, 1)), 0, 255).astype(np.uint8)
-        frames.append(encode_frame(tile, JPEG_BASELINE))
+    is_tissue = layout((across, down), seed).numpy().ravel() > 127
+    palette = palette_tiles(seed)
+    rng = np.random.default_rng(seed + 1)
+    tile_map = np.where(is_tissue, rng.integers(1, len(palette), size=is_tissue.size), 0)
+    frames = [encode_frame(tile, JPEG_BASELINE) for tile in palette]
     spec = SlideSpec("large", "LARGE-01", "LARGE-01-01Z-00-DX1", size_px, spacing_um, n_levels=1, seed=seed)
     series = SeriesRecord(spec, uid_for(spec.key, "study"), uid_for(spec.key, "series"), uuid_for(spec.key, "series"))
     ds = _dataset(
@@ -453,12 +461,38 @@ def write_large_level(
         out.write(b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\x00\x00\x00\x00")
         padded = [f + b"\x00" * (len(f) % 2) for f in frames]  # items have an even length
         items = [b"\xfe\xff\x00\xe0" + len(f).to_bytes(4, "little") + f for f in padded]
-        for index in tile_map.ravel():
+        for index in tile_map:
             out.write(items[index])
         out.write(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
     if tiff_directory:  # no offset table, but a dual-personality preamble: as IDC's converted TCGA slides
         add_tiff_directory(path, JPEG_BASELINE)
-    return LargeLevel(path, size_px, tile_map.reshape(down, across), colours.astype(np.uint8))
+    return LargeLevel(path, size_px, tile_map.reshape(down, across), palette, 0)
+
+
+def write_single_level(
+    root: Path, pixels: np.ndarray, transfer_syntax: str, spacing_um: float = 0.5, name: str = "level"
+) -> Path:
+    """One single-level DICOM WSI of ``pixels`` (256 px tiles) alone in a folder of ``root``; its path.
+
+    Alone, because OpenSlide reads every instance of a series it finds beside the one it opens.
+    """
+    rows, cols = pixels.shape[:2]
+    spec = SlideSpec("single", name, f"{name}-{cols}x{rows}-{transfer_syntax}", (cols, rows), spacing_um, n_levels=1)
+    series = SeriesRecord(spec, uid_for(spec.key, "study"), uid_for(spec.key, "series"), uuid_for(spec.key, "series"))
+    folder = root / spec.container_id
+    [level] = _write_instance(
+        folder,
+        spec,
+        series,
+        name="level0",
+        number=1,
+        image_type=("ORIGINAL", "PRIMARY", "VOLUME", "NONE"),
+        pixels=np.ascontiguousarray(pixels),
+        spacing_mm=spacing_um / 1000.0,
+        tiled=True,
+        transfer_syntax=transfer_syntax,
+    )
+    return folder / BUCKET / series.crdc_series_uuid / f"{level.crdc_instance_uuid}.dcm"
 
 
 def write_series(spec: SlideSpec, root: Path) -> SeriesRecord:
@@ -469,12 +503,11 @@ def write_series(spec: SlideSpec, root: Path) -> SeriesRecord:
         series_uid=uid_for(spec.key, "series"),
         crdc_series_uuid=uuid_for(spec.key, "series"),
     )
-    base_w, base_h = spec.base_size_px
-    base = tissue_image(spec.base_size_px, spec.seed).copy_memory()
+    base_w = spec.base_size_px[0]
+    base = base_image(spec.base_size_px, spec.seed, spec.real_region).copy_memory()
     instances = []
     for k, (width, height) in enumerate(level_sizes(spec)):
-        level = base if k == 0 else base.resize(width / base_w, vscale=height / base_h)
-        level = exact_size(level, width, height)
+        level = base if k == 0 else level_image(base, (width, height))
         # The exact spacing of a level follows from the base spacing and the size ratio.
         spacing_mm = spec.base_spacing_um * base_w / width / 1000.0
         pixels = to_array(level)

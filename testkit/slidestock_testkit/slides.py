@@ -1,4 +1,4 @@
-"""What the synthetic slides are: specifications, tissue-like pixels and stable identifiers.
+"""What the fixture slides are: specifications, real tissue pixels and stable identifiers.
 
 The demo, the tests and the benchmarks build DICOM series (:mod:`dicomseries`), index
 tables (:mod:`indextables`) and SVS files (:mod:`svsfiles`) from these. Everything is
@@ -15,6 +15,7 @@ import pyvips
 from pydicom.uid import UID, generate_uid
 
 from slidestock.levels import Level
+from slidestock_testkit.tissue import layout, region, texture
 
 WSI_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.1.77.1.6")
 JPEG_BASELINE = UID("1.2.840.10008.1.2.4.50")
@@ -36,7 +37,7 @@ PHOTOMETRIC = {
 BUCKET = "idc-open-data"
 TILE_PX = 256
 # Bump when the generator's output changes, so that cached builds are redone.
-BUILD_VERSION = 3
+BUILD_VERSION = 6
 BACKGROUND_RGB = (242, 241, 238)
 # UUIDs of fixture objects derive from this namespace, so they are stable.
 _UUID_NAMESPACE = uuid.UUID("7c0a4c52-3b5e-4f0f-9a59-5b1d2f6c9e11")
@@ -83,6 +84,8 @@ class SlideSpec:
     # Where a tiled level's frames are indexed: "bot" (a Basic Offset Table), "eot" (an Extended Offset
     # Table), "tiff" (neither, but a dual-personality TIFF directory, as IDC's converted slides) or "none".
     frame_index: str = "bot"
+    # The base is the real CMU-1 region itself (resources/tissue), not pieces of its texture: its size is the region's.
+    real_region: bool = False
 
     @property
     def key(self) -> str:
@@ -137,37 +140,34 @@ def uuid_for(*parts: object) -> str:
 
 
 def tissue_image(size_px: tuple[int, int], seed: int) -> pyvips.Image:
-    """A tissue-like RGB image: stained blobs with texture on a bright background."""
+    """A slide's base image: real H&E tissue (:mod:`tissue`) on a bright background.
+
+    Where the tissue lies is :func:`tissue.layout` (the slide's low-resolution look); what it is
+    made of is :func:`tissue.texture`, real at the base's full resolution.
+    """
     width, height = size_px
-    rng = np.random.default_rng(seed)
-    coarse_w, coarse_h = max(16, width // 64), max(16, height // 64)
-    yy, xx = np.mgrid[0:coarse_h, 0:coarse_w].astype(np.float64)
-    density = np.zeros((coarse_h, coarse_w))
-    for _ in range(7):
-        cx, cy = rng.uniform(0.15, 0.85) * coarse_w, rng.uniform(0.15, 0.85) * coarse_h
-        radius = rng.uniform(0.08, 0.22) * min(coarse_w, coarse_h)
-        density += np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * radius**2))
-    tissue = np.clip((density - 0.35) * 3.0, 0.0, 1.0)[..., None]
-    hue = rng.uniform(0.0, 1.0, size=(coarse_h, coarse_w, 1))
-    pink = np.array([225.0, 150.0, 190.0])
-    purple = np.array([120.0, 70.0, 160.0])
-    stain = pink * (1 - hue) + purple * hue
-    rgb = np.asarray(BACKGROUND_RGB, dtype=np.float64) * (1 - tissue) + stain * tissue
-    coarse = pyvips.Image.new_from_array(np.ascontiguousarray(rgb.astype(np.uint8)))
-    coarse = coarse.copy(interpretation="srgb")
-    image = coarse.resize(width / coarse_w, vscale=height / coarse_h, kernel="linear")
-    image = exact_size(image, width, height)
-    mask = exact_size(
-        pyvips.Image.new_from_array(np.ascontiguousarray((tissue[..., 0] * 255).astype(np.uint8))).resize(
-            width / coarse_w, vscale=height / coarse_h, kernel="linear"
-        ),
-        width,
-        height,
-    )
-    noise = pyvips.Image.gaussnoise(width, height, mean=0.0, sigma=18.0, seed=seed)
-    textured = image + noise * (mask / 255.0)
-    result: pyvips.Image = textured.cast("uchar").copy(interpretation="srgb")
+    weight = layout(size_px, seed) / 255.0
+    background = pyvips.Image.black(width, height, bands=3) + list(BACKGROUND_RGB)
+    blended = texture(size_px, seed) * weight + background * (1.0 - weight)
+    result: pyvips.Image = blended.cast("uchar").copy(interpretation="srgb")
     return result
+
+
+def base_image(size_px: tuple[int, int], seed: int, real_region: bool = False) -> pyvips.Image:
+    """A slide's base level: the real region as it is, or pieces of its texture (:func:`tissue_image`)."""
+    if not real_region:
+        return tissue_image(size_px, seed)
+    pixels = region()
+    if (pixels.shape[1], pixels.shape[0]) != size_px:
+        raise ValueError(f"the real region is {pixels.shape[1]} x {pixels.shape[0]} px; the spec says {size_px}")
+    image: pyvips.Image = pyvips.Image.new_from_array(pixels).copy(interpretation="srgb")
+    return image
+
+
+def level_image(base: pyvips.Image, size_px: tuple[int, int]) -> pyvips.Image:
+    """A coarser level of a slide, as the fixture writers make it from the base: libvips' resize, cut to size."""
+    width, height = size_px
+    return exact_size(base.resize(width / base.width, vscale=height / base.height), width, height)
 
 
 def exact_size(image: pyvips.Image, width: int, height: int) -> pyvips.Image:
@@ -221,10 +221,20 @@ EDGE_SLIDES: tuple[SlideSpec, ...] = (
 
 # Shaped like what users bring (issue 15): a TCGA pyramid, whose 0.2527 µm base gives levels of
 # 1.011, 4.047 and 16.19 µm that idc-index rounds to 1, 4 and 16 µm; and a one-level slide of
-# 0.499 µm (indexed 0.5) whose size is no multiple of 8, with a GDC twin of the same pixels.
+# 0.499 µm (indexed 0.5) whose size is no multiple of 8: the real CMU-1 region, with a GDC twin of
+# the same pixels.
 FIDELITY_SLIDES: tuple[SlideSpec, ...] = (
     SlideSpec("fidelity", "TCGA-F1-A001", "TCGA-F1-A001-01Z-00-DX1", (8200, 6150), base_spacing_um=0.2527, seed=41),
-    SlideSpec("fidelity", "FID-02", "FID-ONELEVEL-01", (2220, 2967), base_spacing_um=0.499, n_levels=1, seed=42),
+    SlideSpec(
+        "fidelity",
+        "FID-02",
+        "FID-ONELEVEL-01",
+        (2220, 2967),
+        base_spacing_um=0.499,
+        n_levels=1,
+        seed=42,
+        real_region=True,
+    ),
     SlideSpec("fidelity", "FID-03", "FID-SHORTEDGE-01", (1500, 1100), n_levels=2, short_edge_frames=True, seed=43),
     SlideSpec("fidelity", "FID-04", "FID-RGBLABEL-01", (1200, 900), n_levels=2, photometric="RGB", seed=44),
     # Both levels (1600 and 400 px wide) split into two instances sharing a ConcatenationUID.

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyvips
 
-from slidestock_testkit.slides import BUILD_VERSION, exact_size, tissue_image, to_array, uuid_for
+from slidestock_testkit.slides import BUILD_VERSION, base_image, level_image, to_array, uuid_for
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,8 @@ class SvsSpec:
     mpp: float = 0.25
     n_levels: int = 3
     seed: int = 0
+    # The base is the real CMU-1 region itself (see :func:`slides.base_image`).
+    real_region: bool = False
 
     @property
     def file_id(self) -> str:
@@ -39,7 +42,7 @@ GDC_SLIDES: tuple[SvsSpec, ...] = (
     SvsSpec("TCGA-G2-A003-01Z-00-DX1", (9600, 7200), n_levels=2, seed=23),
 )
 # The GDC twin of FIDELITY_SLIDES' one-level slide: the same pixels as an SVS.
-FIDELITY_SVS = SvsSpec("FID-ONELEVEL-01", (2220, 2967), mpp=0.499, n_levels=1, seed=42)
+FIDELITY_SVS = SvsSpec("FID-ONELEVEL-01", (2220, 2967), mpp=0.499, n_levels=1, seed=42, real_region=True)
 _APERIO = "Aperio Image Library v12.0.15"
 
 
@@ -48,7 +51,7 @@ def write_svs(spec: SvsSpec, path: Path) -> None:
     import tifffile
 
     width, height = spec.base_size_px
-    base = tissue_image(spec.base_size_px, spec.seed).copy_memory()
+    base = base_image(spec.base_size_px, spec.seed, spec.real_region).copy_memory()
     head = f"{_APERIO} \r\n{width}x{height} [0,0 {width}x{height}] (256x256) JPEG/RGB Q=80"
     options: dict[str, Any] = {"photometric": "rgb", "metadata": None}
     tiled: dict[str, Any] = {"tile": (256, 256), "compression": "jpeg", "compressionargs": {"level": 80}}
@@ -59,7 +62,7 @@ def write_svs(spec: SvsSpec, path: Path) -> None:
                   compression="jpeg", **options)  # fmt: skip
         for k in range(1, spec.n_levels):
             w, h = width // 4**k, height // 4**k
-            level = to_array(exact_size(base.resize(w / width, vscale=h / height), w, h))
+            level = to_array(level_image(base, (w, h)))
             tif.write(level, description=f"{head} -> {w}x{h} JPEG/RGB Q=80", **tiled, **options)
         label = np.full((320, 480, 3), 255, dtype=np.uint8)
         label[40:280:8, 40:440] = 0
@@ -67,6 +70,20 @@ def write_svs(spec: SvsSpec, path: Path) -> None:
         macro = to_array(base.thumbnail_image(1024))
         tif.write(macro, description=f"{_APERIO}\r\nmacro {macro.shape[1]}x{macro.shape[0]}",
                   compression="jpeg", subfiletype=9, **options)  # fmt: skip
+
+
+def write_vips_pyramid(spec: SvsSpec, path: Path, quality: int = 90) -> None:
+    """``spec`` as libvips writes a pyramidal TIFF (``tiffsave(pyramid=True)``): not Aperio's library.
+
+    Every page repeats the base's description, its ``MPP`` included, and the reduced pages are marked
+    with NewSubfileType 1: what slidestock must read by size ratio, as OpenSlide does.
+    """
+    width, height = spec.base_size_px
+    base = base_image(spec.base_size_px, spec.seed, spec.real_region).copy()
+    description = f"{_APERIO} \r\n{width}x{height} [0,0 {width}x{height}] (256x256) JPEG/RGB Q={quality}"
+    base.set_type(pyvips.GValue.gstr_type, "image-description", f"{description}|AppMag = 40|MPP = {spec.mpp:.4f}")
+    base.tiffsave(str(path), tile=True, tile_width=256, tile_height=256, pyramid=True, compression="jpeg",
+                  Q=quality, depth="onetile", bigtiff=False)  # fmt: skip
 
 
 def build_gdc(out_dir: Path, specs: Sequence[SvsSpec] = GDC_SLIDES) -> dict[str, Path]:

@@ -88,7 +88,8 @@ def test_base_level_of_sparse_and_uncompressed_slides(
     # Missing tiles are filled with white; the scanner's own background is (242, 241, 238).
     white = {k: int((np.asarray(Image.open(r["image"])) == 255).all(axis=2).sum()) for k, r in recs.items()}
     assert white["EDGE-SPARSE-01"] >= 0.8 * missing_area_px(edge_build, "EDGE-SPARSE-01") / 4  # at half the resolution
-    assert white["EDGE-RAW-01"] == white["EDGE-NOSPACING-01"] == white["EDGE-MIXED-01"] == 0
+    # Elsewhere pure white is rare: real tissue's brightest glass (0.01 % of the image here, not whole tiles).
+    assert max(white["EDGE-RAW-01"], white["EDGE-NOSPACING-01"], white["EDGE-MIXED-01"]) < 0.001 * 1300 * 1000
     # The ICC profile of the DICOM's optical path is carried into the image; none is invented.
     with Image.open(recs["EDGE-RAW-01"]["image"]) as png:
         assert png.info["icc_profile"] == dicomseries.srgb_profile()

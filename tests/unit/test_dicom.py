@@ -17,10 +17,11 @@ import pyarrow.parquet as pq
 import pydicom
 import pytest
 
-from slidestock.dicom import read_concatenation, read_header
+from slidestock.dicom import read_header
 from slidestock.errors import DecodeError
-from slidestock.reduce import plan_shrink, read_level, reduce_level
-from slidestock_testkit import fixtures, indextables, slides
+from slidestock.reduce import JPEG, JPEG2000, RAW, block_mean, plan_decode, read_level, reduce_level, resize_exact
+from slidestock_testkit import indextables, slides
+from slidestock_testkit.tissue import texture_array as tissue_array
 
 
 def series_folders(demo_build: dict[str, Path]) -> list[Path]:
@@ -91,11 +92,12 @@ def test_read_level_matches_openslide(
     # Alone in its folder, as a download is: OpenSlide would otherwise find the series' other levels.
     path = tmp_path / "level.dcm"
     shutil.copyfile(instance_path(demo_build, instance_table, row), path)
-    level = read_level(path)
+    header = read_header(path)
+    level = reduce_level(header)
     width, height = int(row["TotalPixelMatrixColumns"]), int(row["TotalPixelMatrixRows"])
-    assert level.header.size_px == (width, height) == (level.image.width, level.image.height)
-    assert level.header.spacing_xy_um is not None
-    assert level.header.spacing_xy_um[0] == pytest.approx(row["PixelSpacing_0"] * 1000, rel=0.05)
+    assert header.size_px == (width, height) == (level.image.width, level.image.height)
+    assert header.spacing_xy_um is not None
+    assert header.spacing_xy_um[0] == pytest.approx(row["PixelSpacing_0"] * 1000, rel=0.05)
     ours = level.image.numpy()
     slide = openslide.OpenSlide(str(path))
     assert slide.level_count == 1
@@ -169,7 +171,7 @@ def test_a_one_frame_label_in_several_fragments_is_one_frame(
     split = tmp_path / "split.dcm"
     ds.save_as(split)
     level = read_level(split)
-    assert level.header.size_px == (int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows))
+    assert read_header(split).size_px == (int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows))
     assert np.array_equal(level.image.numpy(), read_level(path).image.numpy())
 
 
@@ -189,10 +191,11 @@ def alone(path: Path, folder: Path) -> Path:
 
 def test_uncompressed_frames_match_openslide(edge_build: dict[str, Path], tmp_path: Path) -> None:
     for i, path in enumerate(edge_files(edge_build, "EDGE-RAW-01")):
-        level = read_level(alone(path, tmp_path / str(i)))
-        assert level.header.transfer_syntax == slides.EXPLICIT_VR_LE
+        header = read_header(alone(path, tmp_path / str(i)))
+        level = reduce_level(header)
+        assert header.transfer_syntax == slides.EXPLICIT_VR_LE
         reference = openslide.OpenSlide(str(tmp_path / str(i) / "level.dcm"))
-        expected = np.asarray(reference.read_region((0, 0), 0, level.header.size_px).convert("RGB"))
+        expected = np.asarray(reference.read_region((0, 0), 0, header.size_px).convert("RGB"))
         assert np.array_equal(level.image.numpy(), expected)
 
 
@@ -200,12 +203,12 @@ def test_sparse_level_fills_missing_tiles_with_background(edge_build: dict[str, 
     base = alone(edge_files(edge_build, "EDGE-SPARSE-01")[0], tmp_path / "base")
     ds = pydicom.dcmread(base, stop_before_pixels=True)
     assert ds.DimensionOrganizationType == "TILED_SPARSE"
-    level = read_level(base)
-    assert level.header.organization == "TILED_SPARSE"
-    assert level.header.missing_tiles == 11 * 8 - int(ds.NumberOfFrames) > 0
-    ours = level.image.numpy().astype(int)
+    header = read_header(base)
+    assert header.organization == "TILED_SPARSE"
+    assert header.missing_tiles == 11 * 8 - int(ds.NumberOfFrames) > 0
+    ours = reduce_level(header).image.numpy().astype(int)
     # OpenSlide leaves missing tiles transparent; where it has pixels, ours are the same.
-    rgba = np.asarray(openslide.OpenSlide(str(base)).read_region((0, 0), 0, level.header.size_px)).astype(int)
+    rgba = np.asarray(openslide.OpenSlide(str(base)).read_region((0, 0), 0, header.size_px)).astype(int)
     present = rgba[..., 3] == 255
     assert 0 < present.mean() < 1
     assert np.abs(ours[present] - rgba[..., :3][present]).mean() < 0.5
@@ -214,7 +217,7 @@ def test_sparse_level_fills_missing_tiles_with_background(edge_build: dict[str, 
 
 def test_levels_without_spacing_have_none_in_header(edge_build: dict[str, Path], tmp_path: Path) -> None:
     files = edge_files(edge_build, "EDGE-NOSPACING-01")
-    spacings = [read_level(alone(p, tmp_path / str(i))).header.spacing_xy_um for i, p in enumerate(files)]
+    spacings = [read_header(alone(p, tmp_path / str(i))).spacing_xy_um for i, p in enumerate(files)]
     assert spacings == [(0.25, 0.25), None, None]
 
 
@@ -228,31 +231,32 @@ def test_lossless_jpeg2000_rct_level_is_exact(edge_build: dict[str, Path], tmp_p
         if pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID == slides.JPEG_2000_LOSSLESS
     )
     path = alone(lossless, tmp_path / "rct")
-    level = read_level(path)
-    assert level.header.photometric == "YBR_RCT"
-    reference = openslide.OpenSlide(str(path)).read_region((0, 0), 0, level.header.size_px).convert("RGB")
-    assert np.array_equal(level.image.numpy(), np.asarray(reference))
+    header = read_header(path)
+    assert header.photometric == "YBR_RCT"
+    reference = openslide.OpenSlide(str(path)).read_region((0, 0), 0, header.size_px).convert("RGB")
+    assert np.array_equal(reduce_level(header).image.numpy(), np.asarray(reference))
 
 
 @pytest.mark.parametrize(
-    ("syntax", "scale", "tile", "levels", "expected"),
+    ("codec", "scale", "size", "levels", "expected"),
     [
-        (slides.JPEG_BASELINE, None, 256, 0, (1, 1)),
-        (slides.JPEG_BASELINE, 0.267, 256, 0, (1, 1)),
-        (slides.JPEG_BASELINE, 0.25, 256, 0, (2, 1)),
-        (slides.JPEG_BASELINE, 0.0667, 256, 0, (4, 1)),
-        (slides.JPEG_BASELINE, 0.01, 256, 0, (8, 6)),
-        (slides.JPEG_2000, 0.01, 256, 5, (32, 1)),
-        (slides.JPEG_2000, 0.01, 256, 2, (4, 12)),
-        (slides.JPEG_2000, 0.01, 250, 5, (2, 25)),
-        (slides.JPEG_2000, 0.01, 256, 0, (1, 50)),
-        (slides.EXPLICIT_VR_LE, 0.01, 256, 0, (1, 50)),
+        (JPEG, None, 2221, 0, 1),
+        (JPEG, 0.267, 2221, 0, 1),  # a factor 3.75: all of it to Lanczos
+        (JPEG, 1 / 6, 2221, 0, 2),  # 6 = 2 in the DCT, 3 to Lanczos
+        (JPEG, 1 / 11.9, 2221, 0, 2),  # 4 in the DCT would leave Lanczos less than 3
+        (JPEG, 1 / 12, 2221, 0, 4),
+        (JPEG, 1 / 30, 2221, 0, 8),
+        (JPEG, 1 / 300, 2221, 0, 8),
+        (JPEG2000, 1 / 30, 2048, 5, 8),  # resolution levels, on a level every one divides
+        (JPEG2000, 1 / 30, 2048, 2, 4),  # as many as the codestream has
+        (JPEG2000, 1 / 30, 2221, 5, 1),  # ragged: decoded whole (see plan_decode)
+        (RAW, 1 / 30, 2048, 0, 1),
     ],
 )
-def test_plan_shrink_leaves_a_factor_two_for_the_resize(
-    syntax: str, scale: float | None, tile: int, levels: int, expected: tuple[int, int]
+def test_the_decoder_reduces_only_where_lanczos_keeps_a_factor_three(
+    codec: str, scale: float | None, size: int, levels: int, expected: int
 ) -> None:
-    assert plan_shrink(syntax, scale, (tile, tile), levels) == expected
+    assert plan_decode(codec, scale, (256, 256), (size, 1536), levels) == expected
 
 
 def level_file(demo_build: dict[str, Path], instances: pd.DataFrame, syntax: str, columns: int, folder: Path) -> Path:
@@ -260,114 +264,30 @@ def level_file(demo_build: dict[str, Path], instances: pd.DataFrame, syntax: str
     return alone(instance_path(demo_build, instances, rows.iloc[0]), folder)
 
 
-@pytest.mark.parametrize(("syntax", "columns"), [(slides.JPEG_BASELINE, 2050), (slides.JPEG_2000, 2250)])
-def test_shrink_on_decode_gives_the_same_picture(
-    demo_build: dict[str, Path], instance_table: pd.DataFrame, tmp_path: Path, syntax: str, columns: int
-) -> None:
-    from slidestock.reduce import resize_exact
-
-    # A 1 µm/px level to 15 µm/px: JPEG in the DCT, JPEG 2000 by dropping two wavelet levels.
-    path = level_file(demo_build, instance_table, syntax, columns, tmp_path / "one")
-    full, shrunk = read_level(path), read_level(path, scale=1 / 15, threads=2)
-    width, height = full.header.size_px
-    assert (shrunk.decode_shrink, shrunk.box) == (4, 1)
-    # The whole level: 2050 / 4 = 512.5 -> 513 columns, the last standing for half a pixel.
-    assert (shrunk.image.width, shrunk.image.height) == (-(-width // 4), -(-height // 4))
-    assert shrunk.header.size_px == (full.image.width, full.image.height)
-    size = (round(width / 15), round(height / 15))
-    a = resize_exact(full.image, size).numpy().astype(int)
-    b = resize_exact(shrunk.image, size, (width / 4, height / 4)).numpy().astype(int)
-    assert np.abs(a - b).mean() < 2.0
-
-
-def test_box_average_is_the_rounded_block_mean(edge_build: dict[str, Path], tmp_path: Path) -> None:
-    path = alone(edge_files(edge_build, "EDGE-RAW-01")[0], tmp_path / "raw")
-    full = read_level(path).image.numpy().astype(np.uint32)
-    reduced = read_level(path, scale=0.1, threads=3)
-    assert (reduced.decode_shrink, reduced.box) == (1, 5)
-    height, width = full.shape[0] // 5, full.shape[1] // 5
-    blocks = full[: height * 5, : width * 5].reshape(height, 5, width, 5, 3).sum(axis=(1, 3))
-    image = reduced.image.numpy()
-    assert np.array_equal(image[:height, :width], ((blocks + 12) // 25).astype(np.uint8))
-    # A level of 2600 x 2000 px: the last column of blocks is 2600 - 5 * 520 = 0 wide, the rows end exactly.
-    assert image.shape[:2] == (-(-full.shape[0] // 5), -(-full.shape[1] // 5))
-
-
-def test_box_reduce_averages_the_pixels_a_cut_block_has() -> None:
-    from slidestock.reduce import box_reduce
-
-    rng = np.random.default_rng(7)
-    pixels = rng.integers(0, 256, size=(11, 13, 3), dtype=np.uint8)
-    out = box_reduce([pixels[:6], pixels[6:]], (13, 11), 4, "test")
+def test_block_mean_averages_the_pixels_a_cut_block_has() -> None:
+    pixels = tissue_array((13, 11), 7)
+    out = block_mean(pixels, 4)
     assert out.shape == (3, 4, 3)
     wide = pixels.astype(float)
-    for row, col in [(0, 0), (1, 2), (2, 1), (0, 3), (2, 3)]:
-        block = wide[row * 4 : row * 4 + 4, col * 4 : col * 4 + 4]
-        assert np.array_equal(out[row, col], np.floor(block.mean(axis=(0, 1)) + 0.5)), (row, col)
-    # The last column and row standing for a quarter and a half of a pixel: weighted means.
-    weighted = box_reduce([pixels], (13, 11), 4, "test", edge_share=(0.25, 0.5))
-    weights = np.outer([1, 1, 0.5], [1.0, 0.25])[:, :, None]
-    corner = (wide[8:11, 12:13] * weights[:, 1:]).sum(axis=(0, 1)) / weights[:, 1:].sum()
-    assert np.array_equal(weighted[2, 3], np.floor(corner + 0.5))
-    assert np.array_equal(weighted[:2, :3], out[:2, :3])
+    for row in range(3):
+        for col in range(4):
+            block = wide[row * 4 : row * 4 + 4, col * 4 : col * 4 + 4]
+            assert np.array_equal(out[row, col], np.floor(block.mean(axis=(0, 1)) + 0.5)), (row, col)
+    assert block_mean(pixels, 1) is pixels
 
 
-def fidelity_files(build: dict[str, Path], container: str) -> list[Path]:
-    index = pd.read_parquet(build["index"]).set_index("SeriesInstanceUID")
-    sm = pd.read_parquet(build["sm_index"]).set_index("ContainerIdentifier")
-    uuid = index.loc[sm.loc[container, "SeriesInstanceUID"], "crdc_series_uuid"]
-    return sorted((build["s3_root"] / slides.BUCKET / uuid).glob("*.dcm"))
-
-
-def test_a_fluorescence_channel_is_refused_with_the_reason(fidelity_build: dict[str, Path]) -> None:
-    for path in fidelity_files(fidelity_build, "FID-FLUO-01"):
-        with pytest.raises(DecodeError, match=r"MONOCHROME2 with 1 sample\(s\) per pixel: one channel of a fluor"):
-            read_header(path)
-
-
-def test_concatenation_parts_read_together_make_the_level(fidelity_build: dict[str, Path]) -> None:
-
-    files = fidelity_files(fidelity_build, "FID-CONCAT-01")
-    parts = [p for p in files if pydicom.dcmread(p, stop_before_pixels=True).TotalPixelMatrixColumns == 1600]
-    assert len(parts) == 2
-    for part in parts:
-        with pytest.raises(DecodeError, match=r"part [12] of a concatenation of 2 instances holds 1[78] of the"):
-            read_header(part)
-    # Either order on input: the parts are laid out by ConcatenationFrameOffsetNumber.
-    header = read_concatenation(list(reversed(parts)), "concat")
-    assert len(header.grid) == 7 * 5
-    assert [f.file for f in header.grid if f is not None] == [0] * 17 + [1] * 18
-
-    image = reduce_level(header).image.numpy().astype(int)
-    level = slides.tissue_image((1600, 1200), 45).numpy().astype(int)
-    assert image.shape == level.shape
-    assert np.abs(image - level).mean() < 3.0  # JPEG's loss only: every tile of both parts in its place
-
-
-def test_a_frame_larger_than_the_tile_fails_as_malformed(fidelity_build: dict[str, Path], tmp_path: Path) -> None:
-    # FID-SHORTEDGE-01's 375 x 275 px level in 2 x 2 frames of 256 px, relabelled as 200 px tiles
-    # (still 2 x 2): its first frame then decodes larger than the tile the header promises.
-    (level,) = [p for p in fidelity_files(fidelity_build, "FID-SHORTEDGE-01")
-                if pydicom.dcmread(p, stop_before_pixels=True).TotalPixelMatrixColumns == 375]  # fmt: skip
-    ds = pydicom.dcmread(level)
-    ds.Rows = ds.Columns = 200
-    relabelled = tmp_path / "relabelled.dcm"
-    ds.save_as(relabelled)
-    with pytest.raises(DecodeError, match=r"frame 1 decodes to 256 x 256 px .*expected 200 x 200 px .*malformed"):
-        read_level(relabelled)
-
-
-def test_fixture_build_tells_its_progress(tmp_path: Path) -> None:
-    said: list[str] = []
-    specs = (
-        slides.SlideSpec("p", "P-01", "P-01-01Z-00-DX1", (600, 400), n_levels=2, seed=1),
-        slides.SlideSpec("p", "P-02", "P-02-01Z-00-DX1", (500, 300), n_levels=1, seed=2),
-    )
-    built = fixtures.build(tmp_path / "build", specs, progress=said.append)
-    assert [line.split(":")[0] for line in said] == ["slide 1 of 2 written", "slide 2 of 2 written"]
-    sizes = pd.read_parquet(built["sm_instance_index"]).groupby("SeriesInstanceUID")["instance_size"].sum()
-    assert sorted(f"{size:,} bytes" in " ".join(said) for size in sizes) == [True, True]
-    assert "P-01-01Z-00-DX1, 2 instances" in said[0]
-    said.clear()
-    fixtures.build(tmp_path / "build", specs, progress=said.append)
-    assert said == []  # reused: nothing written, nothing said
+def test_a_ragged_level_decoded_in_the_dct_keeps_its_last_partial_block(
+    demo_build: dict[str, Path], instance_table: pd.DataFrame, tmp_path: Path
+) -> None:
+    # The 2050 px level (no multiple of 4) to 1/13: 4 in the DCT, its last column of blocks 2 pixels wide.
+    path = level_file(demo_build, instance_table, slides.JPEG_BASELINE, 2050, tmp_path / "one")
+    header = read_header(path)
+    width, height = header.size_px
+    size = (round(width / 13), round(height / 13))
+    reduced = reduce_level(header, size, threads=2)
+    assert (reduced.decode_shrink, reduced.lanczos_factor) == (4, pytest.approx(13 / 4, abs=0.02))
+    full = resize_exact(reduce_level(header).image, size)  # the level decoded whole, then Lanczos
+    assert (reduced.image.width, reduced.image.height) == size
+    # The last column comes from the level's last two pixels: the same as decoding everything whole.
+    last = np.abs(reduced.image.numpy()[:, -1].astype(int) - full.numpy()[:, -1].astype(int))
+    assert last.mean() < 1.0

@@ -18,7 +18,8 @@ import pytest
 
 from slidestock.errors import FetchError
 from slidestock.gdcapi import BlockCache, GdcClient, RangeNotSupportedError, coalesce, fetch_ranges
-from slidestock.svs import decode_page, page_levels
+from slidestock.levels import Target
+from slidestock.svs import PageTiles, choose_page, page_levels, reduce_page
 from slidestock.tiff import read_pages, tile_locations
 from slidestock_testkit import gdcserver, svsfiles
 
@@ -35,15 +36,17 @@ def test_svs_pages_are_classified_and_spaced(gdc_build: dict[str, Path]) -> None
     assert [p.kind for p in pages] == ["level", "thumbnail", "level", "level", "label", "macro"]
     assert pages[0].spacing_um == 0.25
     assert [p.size_px for p in pages if p.kind == "level"] == [(8000, 6000), (2000, 1500), (500, 375)]
-    assert [lv.spacing_um for lv in page_levels(pages)] == [0.25, None, None]
+    # Only the base page says its spacing; the others' follow from the size ratio (as OpenSlide derives them).
+    assert [lv.spacing_um for lv in page_levels(pages).levels] == [0.25, 1.0, 4.0]
+    assert page_levels(pages).notes == ()
 
 
 def test_decoded_page_matches_openslide(gdc_build: dict[str, Path]) -> None:
     path = gdc_build["files"] / SPEC.file_id
     read = file_reader(path)
     page = read_pages(read)[3]
-    tiles = [read(o, n) for o, n in tile_locations(read, page)]
-    ours = decode_page(page, tiles, "svs").numpy().astype(int)
+    tiles = PageTiles(page, read, lambda ranges: [read(o, n) for o, n in ranges], "svs")
+    ours = reduce_page(tiles, None).image.numpy().astype(int)
     slide = openslide.OpenSlide(str(path))
     reference = np.asarray(slide.read_region((0, 0), 2, page.size_px).convert("RGB")).astype(int)
     assert ours.shape == reference.shape == (375, 500, 3)
@@ -145,5 +148,32 @@ def test_svs_page_spacings_are_exact_not_rounded() -> None:
                  locations=None, byteorder="<", bigtiff=False)
         for i in range(3)
     ]  # fmt: skip
-    choice = choose_level(page_levels(pages), Target(mpp=4.0))
+    choice = choose_level(page_levels(pages).levels, Target(mpp=4.0))
     assert (choice.level.size_px, choice.scale) == ((500, 375), 1.0)
+
+
+def test_a_libvips_pyramid_is_read_from_the_page_the_rule_picks(tmp_path: Path) -> None:
+    """Observed on a held-out 40,000 px SVS written by libvips: every page says the base's MPP, its reduced pages
+    are marked NewSubfileType 1 (taken for labels), and the slide was read at 15 µm/px from its base page."""
+    path = tmp_path / "vips.svs"
+    svsfiles.write_vips_pyramid(svsfiles.SvsSpec("VIPS-01", (6000, 4500), mpp=0.2527, seed=3), path)
+    read = file_reader(path)
+    pages = read_pages(read)
+    assert [p.subfiletype for p in pages] == [0] + [1] * (len(pages) - 1)
+    assert {p.spacing_um for p in pages} == {0.2527}  # each page repeats the base's description
+    with openslide.OpenSlide(str(path)) as slide:
+        assert [p.size_px for p in pages] == list(slide.level_dimensions)
+    found = page_levels(pages)
+    assert [p.kind for p in pages] == ["level"] * len(pages)
+    assert [round(lv.spacing_um or 0, 4) for lv in found.levels] == [
+        round(0.2527 * 6000 / p.size_px[0], 4) for p in pages
+    ]
+    assert (
+        found.notes[0]
+        == "page 1 says 0.2527 µm/px; the base page's 0.2527 µm/px and the size ratio give 0.5054, which is used"
+    )
+    chosen = choose_page(read, Target(mpp=15.0), "vips")
+    # 0.2527 µm x 32 = 8.09 µm: the coarsest page at least as fine as 15 µm/px (the next is 16.2).
+    assert (chosen.page.index, chosen.page.size_px) == (5, (187, 140))
+    tiles = PageTiles(chosen.page, read, lambda ranges: [read(o, n) for o, n in ranges], "vips")
+    assert tiles.tile_bytes < path.stat().st_size / 100  # the page's own tiles, not the base's

@@ -11,6 +11,7 @@ from xml.etree import ElementTree
 
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 
 from slidestock import plots
 from slidestock.lockfile import read_lock_header
@@ -286,3 +287,18 @@ def test_page_says_the_target_date_config_links_each_slide_and_groups_failures()
     # Read first: the failures come before the plots and the table, whose error cells stay one line.
     assert page.index('id="failures"') < page.index('id="plots-title"') < page.index('id="slides"')
     assert '<td class="error" title="d: frame 7 cannot be decoded (broken)">d: frame 7 cannot be decoded' in page
+
+
+@pytest.mark.slow
+def test_thumbnails_are_made_of_an_output_of_any_size(tmp_path: Path) -> None:
+    """Observed: a one-level slide at 0.3 µm/px gave an 851 MP output, and the report stopped on it
+    (`PIL.Image.DecompressionBombError`). A 360 MP PNG (past Pillow's limit twice over) is shrunk by libvips."""
+    import pyvips
+
+    from slidestock.thumbnails import thumbnail
+
+    big = tmp_path / "big.png"
+    stripes = (pyvips.Image.xyz(20000, 18000)[0] % 256).cast("uchar")
+    stripes.bandjoin([stripes, stripes]).copy(interpretation="srgb").pngsave(str(big), compression=1)
+    small = thumbnail(big)
+    assert small.size == (160, 144)

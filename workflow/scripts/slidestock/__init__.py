@@ -4,4 +4,4 @@ The version is written into every record and decides which slides a new release 
 pyproject.toml reads it from here.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

@@ -2,9 +2,9 @@
 
 pydicom reads the header up to the pixel data; the frames are then located in the file
 without being read (one instance, or the parts of a concatenation laid out as one level),
-and :func:`decode_frame` decodes one (libjpeg-turbo and OpenJPEG through Pillow, or
-uncompressed), at a reduced scale when the decoder can. :mod:`slidestock.reduce` streams
-them into a small image.
+and :func:`decode_frame_data` decodes one (libjpeg-turbo and OpenJPEG through Pillow, or
+uncompressed), at a reduced scale when the decoder can. :class:`FrameTiles` hands them to
+:mod:`slidestock.reduce`, which streams them into a small image.
 """
 
 from __future__ import annotations
@@ -386,22 +386,64 @@ def _pread_frame(fd: int, frame: Frame, item: str) -> bytes:
     return data
 
 
-def decode_frame(
-    fd: int, frame: Frame, header: LevelHeader, decode: int, notes: list[tuple[int, int, int]] | None = None
-) -> np.ndarray:
-    """One frame as a (rows, columns, 3) array at 1/``decode`` of the tile size.
+class FrameTiles:
+    """A downloaded level's frames as the reducer's tiles (:class:`slidestock.reduce.Tiles`): each row's frames
+    read from its files, each frame decoded by :func:`decode_frame_data`. Frames stored smaller than the
+    tile are noted, and said once by :meth:`notes`."""
 
-    A frame stored smaller than the tile (some converters write edge frames at
-    the size of the pixels they hold; DICOM asks for whole tiles) is placed at
-    its tile's corner and the rest filled as background, with a note in ``notes``.
-    """
-    return decode_frame_data(_pread_frame(fd, frame, header.item), frame, header, decode, notes)
+    def __init__(self, header: LevelHeader) -> None:
+        self.header = header
+        self._fds: list[int] = []
+        self._notes: list[tuple[int, int, int]] = []
+
+    def __enter__(self) -> FrameTiles:
+        self._fds = [os.open(path, os.O_RDONLY) for path in self.header.files]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+
+    @property
+    def size_px(self) -> tuple[int, int]:
+        return self.header.size_px
+
+    @property
+    def tile_px(self) -> tuple[int, int]:
+        return self.header.tile_px
+
+    def row(self, row: int) -> list[bytes | None]:
+        across = self.header.across
+        frames = self.header.grid[row * across : (row + 1) * across]
+        return [None if f is None else _pread_frame(self._fds[f.file], f, self.header.item) for f in frames]
+
+    def decode(self, data: bytes, index: int, decode: int) -> np.ndarray:
+        frame = self.header.grid[index]
+        assert frame is not None
+        return decode_frame_data(data, frame, self.header, decode, self._notes)
+
+    def notes(self) -> tuple[str, ...]:
+        """What was unusual about the frames, said once."""
+        if not self._notes:
+            return ()
+        first, width, height = min(self._notes)
+        tile_w, tile_h = self.header.tile_px
+        return (
+            f"{len(set(self._notes))} frames stored smaller than the {tile_w} x {tile_h} px tile (first: frame "
+            f"{first}, about {width} x {height} px): placed at their tile's corner, the rest filled as background",
+        )
 
 
 def decode_frame_data(
     data: bytes, frame: Frame, header: LevelHeader, decode: int, notes: list[tuple[int, int, int]] | None = None
 ) -> np.ndarray:
-    """One frame's bytes decoded (see :func:`decode_frame`)."""
+    """One frame's bytes as a (rows, columns, 3) array at 1/``decode`` of the tile size.
+
+    A frame stored smaller than the tile (some converters write edge frames at
+    the size of the pixels they hold; DICOM asks for whole tiles) is placed at
+    its tile's corner and the rest filled as background, with a note in ``notes``.
+    """
     item, syntax = header.item, header.transfer_syntax
     expected = (math.ceil(header.tile_px[1] / decode), math.ceil(header.tile_px[0] / decode), 3)
     array: np.ndarray

@@ -5,79 +5,88 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Generator, Iterator
-from functools import partial
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyvips
 
 from slidestock.errors import DecodeError, FetchError, SlidestockError
-from slidestock.gdcapi import BLOCK_BYTES, BlockCache, GdcClient, RangeNotSupportedError, fetch_ranges
-from slidestock.levels import Level, choose_level
+from slidestock.gdcapi import BLOCK_BYTES, BlockCache, GdcClient, RangeNotSupportedError
+from slidestock.levels import Level, choose_level, output_size_px
 from slidestock.output import write_output
-from slidestock.provenance import Facts, Fetched, Part, Timed
-from slidestock.reduce import openslide_region
+from slidestock.provenance import Facts, Fetched, Part, Timed, Warned
+from slidestock.reduce import openslide_level_reduced
 from slidestock.slide import SlideJob, slide_target
-from slidestock.svs import choose_page, decode_page
-from slidestock.tiff import ReadRange, tile_locations
+from slidestock.svs import PageTiles, choose_page, reduce_page
+from slidestock.tiff import ReadRange
 
 log = logging.getLogger(__name__)
-
-
-TileGetter = Callable[[list[tuple[int, int]]], list[bytes]]
 
 
 # GDC files up to this size are downloaded whole: range reads of their directory and tiles would move as much.
 SMALL_FILE_BYTES = 4 * BLOCK_BYTES
 
 
-# What a level read yields: its facts as they are known, then (returned) the image and the level's µm/px.
-LevelRead = Generator[Part, None, tuple[pyvips.Image, float | None]]
+# What a level read yields: its facts as they are known, then (returned) the output and its level's facts.
+LevelRead = Generator[Part, None, "Output"]
+
+
+@dataclass(frozen=True)
+class Output:
+    """A page at the target's size, the page's µm/px (None: unknown) and its size."""
+
+    image: pyvips.Image
+    spacing_um: float | None
+    level_size_px: tuple[int, int]
 
 
 def fetch_and_downsample(job: SlideJob) -> Iterator[Part]:
     """Read the SVS directory with Range requests, fetch only the chosen page's tiles, downsample.
 
-    With ``mode: whole``, or when the server ignores Range, the whole file is
-    downloaded (resumable, checked against the manifest md5) and deleted after.
-    Yields what it learns as it goes.
+    With ``mode: whole``, when the server ignores Range, or for a file no larger than the
+    directory reads would be, the whole file is downloaded (resumable, checked against the
+    manifest md5) and deleted after. Yields what it learns as it goes.
     """
     plan = job.plan
     if job.gdc is None:
         raise SlidestockError(f"{plan.slide_id}: a GDC slide, but no gdc settings were given")
     file_id, size = plan.gdc_file_id, plan.instance_size
     client = GdcClient(job.gdc.api, job.gdc.token, attempts=job.attempts)
-    meta = client.metadata(file_id)
-    if int(meta["file_size"]) != size:
-        raise FetchError(f"{file_id}: the GDC API says {meta['file_size']} bytes; the manifest says {size}")
     item = f"{plan.slide_id} (GDC {file_id})"
     t0 = time.monotonic()
     yield Facts("source", {"url": f"{job.gdc.api.rstrip('/')}/data/{file_id}", "gdc_file_id": file_id})
     yield Facts("gdc", {"mode": job.gdc.mode, "file_size_bytes": size})
+    small = size <= SMALL_FILE_BYTES
     with tempfile.TemporaryDirectory(prefix="slidestock-", dir=job.tmpdir) as scratch:
         whole = _svs_whole(client, file_id, size, plan.md5, Path(scratch), job, item)
-        if job.gdc.mode == "range" and size <= SMALL_FILE_BYTES:
-            # The directory reads alone would move about this much: the file whole costs no more.
+        if job.gdc.mode == "range" and small:
+            # Its directory reads alone would move about this much: the file whole (size and md5 checked) costs less.
             yield Facts("gdc", {"mode": f"whole (a file of {size} bytes: no larger than its directory reads)"})
-            image, spacing = yield from whole
+            output = yield from whole
         elif job.gdc.mode == "range":
+            _check_size(client, file_id, size)
             try:
-                cache = BlockCache(client, file_id, size)
-                parallel = job.gdc.parallel
-                tiles = partial(fetch_ranges, client, file_id, parallel=parallel)
-                image, spacing = yield from _svs_level(cache.read, job, item, tiles)
+                output = yield from _svs_level(BlockCache(client, file_id, size), job, item)
             except (RangeNotSupportedError, DecodeError) as err:
                 why = "server ignored Range" if isinstance(err, RangeNotSupportedError) else f"range read failed: {err}"
                 log.warning("%s: %s; downloading the whole file", item, why)
                 yield Facts("gdc", {"mode": f"whole ({why})"})
-                image, spacing = yield from whole
+                output = yield from whole
         else:
-            image, spacing = yield from whole
+            output = yield from whole
         yield Fetched(client.bytes_fetched)
-        yield Facts("gdc", {"requests": client.requests})
-        xy = None if spacing is None else (spacing, spacing)  # None: sized by the fallback
-        yield write_output(job, slide_target(job, xy), image, xy)
+        yield Facts("gdc", {"requests": client.requests, "api_bytes": client.api_bytes})
+        xy = None if output.spacing_um is None else (output.spacing_um, output.spacing_um)  # None: the fallback's size
+        yield write_output(job, slide_target(job, xy), output.image, xy, output.level_size_px)
     yield Timed({"fetch_and_downsample": round(time.monotonic() - t0, 3)})
+
+
+def _check_size(client: GdcClient, file_id: str, size: int) -> None:
+    """The file the API serves is the size the manifest says (before range reads trust the manifest's size)."""
+    meta = client.metadata(file_id)
+    if int(meta["file_size"]) != size:
+        raise FetchError(f"{file_id}: the GDC API says {meta['file_size']} bytes; the manifest says {size}")
 
 
 def _svs_whole(
@@ -94,10 +103,20 @@ def _svs_whole(
             return handle.read(length)
 
         try:
-            return (yield from _svs_level(read, job, item, lambda ranges: [read(o, n) for o, n in ranges]))
+            return (yield from _svs_level(LocalFile(read), job, item))
         except DecodeError as ours:
             log.warning("%s: %s; trying OpenSlide", item, ours)
             return (yield from _openslide_level(local, job, item, ours))
+
+
+class LocalFile:
+    """A downloaded file as the page reader's source: its reads, and its tiles read the same way."""
+
+    def __init__(self, read: ReadRange) -> None:
+        self.read = read
+
+    def fetch(self, ranges: list[tuple[int, int]], parallel: int = 1) -> list[bytes]:
+        return [self.read(offset, length) for offset, length in ranges]
 
 
 def _openslide_level(path: Path, job: SlideJob, item: str, why: DecodeError) -> LevelRead:
@@ -118,7 +137,8 @@ def _openslide_level(path: Path, job: SlideJob, item: str, why: DecodeError) -> 
         ]  # fmt: skip
         choice = choose_level(levels, job.settings.target, slide=item)
         index = int(choice.level.sop_instance_uid.removeprefix("page"))
-        image = openslide_region(slide, index, choice.level.size_px)
+        out_px = _output_px(job, choice.level.size_px, choice.spacing_um)
+        image = openslide_level_reduced(slide, index, choice.level.size_px, out_px).image
     yield Facts(
         "level",
         {
@@ -131,24 +151,37 @@ def _openslide_level(path: Path, job: SlideJob, item: str, why: DecodeError) -> 
             "transfer_syntax": "openslide",
         },
     )
-    return image, choice.spacing_um
+    return Output(image, choice.spacing_um, choice.level.size_px)
 
 
-def _svs_level(read: ReadRange, job: SlideJob, item: str, get_tiles: TileGetter) -> LevelRead:
-    """Choose the page by the level rule, say why, and decode its tiles from ``get_tiles``."""
-    page, choice, levels, pages = choose_page(read, job.settings.target, item)
+def _output_px(job: SlideJob, level_px: tuple[int, int], spacing_um: float | None) -> tuple[int, int]:
+    xy = None if spacing_um is None else (spacing_um, spacing_um)
+    return output_size_px(level_px, xy, slide_target(job, xy))
+
+
+def _svs_level(source: BlockCache | LocalFile, job: SlideJob, item: str) -> LevelRead:
+    """Choose the page by the level rule, say why, and reduce its tiles (fetched a row at a time) to the output."""
+    chosen = choose_page(source.read, job.settings.target, item)
+    page, choice = chosen.page, chosen.choice
+    for note in chosen.notes:
+        log.warning("%s: %s", item, note)
+    yield Warned(chosen.notes)
+    parallel = job.gdc.parallel if job.gdc else 1
+    tiles = PageTiles(page, source.read, lambda ranges: source.fetch(ranges, parallel), item)
     yield Facts(
         "level",
         {
             "reason": choice.reason,
             "page": page.index,
-            "n_levels": len(levels),
+            "n_levels": len(chosen.levels),
             "size_px": list(page.size_px),
             "spacing_um": choice.spacing_um,
             "spacing_derived": choice.spacing_derived,
             "transfer_syntax": f"tiff-compression-{page.compression}",
-            "skipped_pages": [f"{p.index}:{p.kind}" for p in pages if p.kind != "level"],
+            "skipped_pages": [f"{p.index}:{p.kind}" for p in chosen.pages if p.kind != "level"],
+            "page_tile_bytes": tiles.tile_bytes,
         },
     )
-    tiles = get_tiles(tile_locations(read, page, item))
-    return decode_page(page, tiles, item), choice.spacing_um
+    reduced = reduce_page(tiles, _output_px(job, page.size_px, choice.spacing_um), threads=job.threads)
+    yield Facts("level", {"decode_shrink": reduced.decode_shrink, "lanczos_factor": reduced.lanczos_factor})
+    return Output(reduced.image, choice.spacing_um, page.size_px)

@@ -78,7 +78,9 @@ class GdcClient:
     attempts: int = 4
     backoff_s: float = 1.0
     timeout_s: float = 60.0
+    # The file's own bytes (ranges, downloads); the API's answers about it are counted apart.
     bytes_fetched: int = 0
+    api_bytes: int = 0
     requests: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -88,9 +90,12 @@ class GdcClient:
             headers["X-Auth-Token"] = self.token
         return {**headers, **(extra or {})}
 
-    def _count(self, n_bytes: int) -> None:
+    def _count(self, n_bytes: int, api: bool = False) -> None:
         with self._lock:
-            self.bytes_fetched += n_bytes
+            if api:
+                self.api_bytes += n_bytes
+            else:
+                self.bytes_fetched += n_bytes
             self.requests += 1
 
     def _retrying(self, what: str, action: Callable[[], T]) -> T:
@@ -104,7 +109,7 @@ class GdcClient:
             request = urllib.request.Request(url, headers=self._headers())
             with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:
                 body = answer.read()
-            self._count(len(body))
+            self._count(len(body), api=True)
             data = json.loads(body).get("data", {})
             if not isinstance(data, dict) or "file_size" not in data:
                 raise FetchError(f"/files/{file_id}: no file_size in the answer")
@@ -203,9 +208,24 @@ class BlockCache:
             for b in range(missing[0], missing[-1] + 1):
                 lo = b * self.block_bytes - start
                 self.blocks[b] = data[lo : lo + self.block_bytes]
+        return self.cached(offset, length) or b""
+
+    def cached(self, offset: int, length: int) -> bytes | None:
+        """The bytes of a range that the blocks read already hold whole, else None (nothing is fetched)."""
+        first, last = offset // self.block_bytes, (offset + length - 1) // self.block_bytes
+        if length <= 0 or any(b not in self.blocks for b in range(first, last + 1)):
+            return None
         joined = b"".join(self.blocks[b] for b in range(first, last + 1))
         skip = offset - first * self.block_bytes
         return joined[skip : skip + length]
+
+    def fetch(self, ranges: Sequence[tuple[int, int]], parallel: int = 4) -> list[bytes]:
+        """The bytes of each range: from the blocks read already where they hold it, the rest by Range requests
+        (coalesced, several in flight). No byte the cache holds is fetched again."""
+        held = [self.cached(offset, length) for offset, length in ranges]
+        wanted = [r for r, data in zip(ranges, held, strict=True) if data is None]
+        fetched = iter(fetch_ranges(self.client, self.file_id, wanted, parallel) if wanted else [])
+        return [data if data is not None else next(fetched) for data in held]
 
 
 def coalesce(ranges: Sequence[tuple[int, int]], gap_bytes: int = COALESCE_GAP_BYTES) -> list[tuple[int, int]]:

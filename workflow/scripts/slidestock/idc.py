@@ -14,7 +14,7 @@ from slidestock.fetch import FetchResult
 from slidestock.levels import output_size_px
 from slidestock.output import with_icc_profile, write_image, write_output
 from slidestock.provenance import Associated, Facts, Fetched, Part, Timed, Warned, sha256_file
-from slidestock.reduce import openslide_reduced, read_level, reduce_level
+from slidestock.reduce import openslide_reduced, reduce_level
 from slidestock.slide import SlideJob, level_downloads, level_file, side_path, slide_target
 
 log = logging.getLogger(__name__)
@@ -47,18 +47,15 @@ def fetch_and_downsample(job: SlideJob, fetched: Mapping[Path, FetchResult | Fet
     spacing = header.spacing_xy_um or plan.level_spacing_um
     target = slide_target(job, spacing)
     size = output_size_px(header.size_px, spacing, target)
-    scale = max(size[0] / header.size_px[0], size[1] / header.size_px[1])
     if job.settings.backend == "pyvips":
-        level = reduce_level(header, scale=scale, threads=job.threads)
-        yield Facts("level", {"decode_shrink": level.decode_shrink, "box_shrink": level.box})
-        for warning in level.warnings:
-            log.warning("%s: %s", plan.slide_id, warning)
-        yield Warned(level.warnings)
-        image, shrink = level.image, level.shrink
+        reduced = reduce_level(header, size, threads=job.threads)
     else:
-        image, shrink = openslide_reduced(files[0], header, scale)
-        yield Facts("level", {"box_shrink": shrink})
-    yield write_output(job, target, with_icc_profile(image, header.icc_profile), spacing, header.size_px, shrink)
+        reduced = openslide_reduced(files[0], header.size_px, header.tile_px[1], size)
+    yield Facts("level", {"decode_shrink": reduced.decode_shrink, "lanczos_factor": reduced.lanczos_factor})
+    for warning in reduced.warnings:
+        log.warning("%s: %s", plan.slide_id, warning)
+    yield Warned(reduced.warnings)
+    yield write_output(job, target, with_icc_profile(reduced.image, header.icc_profile), spacing, header.size_px)
     yield from _export_associated(job, fetched)
     yield Timed({"fetch": round(fetch_s, 3), "downsample": round(time.monotonic() - t0, 3)})
 
@@ -88,13 +85,13 @@ def _export_associated(job: SlideJob, fetched: Mapping[Path, FetchResult | Fetch
         local = level_file(job, kind)
         result = prefetched(fetched, local)
         yield Fetched(result.bytes_fetched)
-        image = read_level(local, item=f"{job.plan.slide_id} {kind} ({url})")
-        spacing = image.header.spacing_xy_um
+        header = read_header(local, item=f"{job.plan.slide_id} {kind} ({url})")
+        spacing = header.spacing_xy_um
         path = side_path(job, kind)
-        write_image(image.image, path, spacing, "png")
+        write_image(reduce_level(header).image, path, spacing, "png")  # as it is: its own size
         exported[kind] = {
             "path": str(path),
-            "size_px": list(image.header.size_px),
+            "size_px": list(header.size_px),
             "spacing_um": None if spacing is None else list(spacing),
             "bytes_fetched": result.bytes_fetched,
             "sha256": sha256_file(path),

@@ -11,7 +11,6 @@ import pyvips
 from slidestock.errors import ConfigError
 from slidestock.levels import FORMATS, Target, output_size_px
 from slidestock.provenance import Written, sha256_file
-from slidestock.reduce import resize_exact
 from slidestock.slide import SlideJob, side_path
 
 
@@ -90,24 +89,21 @@ def tissue_fraction(mask: pyvips.Image) -> float:
 def write_output(
     job: SlideJob,
     target: Target,
-    image: pyvips.Image,
+    output: pyvips.Image,
     spacing: tuple[float, float] | None,
-    level_size: tuple[int, int] | None = None,
-    shrink: int = 1,
+    level_size: tuple[int, int],
 ) -> Written:
-    """Resize ``image`` to ``target`` and write it (and its tissue mask); what was written, for the record.
+    """Write the slide's image (and its tissue mask); what was written, for the record.
 
-    ``spacing`` is the level's µm/px (None: unknown, the image gets none) and
-    ``level_size`` its full size; ``image`` is ``ceil(level size / shrink)`` when
-    the level was reduced while decoding, and always covers the whole level.
+    ``output`` is the level at the target's size (:func:`slidestock.levels.output_size_px`),
+    ``spacing`` the level's µm/px (None: unknown, the image gets none) and ``level_size`` its size.
     """
-    level_size = level_size or (image.width, image.height)
     size = output_size_px(level_size, spacing, target)
+    if (output.width, output.height) != size:
+        raise ValueError(f"{job.plan.slide_id}: an output of {output.width} x {output.height} px; expected {size}")
     out_spacing = (
         None if spacing is None else (spacing[0] * level_size[0] / size[0], spacing[1] * level_size[1] / size[1])
     )
-    extent = (level_size[0] / shrink, level_size[1] / shrink)
-    output = resize_exact(image, size, extent)
     if job.settings.tissue_mask:  # in memory: the image file and the mask are made from one computation of it
         output = output.copy_memory()
     write_image(output, job.image_path, out_spacing, job.settings.format, job.settings.quality, job.settings.pyramid)

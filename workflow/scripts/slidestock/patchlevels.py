@@ -16,7 +16,7 @@ import numpy as np
 
 from slidestock.dicom import decode_frame_data
 from slidestock.errors import DecodeError, SlidestockError
-from slidestock.gdcapi import BlockCache, GdcClient, fetch_ranges
+from slidestock.gdcapi import BlockCache, GdcClient
 from slidestock.levels import Target
 from slidestock.objectstore import RangeClient
 from slidestock.patches import TiledLevel
@@ -163,7 +163,8 @@ def open_gdc(plan: PlanRow, gdc: GdcSettings | None, attempts: int, mpp: float) 
     file_id, item = plan.gdc_file_id, f"{plan.slide_id} (GDC {plan.gdc_file_id})"
     client = GdcClient(gdc.api, gdc.token, attempts=attempts)
     cache = BlockCache(client, file_id, plan.instance_size)
-    page, choice, levels, _ = choose_page(cache.read, Target(mpp=mpp), item)
+    chosen = choose_page(cache.read, Target(mpp=mpp), item)
+    page, choice, levels = chosen.page, chosen.choice, chosen.levels
     if choice.spacing_um is None or page.tile_px is None:
         raise SlidestockError(f"{item}: page {page.index} has no spacing or is not tiled; expected a tiled level")
     spacing = float(choice.spacing_um)
@@ -172,7 +173,7 @@ def open_gdc(plan: PlanRow, gdc: GdcSettings | None, attempts: int, mpp: float) 
         where = tile_locations(cache.read, page, item)
 
         def fetch(wanted: Sequence[int]) -> Mapping[int, bytes]:
-            bodies = fetch_ranges(client, file_id, [where[t] for t in wanted], parallel=gdc.parallel)
+            bodies = cache.fetch([where[t] for t in wanted], parallel=gdc.parallel)
             return dict(zip(wanted, bodies, strict=True))
 
         return Tiles(

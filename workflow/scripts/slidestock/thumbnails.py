@@ -14,16 +14,29 @@ import pandas as pd
 from PIL import Image
 
 THUMBNAIL_PX = 160
+# Outputs larger than this many pixels are shrunk by libvips, which streams them; Pillow holds them whole.
+LARGE_PX = 50_000_000
 
 
 def thumbnail(path: Path, size_px: int = THUMBNAIL_PX) -> Image.Image:
-    """``path`` shrunk to fit ``size_px`` (never enlarged), on white where it has alpha.
+    """``path`` shrunk to fit ``size_px`` (never enlarged), on white where it has alpha; an output of any size.
 
-    Pillow, not pyvips: for images this small, pyvips' cost per call dominates.
+    Pillow for the usual small outputs (pyvips' cost per call would dominate); libvips for a large
+    one (a one-level slide at a fine target can give hundreds of megapixels, past Pillow's limit).
     """
-    with Image.open(path) as opened:
-        opened.draft("RGB", (size_px, size_px))  # a JPEG decodes at a reduced scale
-        image = opened.convert("RGBA")
+    try:
+        with Image.open(path) as opened:
+            large = opened.width * opened.height > LARGE_PX
+            if not large:
+                opened.draft("RGB", (size_px, size_px))  # a JPEG decodes at a reduced scale
+                image = opened.convert("RGBA")
+    except Image.DecompressionBombError:
+        large = True
+    if large:
+        import pyvips
+
+        shrunk = pyvips.Image.thumbnail(str(path), size_px, height=size_px, size="down")
+        image = Image.fromarray(shrunk.numpy()).convert("RGBA")
     image.thumbnail((size_px, size_px))
     flat = Image.new("RGB", image.size, "white")
     flat.paste(image, mask=image.getchannel("A"))

@@ -57,11 +57,16 @@ class TiffPage:
 
     @property
     def kind(self) -> str:
-        """``level`` for a pyramid level; ``label``, ``macro`` or ``thumbnail`` otherwise."""
+        """``level`` for a pyramid level; ``label``, ``macro`` or ``thumbnail`` otherwise.
+
+        Aperio's label and macro pages are stripped and say so in their description's last line;
+        its thumbnail is stripped too. Every tiled page is a level: NewSubfileType 1 only says a
+        page is a reduced-resolution copy, which libvips sets on each of its pyramid's pages.
+        """
         last_line = self.description.lower().splitlines()[-1] if self.description.strip() else ""
         if last_line.startswith("macro"):
             return "macro"
-        if last_line.startswith("label") or self.subfiletype & 1:
+        if last_line.startswith("label"):
             return "label"
         if self.tile_px is None:
             return "thumbnail"
