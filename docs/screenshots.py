@@ -25,6 +25,7 @@ from tests.e2e.runs import demo_tables, snakemake, write_config  # noqa: E402
 
 def run_demo(folder: Path, build: dict[str, Path], root: Path, top: dict[str, object]) -> Path:
     """The demo's workflow over ``root`` (an S3 folder), through the proxy; the report's path."""
+    folder.mkdir(parents=True, exist_ok=True)
     with s3server.serving(root) as s3, faultproxy.serving(s3.url, folder / "proxy.log") as url:
         config = write_config(folder / "config.yaml", demo_tables(build), url, top)
         snakemake(folder, config)
@@ -32,17 +33,18 @@ def run_demo(folder: Path, build: dict[str, Path], root: Path, top: dict[str, ob
 
 
 def broken_copy(build: dict[str, Path], folder: Path) -> Path:
-    """The demo's objects with one level missing and one frame of another corrupt (hard links elsewhere)."""
+    """The demo's objects with one slide's levels missing and another's first frames corrupt (hard links elsewhere)."""
     root = folder / "s3"
     shutil.copytree(build["s3_root"], root, copy_function=os.link)
-    levels = sorted((root / "idc-open-data").rglob("*.dcm"), key=lambda p: p.stat().st_size)
-    missing, corrupt = levels[len(levels) // 2], levels[len(levels) // 2 + 1]
-    missing.unlink()
-    data = bytearray(corrupt.read_bytes())
-    start = data.find(b"\xff\xd8\xff")
-    data[start : start + 4] = b"\0\0\0\0"
-    corrupt.unlink()
-    corrupt.write_bytes(bytes(data))
+    series = sorted(p for p in (root / "idc-open-data").iterdir() if p.is_dir())
+    for level in series[0].glob("*.dcm"):
+        level.unlink()
+    for level in series[1].glob("*.dcm"):
+        data = bytearray(level.read_bytes())
+        start = data.find(b"\xff\xd8\xff")
+        data[start : start + 4] = b"\0\0\0\0"
+        level.unlink()
+        level.write_bytes(bytes(data))
     return root
 
 

@@ -186,7 +186,8 @@ def fetch_batch(
         if not pending:
             break
     for item in pending:
-        outcome[item.dest] = FetchError(f"{item.url}: {attempts} attempts failed; last: {last_error[item.dest]}")
+        tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
+        outcome[item.dest] = FetchError(f"{item.url}: {tries} failed; last: {last_error[item.dest]}")
     return outcome
 
 
