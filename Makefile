@@ -40,4 +40,4 @@ test-fast: lint
 	$(BIN)/pytest -m "not slow"
 
 clean:
-	rm -rf results logs .snakemake demo demo-gdc demo-patches resources/demo/build benchmarks/cohort benchmarks/plan benchmarks/batch
+	rm -rf results logs .snakemake demo demo-gdc demo-patches resources/demo/build

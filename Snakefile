@@ -8,11 +8,15 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/cohort.smk"
 include: "workflow/rules/slides.smk"
 include: "workflow/rules/patches.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/lifecycle.smk"
 
 
 # The batch tables are targets of their own: a batch whose table a run removed (it has slides
@@ -22,5 +26,5 @@ rule all:
     input:
         get_batch_tables,
         get_patch_outputs,
-        "results/report/slides.csv",
-        "results/report/index.html",
+        f"{REPORT}/slides.csv",
+        f"{REPORT}/index.html",

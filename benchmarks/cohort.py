@@ -23,9 +23,9 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "testkit"))
 
-from slidestock.cohort import CohortSpec, select_cohort
-from slidestock.lockfile import lock_frame, lock_text
-from slidestock.sources import TablePaths, bundled_prior_versions, connect, idc_index_tables
+from slidestock.select.cohort import CohortSpec, select_cohort
+from slidestock.select.lockfile import lock_frame, lock_text
+from slidestock.select.sources import TablePaths, bundled_prior_versions, connect, idc_index_tables
 from slidestock_testkit.indextables import arrow_table
 
 

@@ -42,8 +42,8 @@ sys.path.insert(0, str(REPO / "testkit"))
 FLOOR = """
 import io, math
 from PIL import Image
-from slidestock.dicom import read_frame, read_header
-from slidestock.reduce import JPEG, plan_decode
+from slidestock.read.dicom import read_frame, read_header
+from slidestock.image.reduce import JPEG, plan_decode
 header = read_header(Path(SRC))
 decode = plan_decode(JPEG, SCALE, header.tile_px, header.size_px) if SHRUNK else 1
 for frame in header.grid:
@@ -52,9 +52,9 @@ for frame in header.grid:
         picture.load()
 """
 FLOOR_SVS = """
-from slidestock.svs import PageTiles, choose_page, decode_tile
-from slidestock.levels import Target
-from slidestock.reduce import JPEG, plan_decode
+from slidestock.read.svs import PageTiles, choose_page, decode_tile
+from slidestock.plan.levels import Target
+from slidestock.image.reduce import JPEG, plan_decode
 handle = open(SVS, "rb")
 def read(offset, length):
     handle.seek(offset)
@@ -66,15 +66,15 @@ for index, (offset, length) in enumerate(tiles.locations):
     decode_tile(page, read(offset, length), "bench", index, decode)
 """
 SLIDESTOCK = """
-from slidestock.reduce import read_level
-from slidestock.output import write_image
+from slidestock.image.reduce import read_level
+from slidestock.image.output import write_image
 level = read_level(Path(SRC), out_px=SIZE, threads=THREADS)
 write_image(level.image, Path(OUT) / "s.png", (15.0, 15.0))
 """
 SVS_PAGE = """
-from slidestock.output import write_image
-from slidestock.svs import PageTiles, choose_page, reduce_page
-from slidestock.levels import Target
+from slidestock.image.output import write_image
+from slidestock.read.svs import PageTiles, choose_page, reduce_page
+from slidestock.plan.levels import Target
 handle = open(SVS, "rb")
 def read(offset, length):
     handle.seek(offset)
@@ -84,9 +84,9 @@ tiles = PageTiles(chosen.page, read, lambda ranges: [read(o, n) for o, n in rang
 write_image(reduce_page(tiles, SIZE, threads=THREADS).image, Path(OUT) / "v.png", (15.0, 15.0))
 """
 BACKEND_OPENSLIDE = """
-from slidestock.dicom import read_header
-from slidestock.output import write_image
-from slidestock.reduce import openslide_reduced
+from slidestock.read.local import read_header
+from slidestock.image.output import write_image
+from slidestock.image.reduce import openslide_reduced
 header = read_header(Path(SRC))
 reduced = openslide_reduced(Path(SRC), header.size_px, header.tile_px[1], SIZE)
 write_image(reduced.image, Path(OUT) / "b.png", (15.0, 15.0))
@@ -121,7 +121,7 @@ def make_level(folder: Path, size: tuple[int, int], large: bool) -> tuple[Path, 
     """The level as a DICOM file, and the same tiles as the base page of an SVS (libvips' tiled TIFF, JPEG Q90)."""
     import pyvips
 
-    from slidestock.reduce import reduce_level
+    from slidestock.image.reduce import reduce_level
     from slidestock_testkit import dicomseries, slides
 
     if large:
@@ -132,7 +132,7 @@ def make_level(folder: Path, size: tuple[int, int], large: bool) -> tuple[Path, 
         dicom = next((folder / slides.BUCKET / record.crdc_series_uuid).glob("*.dcm"))
     svs = folder / "page.svs"
     # The level's own pixels (decoded in rows, never whole) as one tiled JPEG page, without a pyramid.
-    from slidestock.dicom import read_header
+    from slidestock.read.local import read_header
 
     image: pyvips.Image = reduce_level(read_header(dicom)).image if not large else _large_image(dicom)
     image.set_type(pyvips.GValue.gstr_type, "image-description", f"Aperio bench |MPP = {0.25 if large else 1.0}")
@@ -144,7 +144,7 @@ def _large_image(dicom: Path) -> pyvips.Image:  # noqa: F821 (pyvips imported wh
     """A large single-level DICOM as a pyvips image libvips can stream to a TIFF: its frames, joined lazily."""
     import pyvips
 
-    from slidestock.dicom import read_frame, read_header
+    from slidestock.read.dicom import read_frame, read_header
 
     header = read_header(dicom)
     tiles = [pyvips.Image.jpegload_buffer(read_frame(dicom, frame, "bench")) for frame in header.grid if frame]

@@ -22,12 +22,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 sys.path.insert(0, str(REPO / "testkit"))
 
-from slidestock.cohort import CohortSpec, select_cohort  # noqa: E402
-from slidestock.fetch import s5cmd_binary  # noqa: E402
-from slidestock.levels import Target  # noqa: E402
-from slidestock.lockfile import lock_frame  # noqa: E402
-from slidestock.plan import plan_frame  # noqa: E402
-from slidestock.sources import TablePaths, connect, instance_levels  # noqa: E402
+from slidestock.plan.levels import Target  # noqa: E402
+from slidestock.plan.planner import plan_frame  # noqa: E402
+from slidestock.read.fetch import s5cmd_binary  # noqa: E402
+from slidestock.select.cohort import CohortSpec, select_cohort  # noqa: E402
+from slidestock.select.lockfile import lock_frame  # noqa: E402
+from slidestock.select.sources import TablePaths, connect, instance_levels  # noqa: E402
 from slidestock_testkit import fixtures, s3server  # noqa: E402
 
 

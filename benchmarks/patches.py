@@ -40,14 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 sys.path.insert(0, str(REPO / "testkit"))
 
-from slidestock.dicom import (  # noqa: E402
-    decode_frame_data,
-    read_header,
-)
-from slidestock.fetch import s5cmd_base  # noqa: E402
-from slidestock.objectstore import RangeClient  # noqa: E402
-from slidestock.output import write_image  # noqa: E402
-from slidestock.patches import (  # noqa: E402
+from slidestock.image.output import write_image  # noqa: E402
+from slidestock.image.patches import (  # noqa: E402
     TiledLevel,
     choose_patches,
     crop_px,
@@ -55,8 +49,15 @@ from slidestock.patches import (  # noqa: E402
     patch_tiles,
     span_px,
 )
-from slidestock.reduce import openslide_region, resize_exact  # noqa: E402
-from slidestock.remote import RemoteObject, fetch_frames, locate_frames, read_level_header  # noqa: E402
+from slidestock.image.reduce import openslide_region, resize_exact  # noqa: E402
+from slidestock.read.dicom import (  # noqa: E402
+    decode_frame_data,
+    read_header,
+)
+from slidestock.read.fetch import s5cmd_base  # noqa: E402
+from slidestock.read.frames import locate_tiles  # noqa: E402
+from slidestock.read.objectstore import RangeClient  # noqa: E402
+from slidestock.read.remote import RemoteObject, fetch_frames, open_instance  # noqa: E402
 from slidestock.settings import PatchSettings  # noqa: E402
 from slidestock_testkit import dicomseries, faultproxy, s3server  # noqa: E402
 
@@ -79,13 +80,13 @@ def ours(endpoint: str, size: int, patches_settings: PatchSettings, mask: np.nda
     """The slidestock path; returns its time, bytes and requests."""
     start = time.perf_counter()
     obj = RemoteObject(RangeClient(endpoint, parallel=8), f"s3://{KEY}", size)
-    level = read_level_header(obj, "bench")
+    level = open_instance(obj, "bench")
     header = level.header
     geometry = TiledLevel(header.size_px, header.tile_px, header.icc_profile)
     span = span_px(header.spacing_xy_um or (0.25, 0.25), patches_settings)
     patches = choose_patches(mask, header.size_px, span, patches_settings, "bench")
     tiles = sorted({t for p in patches for t in patch_tiles(p, crop_px(span), geometry)})
-    located = locate_frames(obj, level, tiles)
+    located = locate_tiles(obj, level, tiles)
     for patch, image in cut_patches(
         patches,
         geometry,

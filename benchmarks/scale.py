@@ -37,10 +37,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 sys.path.insert(0, str(REPO / "testkit"))
 
-from slidestock.fetch import BatchItem, fetch_batch  # noqa: E402
-from slidestock.levels import Level  # noqa: E402
-from slidestock.output import write_image  # noqa: E402
-from slidestock.reduce import read_level  # noqa: E402
+from slidestock.image.output import write_image  # noqa: E402
+from slidestock.image.reduce import read_level  # noqa: E402
+from slidestock.plan.levels import Level  # noqa: E402
+from slidestock.read.fetch import BatchItem, fetch_batch  # noqa: E402
 from slidestock_testkit import dicomseries, indextables, s3server, slides  # noqa: E402
 
 WORK = REPO / "benchmarks" / "work"

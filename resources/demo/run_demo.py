@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 sys.path.insert(0, str(REPO / "testkit"))
 
-from slidestock.status import run_lines  # noqa: E402
-from slidestock.stock import Stock  # noqa: E402
+from slidestock.state import Stock  # noqa: E402
+from slidestock.tell.status import run_lines  # noqa: E402
 from slidestock_testkit import faultproxy, fixtures, gdcserver, s3server, svsfiles  # noqa: E402
 
 BUILD = REPO / "resources" / "demo" / "build"

@@ -24,8 +24,8 @@ from pydicom.encaps import encapsulate, encapsulate_extended
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID
 
-from slidestock.dicom import read_header
-from slidestock.levels import Level
+from slidestock.plan.levels import Level
+from slidestock.read.local import read_header
 from slidestock_testkit.slides import (
     BACKGROUND_RGB,
     BUCKET,

@@ -7,7 +7,9 @@ streamed back, except for request paths that contain a rule's ``match``:
 
 - ``{"match": "...", "mode": "503"}``: answer 503 Slow Down;
 - ``{"match": "...", "mode": "stall"}``: send nothing until the client gives up;
-- ``{"match": "...", "mode": "slow", "bytes_per_s": N}``: stream the body at N bytes/s.
+- ``{"match": "...", "mode": "slow", "bytes_per_s": N}``: stream the body at N bytes/s;
+- ``{"match": "...", "mode": "whole"}``: ignore a Range header: the whole object, 200, no Content-Range
+  (as a plain web server that does not serve ranges answers).
 
 A rule with ``"times": N`` misbehaves for its first N matching requests only, then forwards.
 
@@ -88,7 +90,8 @@ def make_handler(upstream: str, rules_path: Path) -> type[BaseHTTPRequestHandler
             length = int(self.headers.get("Content-Length") or 0)
             body_in = self.rfile.read(length) if length else None
             conn = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port, timeout=60)
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+            dropped = ("host", "connection", "range") if mode == "whole" else ("host", "connection")
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
             conn.request(self.command, self.path, body=body_in, headers=headers)
             answer = conn.getresponse()
             ranged = "Range" in self.headers and answer.status == 200 and answer.getheader("Content-Range")

@@ -14,7 +14,7 @@ import numpy as np
 import pyvips
 from pydicom.uid import UID, generate_uid
 
-from slidestock.levels import Level
+from slidestock.plan.levels import Level
 from slidestock_testkit.tissue import layout, region, texture
 
 WSI_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.1.77.1.6")

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from slidestock.reduce import resize_exact
+from slidestock.image.reduce import resize_exact
 from slidestock_testkit import slides
 from slidestock_testkit.s3server import S3Server, free_port, serving
 from tests.e2e.runs import REPO, demo_tables, run_in, snakemake, snakemake_argv, write_config

@@ -156,7 +156,7 @@ def test_hostile_file_names_stay_inside_results(
     outside = [p for p in created if workdir not in p.parents and p != workdir]
     assert outside == []
     top = {p.relative_to(workdir).parts[0] for p in created if p != workdir}
-    assert top <= {"results", "logs", "benchmarks", ".snakemake", "scratch", "config.yaml"}
+    assert top <= {"results", "logs", ".snakemake", "scratch", "config.yaml"}
     assert not list(tmp_path.rglob("PWNED"))
     ids = sorted(records(run))
     assert all(all(c.isalnum() or c in "._-" for c in slide) for slide in ids)

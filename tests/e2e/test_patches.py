@@ -24,9 +24,9 @@ import webdataset
 import yaml
 from PIL import Image
 
-from slidestock.dicom import read_header
-from slidestock.output import tissue_mask
-from slidestock.reduce import openslide_region, resize_exact
+from slidestock.image.output import tissue_mask
+from slidestock.image.reduce import openslide_region, resize_exact
+from slidestock.read.local import read_header
 from slidestock_testkit import faultproxy, gdcserver, s3server
 from slidestock_testkit.dicomseries import srgb_profile
 from slidestock_testkit.s3server import S3Server

@@ -117,8 +117,9 @@ return [document.documentElement.clientWidth, right(document.getElementById('sli
 
 def test_the_slide_table_fits_a_1280_px_window_with_a_failure(run: Run, browser: Any, tmp_path: Path) -> None:
     """Observed: the table was 1,541 px wide in a 1,280 px window: its error and file-link columns cut off."""
-    from slidestock.lockfile import read_lock
-    from slidestock.report import ReportInputs, render_html, report_frame
+    from slidestock.select.lockfile import read_lock
+    from slidestock.tell.report import ReportInputs, render_html
+    from slidestock.tell.slidetable import report_frame
 
     records = [json.loads(p.read_text()) for p in sorted((run.workdir / "results/slides").glob("*.json"))]
     first = records[0]

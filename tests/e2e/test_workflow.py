@@ -431,7 +431,7 @@ def test_each_batch_reports_its_progress_in_its_log_and_the_terminal(first: Run)
 
 
 def test_status_reads_a_run_as_it_goes(first: Run, tmp_path: Path) -> None:
-    from slidestock.status import read_status
+    from slidestock.tell.status import read_status
 
     results = tmp_path / "results"
     shutil.copytree(first.workdir / "results", results)

@@ -19,10 +19,10 @@ import openslide
 import pytest
 from PIL import Image
 
-from slidestock.dicom import read_header
-from slidestock.levels import Target
-from slidestock.reduce import openslide_reduced, reduce_level
-from slidestock.svs import PageTiles, choose_page, reduce_page
+from slidestock.image.reduce import openslide_reduced, reduce_level
+from slidestock.plan.levels import Target
+from slidestock.read.local import read_header
+from slidestock.read.svs import PageTiles, choose_page, reduce_page
 from slidestock_testkit import dicomseries, slides, svsfiles, tissue
 
 # Level size over output size: from just above 1 to 1/90, on both sides of each decoder's factors.

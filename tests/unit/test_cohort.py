@@ -13,10 +13,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from slidestock.cohort import Cohort, CohortSpec, allocate, select_cohort
 from slidestock.errors import CohortError, ConfigError
-from slidestock.lockfile import lock_frame, lock_text, read_lock, slide_id
-from slidestock.sources import TablePaths, connect, instance_levels
+from slidestock.select.cohort import Cohort, CohortSpec, allocate, select_cohort
+from slidestock.select.lockfile import lock_frame, lock_text, read_lock, slide_id
+from slidestock.select.sources import TablePaths, connect, instance_levels
 from slidestock_testkit.indextables import arrow_table
 
 REAL_INDEX = Path(str(idc_index_data.IDC_INDEX_PARQUET_FILEPATH))
@@ -108,7 +108,7 @@ def test_unknown_column_names_the_nearest(real_tables: TablePaths) -> None:
 def test_unknown_value_stops_with_nearest_and_logs_the_query(
     real_tables: TablePaths, typo: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="slidestock.cohort")
+    caplog.set_level(logging.INFO, logger="slidestock.select.cohort")
     with pytest.raises(CohortError) as info:
         draw(connect(real_tables), {"collection_id": [typo]}, 5, 1)
     message = str(info.value)
@@ -132,7 +132,7 @@ def test_one_unknown_value_of_a_list_stops_the_draw(real_tables: TablePaths) -> 
 def test_values_that_exist_but_never_together_log_the_query(
     real_tables: TablePaths, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="slidestock.cohort")
+    caplog.set_level(logging.INFO, logger="slidestock.select.cohort")
     with pytest.raises(CohortError) as info:
         draw(
             connect(real_tables), {"collection_id": ["tcga_brca"], "Modality": ["SM"], "PatientID": ["C3L-00001"]}, 5, 1

@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pydicom
 import pytest
 
-from slidestock.dicom import read_header
 from slidestock.errors import DecodeError
-from slidestock.reduce import JPEG, JPEG2000, RAW, block_mean, plan_decode, read_level, reduce_level, resize_exact
+from slidestock.image.reduce import JPEG, JPEG2000, RAW, block_mean, plan_decode, read_level, reduce_level, resize_exact
+from slidestock.read.local import read_header
 from slidestock_testkit import indextables, slides
 from slidestock_testkit.tissue import texture_array as tissue_array
 

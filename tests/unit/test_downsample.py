@@ -10,8 +10,8 @@ import pyvips
 from PIL import Image
 
 from slidestock.errors import ConfigError
-from slidestock.output import write_image
-from slidestock.reduce import resize_exact
+from slidestock.image.output import write_image
+from slidestock.image.reduce import resize_exact
 
 
 def checkerboard(width: int, height: int) -> pyvips.Image:
@@ -66,7 +66,7 @@ def test_unknown_format_is_refused_before_writing(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("fmt", "suffix"), [("png", "png"), ("jpeg", "jpg"), ("tiff", "tiff"), ("webp", "webp")])
 def test_every_format_that_can_carries_the_resolution(tmp_path: Path, fmt: str, suffix: str) -> None:
-    from slidestock.levels import FORMATS
+    from slidestock.plan.levels import FORMATS
 
     assert FORMATS[fmt] == suffix
     path = tmp_path / f"slide.{suffix}"
@@ -100,7 +100,7 @@ def test_icc_profile_is_carried_into_the_png(tmp_path: Path) -> None:
 
 
 def test_tissue_mask_finds_stain_and_not_glass() -> None:
-    from slidestock.output import tissue_fraction, tissue_mask
+    from slidestock.image.output import tissue_fraction, tissue_mask
 
     pixels = np.full((10, 20, 3), (242, 241, 238), dtype=np.uint8)  # glass
     pixels[:, :5] = (200, 120, 170)  # eosin-pink: coloured

@@ -63,12 +63,21 @@ def env_pypi_packages(env: Path) -> dict[str, str]:
     return packages
 
 
+def module_file(name: str) -> Path | None:
+    """The file of library module ``slidestock.a.b`` (a module or a package), ``None`` for a name in a module."""
+    path = SCRIPTS.joinpath(*name.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def imported_by_jobs() -> set[str]:
     """Top-level third-party modules that the rule scripts import, directly or through the library."""
     todo = [*SCRIPTS.glob("*.py")]
-    common = (REPO / "workflow" / "rules" / "common.smk").read_text()
-    todo += [SCRIPTS / "slidestock" / f"{line.split()[1].split('.')[1]}.py"
-             for line in common.splitlines() if line.startswith("from slidestock.")]  # fmt: skip
+    for rules in (REPO / "workflow" / "rules").glob("*.smk"):
+        todo += [found for line in rules.read_text().splitlines() if line.startswith("from slidestock.")
+                 for found in [module_file(line.split()[1])] if found is not None]  # fmt: skip
     seen: set[Path] = set()
     third: set[str] = set()
     while todo:
@@ -86,8 +95,8 @@ def imported_by_jobs() -> set[str]:
             for name in names:
                 parts = name.split(".")
                 if parts[0] == "slidestock":
-                    module = SCRIPTS / "slidestock" / f"{parts[1]}.py" if len(parts) > 1 else None
-                    if module is not None and module.exists():
+                    module = module_file(name)
+                    if module is not None:
                         todo.append(module)
                 elif parts[0] not in sys.stdlib_module_names and parts[0] != "__future__":
                     third.add(parts[0])

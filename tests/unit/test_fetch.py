@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from slidestock.errors import ConfigError, FetchError, MissingObjectError, WrongSizeError
-from slidestock.fetch import (
+from slidestock.plan.planner import object_url
+from slidestock.read.fetch import (
     BatchItem,
     FetchResult,
     check_free_disk,
@@ -20,7 +21,6 @@ from slidestock.fetch import (
     s5cmd_base,
     source_url,
 )
-from slidestock.plan import object_url
 from slidestock_testkit.s3server import S3Server
 
 

@@ -16,11 +16,11 @@ import numpy as np
 import openslide
 import pytest
 
-from slidestock.errors import FetchError
-from slidestock.gdcapi import BlockCache, GdcClient, RangeNotSupportedError, coalesce, fetch_ranges
-from slidestock.levels import Target
-from slidestock.svs import PageTiles, choose_page, page_levels, reduce_page
-from slidestock.tiff import read_pages, tile_locations
+from slidestock.errors import FetchError, RangeNotSupportedError
+from slidestock.plan.levels import Target
+from slidestock.read.gdcapi import BlockCache, GdcClient, fetch_ranges
+from slidestock.read.svs import PageTiles, choose_page, page_levels, reduce_page
+from slidestock.read.tiff import read_pages, tile_locations
 from slidestock_testkit import gdcserver, svsfiles
 
 SPEC = svsfiles.GDC_SLIDES[0]
@@ -53,15 +53,6 @@ def test_decoded_page_matches_openslide(gdc_build: dict[str, Path]) -> None:
     assert np.abs(ours - reference).mean() < 0.5
 
 
-def test_coalesce_merges_near_ranges() -> None:
-    assert coalesce([(100, 10), (0, 50), (60, 10), (10_000_000, 5)], gap_bytes=20) == [
-        (0, 70),
-        (100, 10),
-        (10_000_000, 5),
-    ]
-    assert coalesce([(0, 10), (5, 10)], gap_bytes=0) == [(0, 15)]
-
-
 @pytest.fixture
 def server(gdc_build: dict[str, Path], request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     options = getattr(request, "param", {})
@@ -76,9 +67,9 @@ def test_range_reads_move_only_the_bytes_asked_for(server: str, gdc_build: dict[
     cache = BlockCache(client, SPEC.file_id, path.stat().st_size)
     page = read_pages(cache.read)[3]
     ranges = tile_locations(cache.read, page)
-    tiles = fetch_ranges(client, SPEC.file_id, ranges, parallel=3)
+    tiles = fetch_ranges(client, SPEC.file_id, ranges, parallel=3).bodies
     data = path.read_bytes()
-    assert tiles == [data[o : o + n] for o, n in ranges]
+    assert [tiles[r] for r in ranges] == [data[o : o + n] for o, n in ranges]
     assert client.bytes_fetched < 0.05 * len(data)
 
 
@@ -137,9 +128,9 @@ def test_token_is_sent_and_never_shown(server: str, tmp_path: Path, caplog: pyte
 
 
 def test_svs_page_spacings_are_exact_not_rounded() -> None:
-    from slidestock.levels import Target, choose_level
-    from slidestock.svs import page_levels
-    from slidestock.tiff import TiffPage
+    from slidestock.plan.levels import Target, choose_level
+    from slidestock.read.svs import page_levels
+    from slidestock.read.tiff import TiffPage
 
     # Aperio MPP 0.25 on the base, pages of 4 and 16 µm: a 4 µm target takes the 4 µm page, unscaled.
     pages = [

@@ -8,10 +8,12 @@ import pandas as pd
 import pydicom
 import pytest
 
-from slidestock.dicom import header_spacing_um
 from slidestock.errors import FetchError, UnreachableError
-from slidestock.headers import PREFIX_BYTES, HeaderReader, http_url, parse_prefix
-from slidestock.plan import object_url
+from slidestock.plan.planner import object_url
+from slidestock.read.dicom import header_spacing_um
+from slidestock.read.fetch import http_url
+from slidestock.read.headers import SHARED_GROUPS, HeaderReader
+from slidestock.read.ranges import PREFIX_BYTES, parse_header
 from slidestock_testkit.s3server import S3Server, free_port
 
 
@@ -47,10 +49,12 @@ def test_header_spacing_read_by_range_equals_the_file(instances: list[tuple[str,
 
 def test_a_prefix_that_ends_inside_the_header_is_incomplete(instances: list[tuple[str, Path]]) -> None:
     data = instances[0][1].read_bytes()
-    assert parse_prefix(data[:600]) is None
-    complete = parse_prefix(data[: PREFIX_BYTES[0]])
+    assert parse_header(data[:600], SHARED_GROUPS + 1) is None
+    complete = parse_header(data[: PREFIX_BYTES[0]], SHARED_GROUPS + 1)
     assert complete is not None
-    assert "SharedFunctionalGroupsSequence" in complete
+    assert "SharedFunctionalGroupsSequence" in complete.ds
+    assert complete.next_tag is not None
+    assert complete.next_tag > SHARED_GROUPS
 
 
 def test_missing_object_fails_that_slide_and_a_closed_port_is_unreachable(

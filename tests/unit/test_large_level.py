@@ -18,9 +18,9 @@ import pydicom
 import pytest
 from PIL import Image
 
-from slidestock.dicom import read_header
-from slidestock.output import write_image
-from slidestock.reduce import openslide_reduced, read_level
+from slidestock.image.output import write_image
+from slidestock.image.reduce import openslide_reduced, read_level
+from slidestock.read.local import read_header
 from slidestock_testkit import dicomseries, slides
 
 

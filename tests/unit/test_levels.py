@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from slidestock.errors import ConfigError, LevelError
-from slidestock.levels import (
+from slidestock.plan.levels import (
     Level,
     Target,
     choose_level,

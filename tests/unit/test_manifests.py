@@ -8,7 +8,7 @@ import pytest
 
 from slidestock.config import resolve_idc_version
 from slidestock.errors import CohortError, ConfigError
-from slidestock.manifests import read_gdc_manifest, read_idc_manifest, slide_barcode
+from slidestock.select.manifests import read_gdc_manifest, read_idc_manifest, slide_barcode
 
 UUID_A = "68c0f13e-4607-4e55-aef1-6df1ac3a78f5"
 UUID_B = "EA64BE3F-70CD-419F-92DE-7423460DD9D5"

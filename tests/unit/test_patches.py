@@ -13,12 +13,16 @@ import openslide
 import pandas as pd
 import pytest
 
-from slidestock.dicom import LevelHeader, decode_frame_data, read_header
 from slidestock.errors import FetchError
-from slidestock.objectstore import RangeClient, touching
-from slidestock.patches import TiledLevel, choose_patches, crop_px, cut_patches, patch_tiles, span_px
-from slidestock.reduce import openslide_region, resize_exact
-from slidestock.remote import RemoteObject, fetch_frames, locate_frames, read_level_header
+from slidestock.image.patches import TiledLevel, choose_patches, crop_px, cut_patches, patch_tiles, span_px
+from slidestock.image.reduce import openslide_region, resize_exact
+from slidestock.read.codestreams import decode_frame_data
+from slidestock.read.dicom import LevelHeader
+from slidestock.read.frames import locate_tiles
+from slidestock.read.local import read_header
+from slidestock.read.objectstore import NEAR_BYTES, RangeClient
+from slidestock.read.ranges import PREFIX_BYTES, merge
+from slidestock.read.remote import RemoteObject, fetch_frames, open_instance
 from slidestock.settings import PatchSettings
 from slidestock_testkit import faultproxy, s3server
 from slidestock_testkit.slides import PATCH_FRAMES_LOCATED_BY
@@ -62,11 +66,11 @@ def _tissue_everywhere(shape: tuple[int, int] = (60, 80)) -> np.ndarray:
 
 def _cut(url: str, size: int, endpoint: str, mask: np.ndarray, settings: PatchSettings = SETTINGS):
     obj = RemoteObject(RangeClient(endpoint), url, size)
-    level = read_level_header(obj, url)
+    level = open_instance(obj, url)
     span = span_px(level.header.spacing_xy_um, settings)
     patches = choose_patches(mask, level.header.size_px, span, settings, url)
     tiles = sorted({t for p in patches for t in patch_tiles(p, crop_px(span), tiled(level.header))})
-    located = locate_frames(obj, level, tiles)
+    located = locate_tiles(obj, level, tiles)
     images = list(
         cut_patches(
             patches, tiled(level.header), span, settings.size_px,
@@ -82,9 +86,9 @@ def _cut(url: str, size: int, endpoint: str, mask: np.ndarray, settings: PatchSe
 def test_frames_are_located_where_the_file_has_them(container, served, base_levels) -> None:
     url, local, size = base_levels[container]
     obj = RemoteObject(RangeClient(served[0]), url, size)
-    level = read_level_header(obj, container)
+    level = open_instance(obj, container)
     every = range(level.header.across * level.header.down)
-    located = locate_frames(obj, level, every)
+    located = locate_tiles(obj, level, every)
     assert located.method == METHODS[container]
     whole = read_header(local)  # the level read from the file itself, fragment by fragment
     for tile in every:
@@ -132,23 +136,25 @@ def test_bytes_fetched_are_the_covered_frames_and_the_header_reads(container, se
     crop = crop_px(span)
     covered = {t for patch, _ in images for t in patch_tiles(patch, crop, tiled(level.header))}
     # Touching or 8 bytes apart (an item header between two frames located by a TIFF directory): one range.
-    frames = touching([(o - 8, n + 8) if located.items else (o, n) for t in covered for o, n in whole.grid[t].parts])
+    frames = merge(
+        [(o - 8, n + 8) if located.items else (o, n) for t in covered for o, n in whole.grid[t].parts], NEAR_BYTES
+    )
     header_reads = [r for r in ranges if not any(f[0] <= r[0] < f[0] + f[1] for f in frames)]
     # Whatever is not a covered frame is the header prefix or the TIFF directory: a few requests.
-    assert ranges[0] == (0, 16 << 10)
+    assert ranges[0] == (0, PREFIX_BYTES[0])
     assert len(header_reads) <= 2, header_reads
     frame_bytes = sum(n for r in ranges if r not in header_reads for n in [r[1]])
     assert frame_bytes <= sum(n for _, n in frames)  # the covered frames' own bytes (some came with the header)
-    assert sum(n for _, n in header_reads) <= (16 << 10) + (64 << 10)  # the header prefix, the TIFF directory
+    assert sum(n for _, n in header_reads) <= PREFIX_BYTES[0] + (64 << 10)  # the header prefix, the TIFF directory
     for offset, length in frames:  # every covered frame arrived
-        assert any(r <= offset and offset + length <= r + n for r, n in touching(ranges)), (offset, length)
+        assert any(r <= offset and offset + length <= r + n for r, n in merge(ranges, NEAR_BYTES)), (offset, length)
 
 
 def test_a_walk_reads_only_up_to_the_last_frame_needed(served, base_levels) -> None:
     url, _, size = base_levels["PT-NONE-01"]
     obj = RemoteObject(RangeClient(served[0]), url, size)
-    level = read_level_header(obj, url)
-    located = locate_frames(obj, level, [0, 1, level.header.across])
+    level = open_instance(obj, url)
+    located = locate_tiles(obj, level, [0, 1, level.header.across])
     assert located.method == "fragment walk"
     assert "walked 16 of" in located.note
     fetched = obj.fetched
@@ -163,9 +169,9 @@ def test_a_walk_reads_only_up_to_the_last_frame_needed(served, base_levels) -> N
 def test_a_level_read_whole_keeps_only_the_covered_frames(served, base_levels) -> None:
     url, local, size = base_levels["PT-NONE-01"]
     obj = RemoteObject(RangeClient(served[0]), url, size)
-    level = read_level_header(obj, url)
+    level = open_instance(obj, url)
     last = level.header.across * level.header.down - 1
-    located = locate_frames(obj, level, [0, last])
+    located = locate_tiles(obj, level, [0, last])
     assert located.method == "level read whole"
     assert obj.fetched <= size  # every byte once: to the end of the last frame, and no further than the object
     whole = read_header(local)
@@ -253,14 +259,20 @@ def test_reads_inside_kept_chunks_fetch_nothing_again(served, base_levels) -> No
     assert obj.requests == 3
 
 
-def test_touching_merges_ranges_that_meet_or_lie_a_few_bytes_apart() -> None:
-    assert touching([(100, 10), (0, 50), (50, 20), (118, 2), (300, 5)]) == [(0, 70), (100, 20), (300, 5)]
-    assert touching([(0, 10), (27, 3)]) == [(0, 10), (27, 3)]  # 17 bytes apart: two requests
-
-
-def test_a_server_that_ignores_ranges_is_named_as_such(patch_build, base_levels) -> None:
-    object_url, _, _ = base_levels["PT-BOT-01"]
+def test_a_server_that_answers_ranges_with_200_is_read_and_one_that_ignores_them_is_named(
+    patch_build, base_levels, rules_proxy
+) -> None:
+    object_url, local, _ = base_levels["PT-BOT-01"]
+    data = local.read_bytes()
+    # rclone itself, without the proxy: a 200 with the range's Content-Range, which obstore refuses; read over HTTP.
+    with s3server.serving(patch_build["s3_root"]) as s3:
+        client = RangeClient(s3.url, attempts=1)
+        assert client.read(object_url, 5000, 100) == data[5000:5100]
+        assert client.read_many(object_url, [(0, 10), (20, 5)]).bodies == {(0, 10): data[:10], (20, 5): data[20:25]}
+        assert (client.bytes_fetched, client.requests) == (100 + 25, 2)
+    # A server that ignores Range (the whole object, no Content-Range): named as such, nothing guessed.
+    url, rules, _ = rules_proxy
+    rules.write_text(json.dumps([{"match": object_url.removeprefix("s3://"), "mode": "whole"}]))
     expected = "answers a ranged GET as if it were for the whole object"
-    # rclone itself, without the proxy: a 200 with a Content-Range.
-    with s3server.serving(patch_build["s3_root"]) as s3, pytest.raises(FetchError, match=expected):
-        RangeClient(s3.url, attempts=1).read(object_url, 0, 100)
+    with pytest.raises(FetchError, match=expected):
+        RangeClient(url, attempts=1).read(object_url, 5000, 100)

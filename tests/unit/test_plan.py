@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from slidestock.levels import Level, Target
-from slidestock.plan import plan_frame
-from slidestock.planrow import batch_size_for, n_batches, read_batch_plan, write_batch_plans
+from slidestock.plan.levels import Level, Target
+from slidestock.plan.planner import plan_frame
+from slidestock.plan.rows import batch_size_for, n_batches, read_batch_plan, write_batch_plans
 
 LEVELS = [
     Level(

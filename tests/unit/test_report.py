@@ -13,10 +13,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from slidestock import plots
-from slidestock.lockfile import read_lock_header
-from slidestock.report import ReportInputs, render_html, report_frame, run_date, summary, write_tables
-from slidestock.thumbnails import contact_sheet, thumbnails
+from slidestock.image.thumbnails import contact_sheet, thumbnails
+from slidestock.select.lockfile import read_lock_header
+from slidestock.tell import plots
+from slidestock.tell.report import ReportInputs, render_html
+from slidestock.tell.slidetable import report_frame, run_date, summary, write_tables
 
 
 def record(slide: str, status: str, fetched: int, error: str | None = None) -> dict[str, Any]:
@@ -215,11 +216,11 @@ def test_lock_header_joins_continuation_lines(tmp_path: Path) -> None:
 
 
 def test_a_failed_slide_leaves_no_image_or_side_files(tmp_path: Path) -> None:
-    from slidestock.batch import run_batch
-    from slidestock.levels import Target
-    from slidestock.planrow import PLAN_COLUMNS, PlanRow
+    from slidestock.jobs.slide import SIDE_FILES, SlideJob
+    from slidestock.jobs.stock import run_batch
+    from slidestock.plan.levels import Target
+    from slidestock.plan.rows import PLAN_COLUMNS, PlanRow
     from slidestock.settings import StockSettings
-    from slidestock.slide import SIDE_FILES, SlideJob
 
     image = tmp_path / "s1.png"
     stale = [image, *(tmp_path / f"s1.{name}.png" for name in SIDE_FILES)]
@@ -237,7 +238,7 @@ def test_a_failed_slide_leaves_no_image_or_side_files(tmp_path: Path) -> None:
 
 
 def test_batch_table_has_one_line_per_slide_with_hash_or_reason(tmp_path: Path) -> None:
-    from slidestock.batch import write_batch_table
+    from slidestock.jobs.stock import write_batch_table
 
     done = record("a", "done", 10)
     failed = {**record("b", "failed", 0, "b: frame 3 cannot be decoded\n(broken data)"), "retryable": False}
@@ -295,7 +296,7 @@ def test_thumbnails_are_made_of_an_output_of_any_size(tmp_path: Path) -> None:
     (`PIL.Image.DecompressionBombError`). A 360 MP PNG (past Pillow's limit twice over) is shrunk by libvips."""
     import pyvips
 
-    from slidestock.thumbnails import thumbnail
+    from slidestock.image.thumbnails import thumbnail
 
     big = tmp_path / "big.png"
     stripes = (pyvips.Image.xyz(20000, 18000)[0] % 256).cast("uchar")

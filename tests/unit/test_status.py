@@ -15,15 +15,15 @@ from typing import Any
 
 import pytest
 
-from slidestock.levels import Target
-from slidestock.notice import cohort_change, redo_notice
-from slidestock.planrow import PLAN_COLUMNS, PlanRow, plan_line
+from slidestock.plan.levels import Target
+from slidestock.plan.rows import PLAN_COLUMNS, PlanRow, plan_line
 from slidestock.provenance import sha256_file, write_json
 from slidestock.settings import PatchSettings, RunSettings, StockSettings, describe_changes
-from slidestock.status import group_failures, read_status, reason_of, run_lines
-from slidestock.stock import DONE, FAILED, TO_DO, TO_REDO, Stock
+from slidestock.state import DONE, FAILED, TO_DO, TO_REDO, Stock
+from slidestock.tell.notice import cohort_change, redo_notice
+from slidestock.tell.status import group_failures, read_status, reason_of, run_lines
+from slidestock.tell.verify import verify
 from slidestock.tidy import move_stale, moved_line, stale_beyond_plan, stale_patch_files, stale_slide_files, strays
-from slidestock.verify import verify
 
 NOW = StockSettings(Target(mpp=15.0))
 
@@ -249,7 +249,7 @@ def test_records_of_slidestock_0_3_are_judged_by_their_digest(tmp_path: Path) ->
     """0.3 records name only their target and version: a notice must not guess at the rest."""
     [plan] = write_plan(tmp_path, ["a"])
     old = replace(NOW, version="0.3.0")
-    record = {"slide_id": "a", "output_digest": old.digest(plan), "software": {"slidestock": "0.3.0"},
+    record = {"slide_id": "a", "status": "done", "output_digest": old.digest(plan), "software": {"slidestock": "0.3.0"},
               "target": {"mpp": 15.0, "max_px": None, "fallback_max_px": None, "format": "png"}}  # fmt: skip
     (tmp_path / "slides").mkdir()
     (tmp_path / "slides" / "a.json").write_text(json.dumps(record))

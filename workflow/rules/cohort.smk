@@ -17,7 +17,7 @@ rule cohort:
     log:
         "logs/cohort/cohort.log",
     benchmark:
-        "benchmarks/cohort/cohort.tsv"
+        f"{BENCHMARKS}/cohort/cohort.tsv"
     conda:
         ENV
     resources:
@@ -38,7 +38,7 @@ checkpoint plan:
     log:
         "logs/plan/plan.log",
     benchmark:
-        "benchmarks/plan/plan.tsv"
+        f"{BENCHMARKS}/plan/plan.tsv"
     conda:
         ENV
     resources:
@@ -57,6 +57,6 @@ checkpoint plan:
             else {"enabled": False}
         ),
         patch_plans=PATCH_PLANS,
-        patch_instances="results/cohort/patch_instances.tsv",
+        patch_instances=PATCH_INSTANCES,
     script:
         "../scripts/plan.py"

@@ -1,10 +1,8 @@
-# Config validation, the cohort's slide list and every input function.
+# The config, validated; the paths every rule names; the input, thread and resource functions.
 import os
 import shlex
-import shutil
 import sys
 import time
-from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -12,17 +10,11 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
 from slidestock.config import check_input_files, resolve_idc_version, validate_config
 from slidestock.errors import ConfigError
-from slidestock.planrow import batch_name, batch_size_for, n_batches, read_batch_plan
+from slidestock.plan.rows import batch_name, batch_size_for, n_batches, read_batch_plan
 from slidestock.settings import RunSettings
-from slidestock.notice import cohort_change, lock_slide_ids, redo_notice
-from slidestock.status import run_lines, tables_to_redo
-from slidestock.stock import Stock
-from slidestock.tidy import moved_line
 
 try:
-    CONFIG = validate_config(
-        config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"
-    )
+    CONFIG = validate_config(config)  # against workflow/schemas/config.schema.yaml
     check_input_files(CONFIG, Path.cwd())
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
@@ -43,35 +35,26 @@ RUN_SETTINGS = RunSettings.from_config(CONFIG)
 IMAGE_SUFFIX = RUN_SETTINGS.stock.suffix
 RUN_STARTED = time.time()
 ENV = "../../envs/slidestock.yaml"
+# Every path a rule or the run's lifecycle names (config/README.md and README.md describe them).
+RESULTS = "results"
 LOCK = "results/cohort/cohort.tsv"
+PREVIOUS_LOCK = "results/cohort/cohort.previous.tsv"
 PLAN = "results/cohort/instances.tsv"
+PATCH_INSTANCES = "results/cohort/patch_instances.tsv"
 SETTINGS = "results/cohort/settings.json"
 BATCH_PLANS = "results/cohort/batches"
 PATCH_PLANS = "results/cohort/patches"
+BATCH_TABLES = "results/batches"
 SLIDES = "results/slides"
 PATCHES = "results/patches"
+PATCH_TABLES = "results/patches/batches"
+REPORT = "results/report"
+# Snakemake's benchmark of each job (time, memory, I/O), beside the logs: never among the tracked benchmarks/.
+BENCHMARKS = "logs/benchmarks"
 # The command that retries what may pass: this one, unless a wrapper (make demo) says its own.
 RETRY_COMMAND = os.environ.get("SLIDESTOCK_RETRY_COMMAND") or shlex.join(
     ["snakemake", *sys.argv[1:]]
 )
-
-
-def cohort_notice():
-    """What a run with this config redoes of what is on disk, counted on the cohort it will have."""
-    lock = Path(LOCK)
-    release = resolve_idc_version(CONFIG["cohort"]["idc_version"])
-    changed = cohort_change(CONFIG["cohort"], release, lock)
-    if not lock.is_file():
-        changed = "no lock file yet"
-    cohort = None if changed else lock_slide_ids(lock)
-    return redo_notice(Path("results"), RUN_SETTINGS, cohort, changed or "")
-
-
-# Before the job list (a dry run's too): what a run with this config redoes of the stock.
-if workflow.is_main_process:
-    notice = cohort_notice()
-    if notice:
-        print(notice, file=sys.stderr)
 
 
 wildcard_constraints:
@@ -112,7 +95,7 @@ def get_batch_ids():
 
 def get_batch_tables(wildcards):
     """One outcome table per batch: the report and verify wait for every batch."""
-    return expand("results/batches/{batch}.tsv", batch=get_batch_ids())
+    return expand(f"{BATCH_TABLES}/{{batch}}.tsv", batch=get_batch_ids())
 
 
 def get_batch_plan(wildcards):
@@ -139,13 +122,13 @@ def get_patch_plan(wildcards):
     return {
         "plan": plan,
         "planned": ancient(PLAN),
-        "slides": f"results/batches/{wildcards.batch}.tsv",
+        "slides": f"{BATCH_TABLES}/{wildcards.batch}.tsv",
     }
 
 
 def get_patch_tables(wildcards):
     """One patch outcome table per batch."""
-    return expand(f"{PATCHES}/batches/{{batch}}.tsv", batch=get_batch_ids())
+    return expand(f"{PATCH_TABLES}/{{batch}}.tsv", batch=get_batch_ids())
 
 
 def get_patch_outputs(wildcards):
@@ -156,9 +139,9 @@ def get_patch_outputs(wildcards):
 
 
 def _planned_slides(input):
-    """The batch's plan rows, or None while the plan checkpoint has yet to run."""
+    """The batch's plan rows (its stock plan or its patch plan), or None while the plan checkpoint has yet to run."""
     plan = Path(input.plan)
-    if plan.parent != Path(BATCH_PLANS) or not plan.exists():
+    if plan.parent not in (Path(BATCH_PLANS), Path(PATCH_PLANS)) or not plan.exists():
         return None
     return read_batch_plan(plan)
 
@@ -206,73 +189,3 @@ def get_report_threads(wildcards):
 def get_batch_mem_mb(wildcards, threads, attempt):
     """1 GB plus 1.5 GB per slide decoded at once, more on each attempt."""
     return (1000 + 1500 * threads) * attempt
-
-
-def redo_next_time():
-    """Remove the outcome tables of batches with slides that may pass next time.
-
-    The next run then re-runs those batches (a missing output), and each redoes
-    only its unfinished slides: running the same command again retries them.
-    """
-    # The tables on disk, not the plan's list: this also runs when a run failed before its plan.
-    tables = sorted(Path("results/batches").glob("b*.tsv"))
-    tables += sorted(Path(PATCHES, "batches").glob("b*.tsv"))
-    for path in tables_to_redo(tables):
-        path.unlink()
-
-
-def summarise_run():
-    """The outcome of a run that wrote the report; exits non-zero when slides failed (unless accepted).
-
-    Failures grouped by reason, then what this run did and what the stock holds, each in one line.
-    """
-    table = Path("results/report/slides.csv")
-    if not table.exists() or table.stat().st_mtime < RUN_STARTED:
-        return  # the report was not written by this run (a dry run, verify, --report)
-    lines, failed = run_lines(Stock.at(Path("results")), RUN_STARTED, RETRY_COMMAND)
-    redo_next_time()
-    for line in [said_moved(), *lines]:
-        if line:
-            print(line, file=sys.stderr)
-    if failed and not CONFIG["report"]["accept_failures"]:
-        sys.exit(1)
-
-
-PREVIOUS_LOCK = "results/cohort/cohort.previous.tsv"
-# This run, as it names itself: what it moves out of the stock goes to results/stale/<RUN>/.
-RUN = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime(RUN_STARTED))
-
-
-def write_settings():
-    """The settings of this run, before any job: jobs, status and verify judge the stock against them.
-
-    Not for a run of `verify` alone, which reads what an earlier run left.
-    """
-    if (
-        set(workflow.dag_settings.targets) <= {"verify"}
-        and workflow.dag_settings.targets
-    ):
-        return
-    replace(RUN_SETTINGS, run=RUN).write(Path(SETTINGS))
-
-
-def said_moved():
-    """One line: what this run moved out of the stock's folders (None when nothing)."""
-    return moved_line(Path("results"), RUN)
-
-
-def keep_lock_file():
-    """Copy the lock file aside before anything runs: a re-selection that fails must not lose it."""
-    if Path(LOCK).is_file():
-        shutil.copy2(LOCK, PREVIOUS_LOCK)
-
-
-def restore_lock_file():
-    """Put the lock file back when a failed run took it (Snakemake removes a failed job's outputs)."""
-    if not Path(LOCK).exists() and Path(PREVIOUS_LOCK).is_file():
-        shutil.copy2(PREVIOUS_LOCK, LOCK)
-        print(
-            f"slidestock: the cohort step failed; {LOCK} is the previous one again "
-            f"(also kept as {PREVIOUS_LOCK})",
-            file=sys.stderr,
-        )

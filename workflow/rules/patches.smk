@@ -13,11 +13,11 @@ rule patches:
     input:
         unpack(get_patch_plan),
     output:
-        table="results/patches/batches/{batch}.tsv",
+        table=f"{PATCH_TABLES}/{{batch}}.tsv",
     log:
         "logs/patches/{batch}.log",
     benchmark:
-        "benchmarks/patches/{batch}.tsv"
+        f"{BENCHMARKS}/patches/{{batch}}.tsv"
     retries: 2
     conda:
         ENV

@@ -14,34 +14,34 @@ rule report:
         patches=get_patch_outputs,
     output:
         csv=report(
-            "results/report/slides.csv",
+            f"{REPORT}/slides.csv",
             caption="../report/slides.rst",
             category="Tables",
         ),
-        parquet="results/report/slides.parquet",
-        html="results/report/index.html",
+        parquet=f"{REPORT}/slides.parquet",
+        html=f"{REPORT}/index.html",
         plot_bytes=report(
-            "results/report/plots/bytes.svg",
+            f"{REPORT}/plots/bytes.svg",
             caption="../report/plot_bytes.rst",
             category="Plots",
         ),
         plot_spacing=report(
-            "results/report/plots/spacing.svg",
+            f"{REPORT}/plots/spacing.svg",
             caption="../report/plot_spacing.rst",
             category="Plots",
         ),
         plot_size=report(
-            "results/report/plots/size.svg",
+            f"{REPORT}/plots/size.svg",
             caption="../report/plot_size.rst",
             category="Plots",
         ),
         plot_collections=report(
-            "results/report/plots/collections.svg",
+            f"{REPORT}/plots/collections.svg",
             caption="../report/plot_collections.rst",
             category="Plots",
         ),
         sheet=report(
-            "results/report/contact_sheet.png",
+            f"{REPORT}/contact_sheet.png",
             caption="../report/contact_sheet.rst",
             category="Images",
         ),
@@ -70,26 +70,6 @@ rule verify:
     conda:
         ENV
     params:
-        results="results",
+        results=RESULTS,
     script:
         "../scripts/verify.py"
-
-
-# At the end of a run that wrote the report: the outcome in one last line (failures grouped by
-# reason before it), and a non-zero exit when slides failed, unless report.accept_failures.
-onsuccess:
-    summarise_run()
-
-
-# A run stopped by a failed job (a batch whose bucket cannot be reached, say) still leaves
-# the batches with slides that may pass to the next run.
-onerror:
-    redo_next_time()
-    restore_lock_file()
-    if said_moved():
-        print(said_moved(), file=sys.stderr)
-
-
-onstart:
-    keep_lock_file()
-    write_settings()

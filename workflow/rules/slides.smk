@@ -13,11 +13,11 @@ rule batch:
     input:
         unpack(get_batch_plan),
     output:
-        table="results/batches/{batch}.tsv",
+        table=f"{BATCH_TABLES}/{{batch}}.tsv",
     log:
         "logs/batch/{batch}.log",
     benchmark:
-        "benchmarks/batch/{batch}.tsv"
+        f"{BENCHMARKS}/batch/{{batch}}.tsv"
     retries: 2
     conda:
         ENV

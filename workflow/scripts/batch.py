@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
 
-from slidestock.jobs import log_job, run_job
+from slidestock.jobs.common import log_job, run_job
 
 smk = snakemake  # noqa: F821
 log_job(smk.log[0])
@@ -14,11 +14,11 @@ log_job(smk.log[0])
 
 def main() -> None:
     # Imported here, where Ctrl-C ends the job quietly (run_job), not at its start.
-    from slidestock.batch import run_batch, write_batch_table
     from slidestock.errors import UnreachableError
-    from slidestock.planrow import read_batch_plan
+    from slidestock.jobs.slide import SlideJob, gdc_settings
+    from slidestock.jobs.stock import run_batch, write_batch_table
+    from slidestock.plan.rows import read_batch_plan
     from slidestock.settings import StockSettings
-    from slidestock.slide import SlideJob, gdc_settings
 
     # Where bytes come from (endpoint, GDC API, token) and how many objects move at
     # once are read from the config, not passed as parameters: changing them must

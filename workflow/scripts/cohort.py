@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
 
-from slidestock.jobs import log_job, run_job
+from slidestock.jobs.common import log_job, run_job
 
 smk = snakemake  # noqa: F821
 log_job(smk.log[0])
@@ -14,12 +14,12 @@ log_job(smk.log[0])
 
 def main() -> None:
     # Imported here, where Ctrl-C ends the job quietly (run_job), not at its start.
-    from slidestock.cohort import CohortSpec, select_cohort
     from slidestock.config import resolve_idc_version
     from slidestock.errors import SlidestockError
-    from slidestock.lockfile import header_of, lock_frame, lock_text
     from slidestock.provenance import SLIDESTOCK_VERSION, package_version
-    from slidestock.sources import cohort_connection
+    from slidestock.select.cohort import CohortSpec, select_cohort
+    from slidestock.select.lockfile import header_of, lock_frame, lock_text
+    from slidestock.select.sources import cohort_connection
 
     # The endpoint is read from the config, not a parameter: changing it re-runs nothing.
     config = {"cohort": smk.params.cohort, "fetch": smk.config["fetch"]}

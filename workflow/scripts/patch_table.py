@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
 
-from slidestock.jobs import log_job, run_job
+from slidestock.jobs.common import log_job, run_job
 
 smk = snakemake  # noqa: F821
 log_job(smk.log[0])
@@ -14,7 +14,7 @@ log_job(smk.log[0])
 
 def main() -> None:
     # Imported here, where Ctrl-C ends the job quietly (run_job), not at its start.
-    from slidestock.patchbatch import patch_rows, read_patch_records
+    from slidestock.jobs.patches import patch_rows, read_patch_records
 
     records = read_patch_records([Path(path) for path in smk.input], Path(smk.output.parquet).parent)
     table = patch_rows(records)

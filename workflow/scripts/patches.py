@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
 
-from slidestock.jobs import log_job, run_job
+from slidestock.jobs.common import log_job, run_job
 
 smk = snakemake  # noqa: F821
 log_job(smk.log[0])
@@ -14,11 +14,11 @@ log_job(smk.log[0])
 
 def main() -> None:
     # Imported here, where Ctrl-C ends the job quietly (run_job), not at its start.
-    from slidestock.objectstore import RangeClient
-    from slidestock.patchbatch import PatchJob, run_patch_batch, write_patch_table
-    from slidestock.planrow import read_base_sizes, read_batch_plan
+    from slidestock.jobs.patches import PatchJob, run_patch_batch, write_patch_table
+    from slidestock.jobs.slide import gdc_settings
+    from slidestock.plan.rows import read_base_sizes, read_batch_plan
+    from slidestock.read.objectstore import RangeClient
     from slidestock.settings import PatchSettings
-    from slidestock.slide import gdc_settings
 
     # Where bytes come from is read from the config, not a parameter: moving it re-runs nothing.
     fetch, gdc = smk.config["fetch"], gdc_settings(smk.config["gdc"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
 
-from slidestock.jobs import log_job, run_job
+from slidestock.jobs.common import log_job, run_job
 
 smk = snakemake  # noqa: F821
 log_job(smk.log[0])
@@ -18,13 +18,14 @@ def main() -> None:
     from typing import NoReturn
 
     from slidestock.errors import SlidestockError, UnreachableError
-    from slidestock.headers import HeaderReader
-    from slidestock.levels import Target, base_size
-    from slidestock.lockfile import read_lock
-    from slidestock.plan import plan_frame
-    from slidestock.planrow import PATCH_PLAN_COLUMNS, batch_name, batch_size_for, n_batches, write_batch_plans
+    from slidestock.plan.levels import Target, base_size
+    from slidestock.plan.planner import plan_frame
+    from slidestock.plan.rows import batch_name, batch_size_for, n_batches, write_batch_plans
+    from slidestock.read.headers import HeaderReader
+    from slidestock.records import PATCH_PLAN_COLUMNS
+    from slidestock.select.lockfile import read_lock
+    from slidestock.select.sources import cohort_connection, instance_levels
     from slidestock.settings import StockSettings
-    from slidestock.sources import cohort_connection, instance_levels
     from slidestock.tidy import move_stale, run_of, stale_beyond_plan
 
     lock = read_lock(Path(smk.input.lock))

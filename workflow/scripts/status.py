@@ -14,8 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from slidestock.errors import SlidestockError
-from slidestock.status import format_status, patch_status_lines, status_of
-from slidestock.stock import Stock
+from slidestock.state import Stock
+from slidestock.tell.status import format_status, patch_status_lines, status_of
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
 
-from slidestock.jobs import log_job, run_job
+from slidestock.jobs.common import log_job, run_job
 
 smk = snakemake  # noqa: F821
 log_job(smk.log[0])
@@ -15,8 +15,8 @@ log_job(smk.log[0])
 def main() -> None:
     # Imported here, where Ctrl-C ends the job quietly (run_job), not at its start.
     from slidestock.errors import SlidestockError
-    from slidestock.stock import Stock
-    from slidestock.verify import verify
+    from slidestock.state import Stock
+    from slidestock.tell.verify import verify
 
     try:
         checked = verify(Stock.at(Path(smk.params.results)), Path.cwd())

@@ -9,6 +9,7 @@ Messages name the key, the value found and what was expected, e.g.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.metadata
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,10 +19,13 @@ import jsonschema
 import yaml
 
 from slidestock.errors import ConfigError
-from slidestock.levels import target_of
+from slidestock.plan.levels import target_of
+
+# The schema: every key, its type, what a wrong value is told, and its default (the only place defaults are given).
+SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 
 
-def load_schema(path: Path) -> dict[str, Any]:
+def load_schema(path: Path = SCHEMA) -> dict[str, Any]:
     schema = yaml.safe_load(path.read_text())
     assert isinstance(schema, dict)
     return schema
@@ -53,15 +57,34 @@ def describe_error(error: jsonschema.ValidationError) -> str:
     return f"config key {key}: got {error.instance!r}; expected {_expected(schema)}"
 
 
-def _fill_defaults(config: dict[str, Any], schema: Mapping[str, Any]) -> None:
+def _fill_defaults(config: dict[str, Any], schema: Mapping[str, Any], every_section: bool = False) -> None:
+    """The schema's defaults put where ``config`` has no value; ``every_section``: required sections too."""
     for name, sub in schema.get("properties", {}).items():
         if name not in config and "default" in sub:
             config[name] = copy.deepcopy(sub["default"])
+        if name not in config and every_section and sub.get("type") == "object":
+            config[name] = {}
         if isinstance(config.get(name), dict) and sub.get("type") == "object":
-            _fill_defaults(config[name], sub)
+            _fill_defaults(config[name], sub, every_section)
 
 
-def validate_config(config: Mapping[str, Any], schema_path: Path) -> dict[str, Any]:
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    defaults: dict[str, Any] = {}
+    _fill_defaults(defaults, load_schema(), every_section=True)
+    return defaults
+
+
+def with_defaults(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """A config section (``target``, ``cohort.parquet``) with the schema's defaults where ``values`` has no key:
+    for sections read from elsewhere than the validated config (settings.json, a record), or in part."""
+    defaults = _defaults()
+    for name in section.split("."):
+        defaults = defaults.get(name) or {}
+    return {**copy.deepcopy(defaults), **values}
+
+
+def validate_config(config: Mapping[str, Any], schema_path: Path = SCHEMA) -> dict[str, Any]:
     """A validated copy of ``config`` with defaults filled in; raises :class:`ConfigError`."""
     schema = load_schema(schema_path)
     checked = copy.deepcopy(dict(config))

@@ -46,6 +46,10 @@ class WrongSizeError(FetchError):
     retryable = False
 
 
+class RangeNotSupportedError(FetchError):
+    """The server answered a ranged GET with the whole object, where only the range would do."""
+
+
 class DecodeError(SlidestockError):
     """A downloaded level cannot be read as the DICOM WSI it should be."""
 

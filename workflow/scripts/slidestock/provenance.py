@@ -15,9 +15,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from slidestock import __version__
+from slidestock.records import AssociatedImage, OutputFile, SlideRecord
 
 SLIDESTOCK_VERSION = __version__
 _PACKAGES = (
@@ -36,12 +37,16 @@ _PACKAGES = (
 )
 
 
-def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def sha256_file(path: Path) -> str:
+    """The file's SHA-256, read a chunk at a time."""
     with path.open("rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def md5_file(path: Path) -> str:
+    """The file's MD5, as the GDC's manifests give it (a check of the download, not a security measure)."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
 
 
 def package_version(name: str) -> str:
@@ -131,14 +136,14 @@ class Written:
     """The output image: its scale against the level and what ``output`` says of it."""
 
     scale: tuple[float, float]
-    output: Mapping[str, Any]
+    output: OutputFile
 
 
 @dataclass(frozen=True)
 class Associated:
     """The label and overview images written beside the output (None for one the series lacks)."""
 
-    images: Mapping[str, Mapping[str, Any] | None]
+    images: Mapping[str, AssociatedImage | None]
 
 
 @dataclass(frozen=True)
@@ -154,7 +159,7 @@ class Timed:
 Part = Fetched | Facts | Written | Associated | Warned | Timed
 
 
-def compose(base: Mapping[str, Any], parts: Iterable[Part]) -> dict[str, Any]:
+def compose(base: SlideRecord, parts: Iterable[Part]) -> SlideRecord:
     """The record: ``base`` (what the plan and the settings say) with each part folded in, in order."""
     record: dict[str, Any] = json.loads(json.dumps(base))  # a deep copy; the base is JSON already
     for part in parts:
@@ -173,4 +178,4 @@ def compose(base: Mapping[str, Any], parts: Iterable[Part]) -> dict[str, Any]:
                 record["warnings"] = list(part.messages)
             case Timed():
                 record.setdefault("timings_s", {}).update(part.seconds)
-    return record
+    return cast(SlideRecord, record)

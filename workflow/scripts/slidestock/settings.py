@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slidestock import __version__
+from slidestock.config import with_defaults
 from slidestock.errors import SlidestockError
-from slidestock.levels import FORMATS, Target
+from slidestock.plan.levels import FORMATS, Target
 
 if TYPE_CHECKING:
-    from slidestock.planrow import PlanRow
+    from slidestock.plan.rows import PlanRow
 
 SLIDESTOCK_VERSION = __version__
 # The name a record's settings give slidestock's own version.
@@ -60,16 +61,17 @@ class StockSettings:
     version: str = SLIDESTOCK_VERSION
 
     @classmethod
-    def from_target(cls, target: Mapping[str, Any], version: str = SLIDESTOCK_VERSION) -> StockSettings:
-        """From the config's validated ``target`` section (defaults filled in)."""
+    def from_target(cls, section: Mapping[str, Any], version: str = SLIDESTOCK_VERSION) -> StockSettings:
+        """From the config's ``target`` section (the schema's defaults where a key is missing)."""
+        target = with_defaults("target", section)
         return cls(
-            target=Target(target.get("mpp"), target.get("max_px"), target.get("fallback_max_px")),
-            format=str(target.get("format", "png")),
-            quality=int(target.get("quality", 90)),
-            pyramid=bool(target.get("pyramid", False)),
-            tissue_mask=bool(target.get("tissue_mask", False)),
-            backend=str(target.get("backend", "pyvips")),
-            associated=tuple(target.get("associated") or ()),
+            target=Target(target["mpp"], target["max_px"], target["fallback_max_px"]),
+            format=str(target["format"]),
+            quality=int(target["quality"]),
+            pyramid=bool(target["pyramid"]),
+            tissue_mask=bool(target["tissue_mask"]),
+            backend=str(target["backend"]),
+            associated=tuple(target["associated"] or ()),
             version=version,
         )
 
@@ -105,7 +107,7 @@ class StockSettings:
         Not the endpoint, the batch or the machine: moving where bytes come from, or
         how slides are grouped into jobs, redoes nothing. (The same text as 0.3.0 took.)
         """
-        from slidestock.planrow import slide_plan_text
+        from slidestock.plan.rows import slide_plan_text
 
         settings = {
             "target": [self.target.mpp, self.target.max_px, self.target.fallback_max_px],
@@ -161,7 +163,7 @@ class PatchSettings:
 
     def digest(self, plan: PlanRow, image_sha256: str, version: str = SLIDESTOCK_VERSION) -> str:
         """What a slide's patches depend on: its patch plan row, these settings, its image's bytes and the version."""
-        from slidestock.planrow import slide_plan_text
+        from slidestock.plan.rows import slide_plan_text
 
         return _sha256(slide_plan_text(plan) + json.dumps([asdict(self), image_sha256, version], sort_keys=True))
 
@@ -182,12 +184,12 @@ class RunSettings:
     @classmethod
     def from_config(cls, config: Mapping[str, Any], version: str = SLIDESTOCK_VERSION) -> RunSettings:
         """From the validated config."""
-        patches = config.get("patches") or {}
-        enabled = bool(patches.get("enabled"))
+        patches = with_defaults("patches", config.get("patches") or {})
+        enabled = bool(patches["enabled"])
         return cls(
             stock=StockSettings.from_target(config["target"], version),
             patches=PatchSettings.from_config(patches, config["cohort"]["seed"]) if enabled else None,
-            patch_format=str(patches.get("format", "png")) if enabled else "png",
+            patch_format=str(patches["format"]) if enabled else "png",
         )
 
     def as_json(self) -> dict[str, Any]:

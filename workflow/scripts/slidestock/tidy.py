@@ -30,7 +30,7 @@ from pathlib import Path
 
 from slidestock.errors import SlidestockError
 from slidestock.settings import RunSettings
-from slidestock.stock import DONE, FAILED, SlideState, Stock, patch_files, stock_files
+from slidestock.state import DONE, FAILED, SlideState, Stock, patch_files, stock_files
 
 OTHER_SETTINGS = "made for other settings or an earlier plan"
 LEFT_COHORT = "of slides no longer in the cohort"
