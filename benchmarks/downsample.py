@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO / "testkit"))
 FLOOR = """
 import io, math
 from PIL import Image
-from slidestock.read.dicom import read_frame, read_header
+from slidestock.read.local import read_frame, read_header
 from slidestock.image.reduce import JPEG, plan_decode
 header = read_header(Path(SRC))
 decode = plan_decode(JPEG, SCALE, header.tile_px, header.size_px) if SHRUNK else 1
@@ -144,7 +144,7 @@ def _large_image(dicom: Path) -> pyvips.Image:  # noqa: F821 (pyvips imported wh
     """A large single-level DICOM as a pyvips image libvips can stream to a TIFF: its frames, joined lazily."""
     import pyvips
 
-    from slidestock.read.dicom import read_frame, read_header
+    from slidestock.read.local import read_frame, read_header
 
     header = read_header(dicom)
     tiles = [pyvips.Image.jpegload_buffer(read_frame(dicom, frame, "bench")) for frame in header.grid if frame]

@@ -50,12 +50,10 @@ from slidestock.image.patches import (  # noqa: E402
     span_px,
 )
 from slidestock.image.reduce import openslide_region, resize_exact  # noqa: E402
-from slidestock.read.dicom import (  # noqa: E402
-    decode_frame_data,
-    read_header,
-)
+from slidestock.read.codestreams import decode_frame_data  # noqa: E402
 from slidestock.read.fetch import s5cmd_base  # noqa: E402
 from slidestock.read.frames import locate_tiles  # noqa: E402
+from slidestock.read.local import read_header  # noqa: E402
 from slidestock.read.objectstore import RangeClient  # noqa: E402
 from slidestock.read.remote import RemoteObject, fetch_frames, open_instance  # noqa: E402
 from slidestock.settings import PatchSettings  # noqa: E402

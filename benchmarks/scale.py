@@ -40,7 +40,8 @@ sys.path.insert(0, str(REPO / "testkit"))
 from slidestock.image.output import write_image  # noqa: E402
 from slidestock.image.reduce import read_level  # noqa: E402
 from slidestock.plan.levels import Level  # noqa: E402
-from slidestock.read.fetch import BatchItem, fetch_batch  # noqa: E402
+from slidestock.read.fetch import BatchItem  # noqa: E402
+from slidestock.read.stream import fetch_batch  # noqa: E402
 from slidestock_testkit import dicomseries, indextables, s3server, slides  # noqa: E402
 
 WORK = REPO / "benchmarks" / "work"

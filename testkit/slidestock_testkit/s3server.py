@@ -65,12 +65,16 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float, name: 
 
 
 def start(
-    root: Path, log_path: Path | None = None, port: int | None = None
+    root: Path, log_path: Path | None = None, port: int | None = None, bwlimit: str | None = None
 ) -> tuple[S3Server, subprocess.Popen[bytes]]:
-    """Start serving ``root``; returns the server and its process (stop it with :func:`stop`)."""
+    """Start serving ``root``; returns the server and its process (stop it with :func:`stop`).
+
+    ``bwlimit`` is rclone's ``--bwlimit`` (e.g. ``12.5M``: bytes per second, M = 2**20), for a link of that rate.
+    """
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     argv = [rclone_binary(), "serve", "s3", str(root), "--addr", f"127.0.0.1:{port}", "--config", os.devnull]
+    argv += ["--bwlimit", bwlimit] if bwlimit else []
     if log_path is None:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
     else:
@@ -96,9 +100,9 @@ def stop(proc: subprocess.Popen[Any]) -> None:
 
 
 @contextmanager
-def serving(root: Path, log_path: Path | None = None) -> Iterator[S3Server]:
+def serving(root: Path, log_path: Path | None = None, bwlimit: str | None = None) -> Iterator[S3Server]:
     """Serve ``root`` for the duration of a ``with`` block."""
-    server, proc = start(root, log_path)
+    server, proc = start(root, log_path, bwlimit=bwlimit)
     try:
         yield server
     finally:

@@ -1,7 +1,8 @@
-"""s5cmd against a real S3 server on loopback: bytes, size checks, retries, argv."""
+"""s5cmd against a real S3 server on loopback: bytes, size checks, retries, argv, slides handed on as they arrive."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,11 @@ from slidestock.read.fetch import (
     check_free_disk,
     check_size,
     command_file_line,
-    fetch_batch,
     s5cmd_base,
     source_url,
 )
+from slidestock.read.stream import Downloads, Group, fetch_batch
+from slidestock_testkit import faultproxy
 from slidestock_testkit.s3server import S3Server
 
 
@@ -161,3 +163,73 @@ def test_disk_preflight_names_needed_and_free_bytes(tmp_path: Path) -> None:
         match=r"batch b00000: needs 1,000,000,000,000,000,000 bytes of scratch space in .* only [\d,]+ bytes are free",
     ):
         check_free_disk(tmp_path, 10**18, "batch b00000")
+
+
+def demo_items(instance_table: pd.DataFrame, demo_build: dict[str, Path], folder: Path, n: int) -> list[BatchItem]:
+    """The demo's first ``n`` instances (by UID) as batch items into ``folder``."""
+    index = pd.read_parquet(demo_build["index"]).set_index("SeriesInstanceUID")
+    rows = instance_table.sort_values("SOPInstanceUID").head(n)
+    return [
+        BatchItem(
+            object_url("idc-open-data", index.loc[row.SeriesInstanceUID, "crdc_series_uuid"], row.crdc_instance_uuid),
+            folder / f"{k}.dcm",
+            int(row.instance_size),
+        )
+        for k, row in enumerate(rows.itertuples())
+    ]
+
+
+def test_slides_are_handed_on_as_they_arrive_while_a_stalled_one_waits_for_its_retry(
+    s3: S3Server, instance_table: pd.DataFrame, demo_build: dict[str, Path], tmp_path: Path
+) -> None:
+    items = demo_items(instance_table, demo_build, tmp_path, 6)
+    stalled = items[0]
+    rules = tmp_path / "rules.json"
+    # The first request for the stalled object gets no answer; the next attempt's is forwarded.
+    rules.write_text(json.dumps([{"match": stalled.url.partition("/idc-open-data/")[2], "mode": "stall", "times": 1}]))
+    groups = [Group(f"slide{k}", (item,)) for k, item in enumerate(items)]
+    with faultproxy.serving(s3.url, tmp_path / "proxy.log", rules) as proxy:
+        downloads = Downloads(groups, proxy, window=6, workers=4, attempts=2, backoff_s=0.01, timeout_s=3)
+        order, stopped = [], []
+        for group, outcomes in downloads:
+            order.append(group.key)
+            # Whether the stalled attempt had been cut off when this slide was handed on.
+            stopped.append(len(faultproxy.sent(tmp_path / "proxy.log", stalled.url.rsplit("/", 1)[1])) > 0)
+            downloads.release(group)
+            result = outcomes[group.items[0].dest]
+            assert isinstance(result, FetchResult), result
+            assert result.bytes_fetched == group.items[0].expected_bytes == group.items[0].dest.stat().st_size
+    # The five others came through the first attempt while the stalled object hung; it came last, on the second.
+    assert order[-1] == "slide0"
+    assert sorted(order[:-1]) == [f"slide{k}" for k in range(1, 6)]
+    assert stopped == [False] * 5 + [True]
+    assert stalled.dest.read_bytes() == (demo_build["s3_root"] / stalled.url.removeprefix("s3://")).read_bytes()
+
+
+def test_no_more_than_the_window_of_slides_is_on_disk_and_a_missing_object_fails_only_its_slide(
+    s3: S3Server, instance_table: pd.DataFrame, demo_build: dict[str, Path], tmp_path: Path
+) -> None:
+    items = demo_items(instance_table, demo_build, tmp_path, 10)
+    missing = BatchItem("s3://idc-open-data/nope/nope.dcm", tmp_path / "missing.dcm", 5)
+    # Slides of two objects and of one (a concatenation's parts, a label), one with a missing object.
+    groups = [Group(f"s{k}", tuple(items[k : k + 2])) for k in range(0, 6, 2)]
+    groups += [Group(f"s{k}", (item,)) for k, item in enumerate(items[6:], start=6)]
+    groups.append(Group("broken", (BatchItem(items[0].url, tmp_path / "x.dcm", items[0].expected_bytes), missing)))
+    downloads = Downloads(groups, s3.url, window=2, workers=4, attempts=2, backoff_s=0.01)
+    on_disk, seen = [], {}
+    for group, outcomes in downloads:
+        on_disk.append(len([p for p in tmp_path.iterdir() if p.suffix == ".dcm"]))
+        seen[group.key] = outcomes
+        for item in group.items:  # decoded: its files go, its place is freed
+            item.dest.unlink(missing_ok=True)
+        downloads.release(group)
+    assert sorted(seen) == sorted(group.key for group in groups)
+    # Two slides of at most two objects each: never more than four files.
+    assert max(on_disk) <= 4
+    for group in groups[:-1]:
+        for item in group.items:
+            result = seen[group.key][item.dest]
+            assert isinstance(result, FetchResult), result
+            assert result.bytes_fetched == item.expected_bytes
+    assert isinstance(seen["broken"][missing.dest], MissingObjectError)
+    assert isinstance(seen["broken"][tmp_path / "x.dcm"], FetchResult)

@@ -14,6 +14,7 @@ from slidestock.read.dicom import header_spacing_um
 from slidestock.read.fetch import http_url
 from slidestock.read.headers import SHARED_GROUPS, HeaderReader
 from slidestock.read.ranges import PREFIX_BYTES, parse_header
+from slidestock_testkit import faultproxy
 from slidestock_testkit.s3server import S3Server, free_port
 
 
@@ -69,10 +70,20 @@ def test_missing_object_fails_that_slide_and_a_closed_port_is_unreachable(
         HeaderReader(closed, attempts=2, backoff_s=0.01).spacing_xy_um(instances[0][0])
 
 
-def test_reachability_asks_the_bucket_not_an_object(instances: list[tuple[str, Path]], s3: S3Server) -> None:
-    reader = HeaderReader(s3.url, attempts=1)
-    reader.check_reachable(instances[0][0])  # rclone answers the bucket's listing
-    assert reader.requests == 0  # no object read
+def test_reachability_is_one_head_of_the_batchs_own_object(
+    instances: list[tuple[str, Path]], s3: S3Server, tmp_path: Path
+) -> None:
+    # Observed: a listing of the bucket, which rclone answers by reading every object (16 s on a fixture).
+    url = instances[0][0]
+    key = url.removeprefix("s3://")
+    with faultproxy.serving(s3.url, tmp_path / "proxy.log") as proxy:
+        reader = HeaderReader(proxy, attempts=1)
+        reader.check_reachable(url)
+        reader.check_reachable(url.replace(key.rsplit("/", 1)[1], "no-such-object.dcm"))  # a 404 is an answer
+    said = (tmp_path / "proxy.log").read_text().splitlines()
+    asked = [line for line in said if line.endswith(" forward") and line != "GET / forward"]  # not the proxy's start
+    assert asked == [f"HEAD /{key} forward", f"HEAD /{key.rsplit('/', 1)[0]}/no-such-object.dcm forward"]
+    assert reader.requests == reader.bytes_fetched == 0
     closed = HeaderReader(f"http://127.0.0.1:{free_port()}", attempts=2, backoff_s=0.01)
-    with pytest.raises(UnreachableError, match=r"bucket http://127\.0\.0\.1:\d+/idc-open-data/\?max-keys=0: 2 att"):
-        closed.check_reachable(instances[0][0])
+    with pytest.raises(UnreachableError, match=rf"object http://127\.0\.0\.1:\d+/{key}: 2 attempts failed; last: URLE"):
+        closed.check_reachable(url)

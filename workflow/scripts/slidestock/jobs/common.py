@@ -11,7 +11,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -23,6 +23,7 @@ from slidestock.records import Failure, Record, may_pass
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
+U = TypeVar("U")
 AnyRecord = TypeVar("AnyRecord", bound=Record)
 
 # Batch progress lines go to this logger: the batch log, and the terminal when run locally.
@@ -118,4 +119,25 @@ def map_threads(work: Callable[[T], R], items: Iterable[T], threads: int) -> lis
     try:
         return list(pool.map(work, items))
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def stream_threads(
+    work: Callable[[T, U], R], ready: Iterable[tuple[T, U]], done: Callable[[T], None], threads: int
+) -> list[R]:
+    """``work`` on each pair as ``ready`` yields it, ``threads`` at a time; ``done(key)`` once each work has ended
+    (a place freed for the next). Results in the order the pairs came. On Ctrl-C, as :func:`map_threads`."""
+    pool = ThreadPoolExecutor(max_workers=max(1, threads))
+    pairs: Iterator[tuple[T, U]] = iter(ready)
+    futures = []
+    try:
+        for key, value in pairs:
+            future = pool.submit(work, key, value)
+            future.add_done_callback(lambda _, key=key: done(key))  # type: ignore[misc]
+            futures.append(future)
+        return [future.result() for future in futures]
+    finally:
+        close = getattr(pairs, "close", None)
+        if close is not None:
+            close()  # a generator's own clean-up (its s5cmd stopped) before waiting for the work under way
         pool.shutdown(wait=True, cancel_futures=True)

@@ -1,7 +1,8 @@
 """The batch driver: plan rows in, per-slide records out.
 
-A batch skips the slides finished before (same plan and settings), fetches all its IDC
-objects with one ``s5cmd run``, then hands each slide to its source on a few threads. A
+A batch skips the slides finished before (same plan and settings), streams its IDC
+objects through one ``s5cmd run`` and hands each slide to its source on a few threads as
+soon as its objects are in, while the rest download (:mod:`slidestock.read.stream`). A
 slide that fails, for a reason slidestock understands (a wrong size, a corrupt file, no
 usable level) or not (a bug, logged with its traceback), is recorded as failed in its JSON
 with the reason and leaves no image; the other slides go on.
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from slidestock.errors import FetchError, SlidestockError, UnreachableError
 from slidestock.jobs import gdc, idc
-from slidestock.jobs.common import Progress, failure_of, map_threads, write_outcome_table
+from slidestock.jobs.common import Progress, failure_of, stream_threads, write_outcome_table
 from slidestock.jobs.slide import SIDE_FILES, SlideJob, level_downloads, level_file, side_path
 from slidestock.provenance import (
     Part,
@@ -33,7 +34,8 @@ from slidestock.provenance import (
     software_versions,
     write_json,
 )
-from slidestock.read.fetch import BatchItem, FetchResult, check_free_disk, fetch_batch, s5cmd_binary
+from slidestock.read.fetch import BatchItem, FetchResult, check_free_disk, s5cmd_binary
+from slidestock.read.stream import Downloads, Group
 from slidestock.records import (
     RECORD_VERSION,
     Failure,
@@ -147,20 +149,22 @@ def move_stale_outputs(jobs: Sequence[SlideJob], name: str) -> None:
         log.info("%s: moved %s to %s: %s", name, stale.path.name, dest, stale.why)
 
 
-def _batch_items(jobs: Sequence[SlideJob]) -> list[BatchItem]:
-    """Every IDC object the jobs need: the chosen level and the associated images asked for."""
-    items = []
-    for job in jobs:
-        plan = job.plan
-        if not plan.planned or plan.source == "gdc":
-            continue
-        items += level_downloads(job)
-        items += [
-            BatchItem(plan.associated[kind][0], level_file(job, kind), plan.associated[kind][1])
-            for kind in job.settings.associated
-            if kind in plan.associated
-        ]
-    return items
+def _batch_items(job: SlideJob) -> list[BatchItem]:
+    """Every IDC object the slide needs: its chosen level and the associated images asked for."""
+    plan = job.plan
+    if not plan.planned or plan.source == "gdc":
+        return []
+    associated = [
+        BatchItem(plan.associated[kind][0], level_file(job, kind), plan.associated[kind][1])
+        for kind in job.settings.associated
+        if kind in plan.associated
+    ]
+    return [*level_downloads(job), *associated]
+
+
+def window_bytes(groups: Sequence[Group], window: int) -> int:
+    """The most scratch space ``window`` slides' objects may take at once: the largest ``window`` of them."""
+    return sum(sorted((group.expected_bytes for group in groups), reverse=True)[:window])
 
 
 def _scratch_prefix(job: SlideJob, name: str) -> str:
@@ -187,10 +191,11 @@ def run_batch(
     timeout_s: float = 1800.0,
     retry_count: int = 10,
 ) -> list[SlideRecord]:
-    """Process a batch of slides: skip finished ones, fetch the rest with one ``s5cmd run``, downsample.
+    """Process a batch of slides: skip finished ones, stream the rest's objects, downsample each as it is in.
 
-    Stops before fetching when the scratch folder cannot hold the batch's
-    planned bytes. Each slide then ends as done or failed in its own record;
+    At most ``workers + 2 * threads`` slides' objects are in flight or on the
+    scratch disk at once; stops before fetching when the scratch folder cannot
+    hold the largest of them. Each slide then ends as done or failed in its own record;
     no slide's failure, expected or not, stops the others. Returns the records
     of the slides processed here (finished ones are left as they are).
 
@@ -214,23 +219,26 @@ def run_batch(
         # Slides share the batch's threads; a slide left alone decodes its tiles on all of them.
         per_slide = max(1, threads // max(1, min(threads, len(todo))))
         todo = [replace(job, tmpdir=Path(scratch), threads=per_slide) for job in todo]
-        items = _batch_items(todo)
+        groups = [Group(job.plan.slide_id, tuple(_batch_items(job))) for job in todo]
+        window = workers + 2 * threads
         try:
-            check_free_disk(Path(scratch), sum(item.expected_bytes for item in items), f"batch {name}")
+            check_free_disk(Path(scratch), window_bytes(groups, window), f"batch {name}")
         except FetchError as err:
             log.error("%s", err)
             raise
         endpoint, attempts = todo[0].endpoint, todo[0].attempts
-        if items:
-            _check_reachable(items[0].url, endpoint, attempts, timeout_s, name)
-        fetched = fetch_batch(
-            items, endpoint, workers=workers, attempts=attempts, timeout_s=timeout_s, retry_count=retry_count
-        )
-        log.info("%s: fetched %d objects in %.1f s", name, len(items), time.monotonic() - start)
-
+        first = next((group.items[0] for group in groups if group.items), None)
+        if first is not None:
+            _check_reachable(first.url, endpoint, attempts, timeout_s, name)
+        downloads = Downloads(
+            groups, endpoint, window=window, workers=workers, attempts=attempts, timeout_s=timeout_s,
+            retry_count=retry_count,
+        )  # fmt: skip
         counter = Progress(name, len(todo), start)
+        by_id = {job.plan.slide_id: job for job in todo}
 
-        def one(job: SlideJob) -> SlideRecord:
+        def one(group: Group, fetched: Mapping[Path, FetchResult | FetchError]) -> SlideRecord:
+            job = by_id[group.key]
             with slide_log(job.log_path):
                 record = _run_slide(job, fetched, software, started, start)
                 log.info("%s: %s", job.plan.slide_id, record.get("error") or "done")
@@ -238,21 +246,25 @@ def run_batch(
             counter.count(record["status"] == "done")
             return record
 
-        return map_threads(one, todo, threads)
+        records = stream_threads(one, downloads, downloads.release, threads)
+        objects = sum(len(group.items) for group in groups)
+        log.info("%s: %d objects, %d slides in %.1f s", name, objects, len(todo), time.monotonic() - start)
+        return records
 
 
 def _check_reachable(url: str, endpoint: str, attempts: int, timeout_s: float, name: str) -> None:
     """Stop the batch in seconds when the slide bucket cannot be reached at all (name resolution, refused).
 
     s5cmd would retry each object with backoff for minutes before saying so.
-    The bucket itself is asked (no object is touched); any other trouble (a
-    404, a 503) is left to s5cmd, object by object.
+    One HEAD of one of the batch's objects asks; any other trouble (a 404, a
+    503) is left to s5cmd, object by object.
     """
     from slidestock.read.headers import HeaderReader
 
     reader = HeaderReader(endpoint, attempts=attempts, backoff_s=1.0, timeout_s=min(30.0, timeout_s))
     try:
         reader.check_reachable(url)
+        log.info("%s: the slide bucket answers (HEAD %s)", name, url)
     except UnreachableError as err:
         message = f"batch {name}: cannot reach the slide bucket: {err}. Check the network or proxy, or fetch.endpoint"
         log.error("%s", message)

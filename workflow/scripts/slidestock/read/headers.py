@@ -47,20 +47,24 @@ class HeaderReader(Client):
         return body, arrived
 
     def check_reachable(self, url: str) -> None:
-        """Raise :class:`UnreachableError` when ``url``'s bucket cannot be reached at all; touch no object.
+        """Raise :class:`UnreachableError` when the server of ``url`` cannot be reached at all.
 
-        Any HTTP answer (a listing, a 403, a 503) means the server is there.
+        One HEAD of the object: any HTTP answer (its size, a 403, a 404, a 503), or a
+        connection made that waits for one, means the server is there. A bucket listing
+        would say the same, but some stand-in servers read every object to answer one.
         """
-        key = url.removeprefix("s3://").partition("/")[2]
-        root = http_url(url, self.endpoint).removesuffix(key) + "?max-keys=0"
+        address = http_url(url, self.endpoint)
 
         def ask() -> None:
-            request = urllib.request.Request(root, headers=_HEADERS)
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:
-                answer.read(1 << 16)
+            request = urllib.request.Request(address, headers=_HEADERS, method="HEAD")
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s):
+                    pass
+            except (urllib.error.HTTPError, TimeoutError):
+                pass  # an answer, or a connection that waits for one: the server is there (the object is s5cmd's)
 
         try:
-            self.retry.run(f"bucket {root}", ask, UnreachableError)
+            self.retry.run(f"object {address}", ask, UnreachableError)
         except UnreachableError:
             raise
         except FetchError:
