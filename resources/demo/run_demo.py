@@ -1,6 +1,7 @@
 """The offline demo: build the fixtures, serve them over S3 on loopback, run the workflow.
 
-Usage: python resources/demo/run_demo.py [--cores N] [--gdc | --patches] [extra snakemake arguments]
+Usage: python resources/demo/run_demo.py [--cores N] [--gdc | --patches] [--workdir DIR] [--configfile FILE]
+       [extra snakemake arguments]
 
 The demo works in a folder of its own (``demo/``, ``demo-gdc/`` for the GDC demo, ``demo-patches/``
 with patches), never in the ``results/`` of real runs. With patches, the S3 server is reached
@@ -34,6 +35,8 @@ def main() -> int:
     parser.add_argument("--cores", default="2")
     parser.add_argument("--gdc", action="store_true", help="the GDC demo (config/examples/gdc.yaml)")
     parser.add_argument("--patches", action="store_true", help="the demo with patches (config/demo-patches.yaml)")
+    parser.add_argument("--workdir", type=Path, help="the demo's folder (default: demo/, demo-gdc/ or demo-patches/)")
+    parser.add_argument("--configfile", type=Path, action="append", default=[], help="a config laid over the demo's")
     args, extra = parser.parse_known_args()
     start = time.monotonic()
     print(f"demo: building fixtures in {BUILD.relative_to(REPO)} (reused when present) ...", flush=True)
@@ -42,7 +45,9 @@ def main() -> int:
     names = json.loads(gdc["names"].read_text())
     configs = [REPO / ("config/examples/gdc.yaml" if args.gdc else "config/demo.yaml")]
     configs += [REPO / "config/demo-patches.yaml"] if args.patches else []
-    workdir = REPO / ("demo-gdc" if args.gdc else "demo-patches" if args.patches else "demo")
+    configs += [path.resolve() for path in args.configfile]
+    default = REPO / ("demo-gdc" if args.gdc else "demo-patches" if args.patches else "demo")
+    workdir = (args.workdir or default).resolve()
     retry = "make demo PATCHES=1" if args.patches else "make demo"
     retry = "python resources/demo/run_demo.py --gdc" if args.gdc else retry
     workdir.mkdir(exist_ok=True)
@@ -72,12 +77,11 @@ def main() -> int:
         # The retry hint of a failed run names this command, not snakemake's (its endpoint changes each time).
         env = {**os.environ, "SLIDESTOCK_RETRY_COMMAND": retry}
         began = time.time()
-        try:
-            code = subprocess.run(argv, cwd=REPO, check=False, env=env).returncode
-        except KeyboardInterrupt:
+        code = run_to_its_end(argv, env)
+        if code is None:
             print(f"demo: interrupted; `{retry}` again goes on from where it stopped", file=sys.stderr)
             return 130
-    here = workdir.relative_to(REPO)
+    here = workdir.relative_to(REPO) if workdir.is_relative_to(REPO) else workdir
     if code != 0:
         said = f"demo: snakemake failed with exit code {code}; see {here}/logs/; `{retry}` again retries what may pass"
         print(said, file=sys.stderr)
@@ -89,6 +93,25 @@ def main() -> int:
     if args.patches:
         print(patch_summary(workdir / "results" / "patches", here))
     return 0
+
+
+def run_to_its_end(argv: list[str], env: dict[str, str]) -> int | None:
+    """Snakemake's exit code; None when Ctrl-C stopped it.
+
+    Ctrl-C reaches Snakemake too (the terminal's process group): it is left to stop its jobs and release its
+    lock, so that the same command runs again. (``subprocess.run`` would kill it at once, leaving the lock and
+    its jobs behind, and the servers stopped under them.) A second Ctrl-C, or a minute, ends the wait.
+    """
+    proc = subprocess.Popen(argv, cwd=REPO, env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        try:
+            proc.wait(timeout=60)
+        except (KeyboardInterrupt, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+        return None
 
 
 def summary_lines(results: Path, began: float, retry: str) -> list[str]:

@@ -367,6 +367,14 @@ def test_grid_mode_takes_every_tissue_cell_of_a_grid(tmp_path: Path, patch_build
                     round(x * fx) : max(round(x * fx) + 1, round((x + span) * fx))].mean() >= 0.5
         ]  # fmt: skip
         assert sorted(zip(rows["x_level_px"], rows["y_level_px"], strict=True)) == sorted(cells)
+    # Observed (a newcomer's trial): "16 patches" over 8 thumbnails, the cut not said.
+    html = (run.workdir / "results/report/index.html").read_text()
+    sampled = [slide for slide, rows in table.groupby("slide_id") if f"{slide}: {len(rows)} patches" in html]
+    assert sampled
+    for slide in sampled:
+        n = len(table[table["slide_id"] == slide])
+        shown = ", the first 8 shown" if n > 8 else ""
+        assert f"<figcaption>{slide}: {n} patches{shown}, each outlined on the slide</figcaption>" in html
 
 
 def test_changing_a_patch_setting_redoes_patches_but_not_the_plan_or_the_stock(tmp_path, patch_build, served) -> None:

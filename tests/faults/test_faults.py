@@ -15,13 +15,14 @@ import os
 import re
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from slidestock_testkit.s3server import S3Server, free_port, serving
-from tests.e2e.runs import Run, demo_tables, run_in, snakemake, snakemake_argv, wait_for, write_config
+from tests.e2e.runs import REPO, Run, demo_tables, run_in, snakemake, snakemake_argv, wait_for, write_config
 from tests.faults.conftest import Proxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -263,6 +264,35 @@ def test_workflow_killed_then_rerun_finishes_without_redoing_slides(
     assert {name: after[name] for name in done_before} == done_before
     assert_same_as(folder, reference)
     assert_nothing_partial(folder)
+
+
+def test_ctrl_c_on_the_demo_leaves_no_lock_and_the_same_command_goes_on(
+    tmp_path: Path, demo_build: dict[str, Path]
+) -> None:
+    """Observed (a newcomer's trial): after Ctrl-C, `make demo` failed on Snakemake's lock until unlocked by hand:
+    the demo's driver killed Snakemake at once, and its batch job ran on after the prompt."""
+    # Near the base's spacing, so that each slide takes a while and Ctrl-C finds the batch at work.
+    (tmp_path / "fine.yaml").write_text("target:\n  mpp: 0.5\n")
+    demo = [sys.executable, str(REPO / "resources/demo/run_demo.py"), "--workdir", str(tmp_path / "demo"),
+            "--configfile", str(tmp_path / "fine.yaml")]  # fmt: skip
+    run = subprocess.Popen(demo, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True, preexec_fn=_sigint_as_in_a_terminal)  # fmt: skip
+    wait_for(lambda: (tmp_path / "demo/logs/batch/b00000.log").exists() or run.poll() is not None, 300, "the batch")
+    assert run.poll() is None, run.communicate()[0][-3000:]
+    os.killpg(run.pid, signal.SIGINT)
+    said, _ = run.communicate(timeout=120)
+    assert run.returncode == 130, said[-3000:]
+    # Nothing of the run goes on behind the prompt (the batch job, once, ran on after it).
+    with pytest.raises(ProcessLookupError):
+        os.killpg(run.pid, 0)
+    assert said.splitlines()[-1] == "demo: interrupted; `make demo` again goes on from where it stopped"
+    assert "Traceback" not in said
+    assert list((tmp_path / "demo/.snakemake/locks").glob("*")) == []
+    again = subprocess.run(demo, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "demo: the stock: 6 of 6 slides done, 0 failed" in again.stdout
+    assert "kept from before" in again.stdout
+    assert [p for p in (tmp_path / "demo").rglob("*") if p.name.endswith((".partial", ".dcm", ".s5cmd"))] == []
 
 
 def test_disk_preflight_stops_the_batch_before_any_download(

@@ -336,6 +336,12 @@ def test_verify_names_a_mismatch_a_record_of_other_settings_and_strays(tmp_path:
     (tmp_path / "slides" / "b.png").write_bytes(b"changed")
     checked = verify(stock, tmp_path.parent)
     assert [(c.slide_id, c.outcome) for c in checked.images] == [("a", "ok"), ("b", "mismatch"), ("c", "not made")]
+    # Observed (a newcomer's trial): "1 do not; 1 files ... are not of it".
+    assert checked.summary() == (
+        "verify: 1 image matches its record, 2 do not; 2 files in the stock's folders are not of it"
+    )
+    (tmp_path / "slides" / "c.json").unlink()
+    assert verify(stock, tmp_path.parent).summary().endswith(", 2 do not; 1 file in the stock's folders is not of it")
     problem = checked.problem()
     assert problem is not None
     assert re.fullmatch(

@@ -17,7 +17,9 @@ try:
     CONFIG = validate_config(config)  # against workflow/schemas/config.schema.yaml
     check_input_files(CONFIG, Path.cwd())
 except ConfigError as err:
-    raise WorkflowError(str(err)) from None
+    # The message alone: raised, Snakemake would add a line of this file's place to it.
+    print(err, file=sys.stderr)
+    sys.exit(1)
 # Scripts read the validated config, defaults included, and the names of the files it came
 # from (for the report; in the config, not a parameter, so that naming them re-runs nothing).
 config.update(CONFIG)

@@ -30,13 +30,6 @@ if workflow.is_main_process:
         print(notice, file=sys.stderr)
 
 
-# Before the job list (a dry run's too): what a run with this config redoes of the stock.
-if workflow.is_main_process:
-    notice = cohort_notice()
-    if notice:
-        print(notice, file=sys.stderr)
-
-
 def redo_next_time():
     """Remove the outcome tables of batches with slides that may pass next time.
 

@@ -71,7 +71,8 @@ def idc_index_tables() -> TablePaths:
             raise UnreachableError(
                 f"cannot download idc-index's {name} table from {url}: {type(err).__name__}. Check the network "
                 "or proxy; or, on a node that cannot reach it, fetch the tables where it can "
-                "(idc_index.IDCClient().fetch_index) and set cohort.tables to them"
+                "(idc_index.IDCClient().fetch_index) and set cohort.tables to them "
+                "(config/README.md, cohort.tables, says how)"
             ) from None
         path = client.indices_overview[name]["file_path"]
         if not path:

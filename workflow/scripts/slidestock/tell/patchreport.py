@@ -86,7 +86,9 @@ def _sample_figure(record: PatchRecord, folder: Path, image_path: Path | None) -
             small = patch.convert("RGB")
         small.thumbnail((96, 96))
         parts.append(_img(small, row["patch_id"]))
-    caption = f"{html.escape(record['slide_id'])}: {len(record['patches'])} patches"
+    total = len(record["patches"])
+    shown = f"{total} patches, the first {PATCHES_SHOWN} shown" if total > PATCHES_SHOWN else f"{total} patches"
+    caption = f"{html.escape(record['slide_id'])}: {shown}, each outlined on the slide"
     return f"<figure>{''.join(parts)}<figcaption>{caption}</figcaption></figure>"
 
 

@@ -98,13 +98,16 @@ class Verified:
         return [c for c in (*self.images, *self.patches) if c.bad]
 
     def summary(self) -> str:
-        def said(checks: Sequence[Check], what: str) -> str:
-            ok = sum(c.outcome == OK for c in checks)
-            return f"{ok:,} {what} match their records, {sum(c.bad for c in checks):,} do not"
+        def said(checks: Sequence[Check], one: str, many: str) -> str:
+            ok, bad = sum(c.outcome == OK for c in checks), sum(c.bad for c in checks)
+            matching = f"{one} matches its record" if ok == 1 else f"{many} match their records"
+            return f"{ok:,} {matching}, {bad:,} {'does' if bad == 1 else 'do'} not"
 
-        parts = [said(self.images, "images")]
-        parts += [said(self.patches, "patches")] if self.patches else []
-        parts.append(f"{len(self.strays):,} files in the stock's folders are not of it")
+        parts = [said(self.images, "image", "images")]
+        parts += [said(self.patches, "patch", "patches")] if self.patches else []
+        strays = len(self.strays)
+        files = "1 file in the stock's folders is" if strays == 1 else f"{strays:,} files in the stock's folders are"
+        parts.append(f"{files} not of it")
         return "verify: " + "; ".join(parts)
 
     def problem(self) -> str | None:
