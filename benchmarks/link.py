@@ -191,9 +191,10 @@ def main() -> int:
                 with s3server.serving(s3_root, bwlimit=f"{rate:.0f}B") as server:
                     config = scale.write_config(folder, tables, server.url)
                     seconds, _ = run_workflow(folder, config, snakefile)
-                floor_s = planned_bytes(folder) / rate
+                planned = planned_bytes(folder)
+                floor_s = planned / rate
                 lines.append(f"link: {n} slides at {args.rate_mbps:g} Mb/s: {seconds:.1f} s, "
-                             f"{seconds / floor_s:.2f} x the link floor ({planned_bytes(folder) / 1e6:.1f} MB, "
+                             f"{seconds / floor_s:.2f} x the link floor ({planned / 1e6:.1f} MB, "
                              f"{floor_s:.1f} s)")  # fmt: skip
                 print(lines[-1], flush=True)
             if n == args.cpu:
