@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import re
 import shutil
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,8 @@ from PIL import Image
 from slidestock.image.output import tissue_mask
 from slidestock.image.reduce import openslide_region, resize_exact
 from slidestock.read.local import read_header
+from slidestock.train.layouts import read_coords_h5, write_coords_h5
+from slidestock.train.reader import PatchReader
 from slidestock_testkit import faultproxy, gdcserver, s3server
 from slidestock_testkit.dicomseries import srgb_profile
 from slidestock_testkit.s3server import S3Server
@@ -228,12 +232,114 @@ def test_webdataset_shards_load_with_the_webdataset_package(first: Run, tmp_path
     assert table["sha256"].tolist() == reference["sha256"].tolist()
 
 
+def assert_reader_gives_the_pngs(run: Run, endpoint: str, gdc_api: str = "") -> PatchReader:
+    """Every patch of the run read again from its row alone (:class:`PatchReader`): the PNG's pixels exactly, and
+    only the covered frames' bytes fetched (with at most the 8-byte item headers between touching frames; GDC
+    tiles less than 16 KB apart are fetched in one request, gap and all)."""
+    table = pd.read_parquet(run.workdir / "results/patches/patches.parquet")
+    reader = PatchReader(endpoint, gdc_api=gdc_api or "http://127.0.0.1:9", attempts=1)
+    differing = 0
+    for row in table.to_dict("records"):
+        with Image.open(run.workdir / "results/patches" / row["path"]) as png:
+            expected = np.asarray(png.convert("RGB"))
+        got = reader.read(row)
+        assert got.shape == (256, 256, 3)
+        assert got.dtype == np.uint8
+        differing += not np.array_equal(got, expected)
+    assert differing == 0
+    frames = {(row["url"], f[1], f[2], f[3]) for row in table.to_dict("records") for f in json.loads(row["frames"])}
+    covered = sum(length for *_, length in frames)
+    assert covered <= reader.bytes_fetched <= (1.1 * covered if gdc_api else covered + 8 * len(frames))
+    return reader
+
+
+def test_the_reader_gives_every_patch_as_the_workflow_wrote_it(first: Run, served) -> None:
+    reader = assert_reader_gives_the_pngs(first, served[0].url)
+    table = pd.read_parquet(first.workdir / "results/patches/patches.parquet").to_dict("records")
+    # Read again by the same reader: every frame is in its cache, nothing is fetched.
+    before = reader.bytes_fetched
+    assert all(np.array_equal(reader.read(row), reader.read(row)) for row in table[:4])
+    assert reader.bytes_fetched == before
+    # Threads sharing one reader, and a DataLoader's ways of starting workers: forked (after this process has
+    # used obstore and libvips) and spawned (the reader pickled).
+    expected = [hashlib.sha256(reader.read(row).tobytes()).hexdigest() for row in table]
+    fresh = PatchReader(served[0].url, attempts=1, cache_bytes=1 << 20)  # a small cache: frames are dropped, read again
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(lambda row: hashlib.sha256(fresh.read(row).tobytes()).hexdigest(), table)) == expected
+    for method in ("fork", "spawn"):
+        with multiprocessing.get_context(method).Pool(2) as pool:
+            assert pool.map(_digest_of_read, [(fresh, row) for row in table[:6]]) == expected[:6], method
+
+
+def _digest_of_read(job: tuple[PatchReader, dict[str, Any]]) -> str:
+    reader, row = job
+    return hashlib.sha256(reader.read(row).tobytes()).hexdigest()
+
+
+def test_coordinates_place_the_same_patches_and_fetch_no_pixels(first: Run, tmp_path, patch_build, served) -> None:
+    run = patch_run(tmp_path / "coords", patch_build, served[0], batch_size=4, format="coordinates")
+    assert re.search(r"^slidestock: patches this run: 32 placed on 4 slides, .* to locate their frames \(coordinates "
+                     r"only, no pixels\)$", run.proc.stderr, re.M)  # fmt: skip
+    folder = run.workdir / "results/patches"
+    assert not list(folder.rglob("*.png"))
+    table = pd.read_parquet(folder / "patches.parquet")
+    reference = pd.read_parquet(first.workdir / "results/patches/patches.parquet")
+    assert (table["path"] == "").all()
+    assert (table["sha256"] == "").all()
+    same = ["patch_id", "x_px", "y_px", "x_level_px", "y_level_px", "bytes_fetched", "url", "level_index", "frames"]
+    pd.testing.assert_frame_equal(table[[*same, "decoding"]], reference[[*same, "decoding"]])
+    for slide_id, rows in table.groupby("slide_id", sort=False):
+        record = json.loads((folder / f"{slide_id}.json").read_text())
+        assert record["bytes_fetched"] == record["locating_bytes"]  # headers and directories; not one frame
+        coords, attrs = read_coords_h5(folder / f"{slide_id}.h5")
+        assert coords.dtype == np.int64
+        assert coords.tolist() == rows[["x_px", "y_px"]].to_numpy().tolist()
+        level = (int(rows["level_columns"].iloc[0]), int(rows["level_rows"].iloc[0]))
+        assert attrs["patch_level"] == rows["level_index"].iloc[0] == 0  # the base level of each patch slide
+        assert attrs["level_dim"].tolist() == list(level)
+        assert attrs["patch_size"] == math.ceil(256 * 0.5 / rows["level_spacing_um"].iloc[0] - 1e-9)
+        assert attrs["level_downsample"].tolist() == [1.0, 1.0]
+        assert attrs["target_magnification"] == 20.0
+        assert attrs["name"] == slide_id
+    # The coordinates read back as the PNG run's patches, row by row.
+    reader = PatchReader(served[0].url, attempts=1)
+    for row, png_row in zip(table.to_dict("records"), reference.to_dict("records"), strict=True):
+        with Image.open(first.workdir / "results/patches" / png_row["path"]) as png:
+            assert np.array_equal(reader.read(row), np.asarray(png.convert("RGB"))), row["patch_id"]
+    verified = snakemake(run.workdir, run.config, "verify")
+    assert verified.returncode == 0, verified.stderr[-2000:]
+    assert "verify: 4 images match their records, 0 do not; 32 patches match their records, 0 do not; 0 files in " \
+        "the stock's folders are not of it" in verified.stderr.splitlines()  # fmt: skip
+    # An h5 file whose corner is not its record's is named.
+    first_slide = table["slide_id"].iloc[0]
+    h5 = folder / f"{first_slide}.h5"
+    kept = h5.read_bytes()
+    coords, attrs = read_coords_h5(h5)
+    coords[0, 0] += 1
+    write_coords_h5(h5, [{"x_px": int(x), "y_px": int(y)} for x, y in coords], attrs)  # type: ignore[misc]
+    tampered = snakemake(run.workdir, run.config, "verify")
+    assert tampered.returncode != 0
+    assert f"{first_slide}.h5: coords row 0 is ({coords[0, 0]}, {coords[0, 1]}); its record says" in tampered.stderr
+    h5.write_bytes(kept)
+    # Back to PNG files: each slide's patches are cut again; the h5 files stay, the records gain their paths.
+    config = yaml.safe_load(run.config.read_text())
+    config["patches"]["format"] = "png"
+    run.config.write_text(yaml.safe_dump(config))
+    again = snakemake(run.workdir, run.config)
+    assert again.returncode == 0, again.stderr[-2000:]
+    table = pd.read_parquet(folder / "patches.parquet")
+    assert table["sha256"].tolist() == reference["sha256"].tolist()
+    assert len(list(folder.glob("*.h5"))) == 4
+
+
 def test_gdc_patches_match_openslide_on_the_svs(tmp_path, demo_build, s3, gdc_build) -> None:
     names = json.loads(gdc_build["names"].read_text())
     with gdcserver.serving(gdc_build["files"], names=names, log_path=tmp_path / "gdc.log") as api:
         top = {"gdc": {"api": api}, "patches": {**PATCHES, "n_per_slide": 4}}
         run = run_in(tmp_path / "gdc", demo_tables(demo_build), s3, top, source="gdc_manifest",
                      manifest=str(gdc_build["manifest"]), filter={})  # fmt: skip
+        # The SVS tiles by range at training time: the PNG's pixels, the covered tiles' bytes alone.
+        assert_reader_gives_the_pngs(run, s3.url, gdc_api=api)
     table = pd.read_parquet(run.workdir / "results/patches/patches.parquet")
     assert table.groupby("slide_id").size().tolist() == [4, 4, 4]
     files = {
@@ -318,6 +424,7 @@ def test_patches_of_a_concatenated_level_equal_openslide_regions(tmp_path: Path,
         run = run_in(
             tmp_path / "run", tables(fidelity_build), S3Server(url, s3.pid), top, filter={"collection_id": ["fidelity"]}
         )
+        assert_reader_gives_the_pngs(run, url)  # a concatenation's parts among them
     found = records(run)
     record = found["FID-CONCAT-01"]
     assert record["status"] == "done"
@@ -335,6 +442,7 @@ def test_patches_of_sparse_and_uncompressed_levels_equal_openslide_regions(tmp_p
         run = run_in(
             tmp_path / "run", tables(edge_build), S3Server(url, s3.pid), top, filter={"collection_id": ["edge_cases"]}
         )
+        assert_reader_gives_the_pngs(run, url)  # sparse tiles as background, uncompressed frames, mixed syntaxes
     found = records(run)
     assert found["EDGE-SPARSE-01"]["frames"]["located_by"] == "Basic Offset Table"
     assert found["EDGE-RAW-01"]["frames"]["located_by"] == "uncompressed: fixed-size frames"

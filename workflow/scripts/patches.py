@@ -30,7 +30,8 @@ def main() -> None:
     jobs = [
         PatchJob(
             plan=plan,
-            base_size_px=bases.get(plan.slide_id),
+            base_size_px=bases.get(plan.slide_id, (None, -1))[0],
+            level_index=bases.get(plan.slide_id, (None, -1))[1],
             image_path=slides / f"{plan.slide_id}.{smk.params.suffix}",
             folder=folder / plan.slide_id,
             json_path=folder / f"{plan.slide_id}.json",
@@ -39,9 +40,10 @@ def main() -> None:
         )
         for plan in read_batch_plan(Path(smk.input.plan))
     ]
-    webdataset = smk.params.settings["patches.format"] == "webdataset"
-    shard = folder / "shards" / f"{smk.wildcards.batch}.tar" if webdataset else None
-    records = run_patch_batch(jobs, settings, client, shard, smk.wildcards.batch, smk.threads)
+    patch_format = smk.params.settings["patches.format"]
+    shard = folder / "shards" / f"{smk.wildcards.batch}.tar" if patch_format == "webdataset" else None
+    coordinates = patch_format == "coordinates"
+    records = run_patch_batch(jobs, settings, client, shard, smk.wildcards.batch, smk.threads, coordinates)
     failed = [record["slide_id"] for record in records if record["status"] != "done"]
     total = sum(len(record.get("patches", [])) for record in records)
     logging.info("%d slides, %d patches, %d failed: %s", len(records), total, len(failed), " ".join(failed) or "none")

@@ -19,7 +19,7 @@ def main() -> None:
 
     from slidestock.errors import SlidestockError, UnreachableError
     from slidestock.plan.levels import Target, base_size
-    from slidestock.plan.planner import plan_frame
+    from slidestock.plan.planner import plan_frame, pyramid_indices
     from slidestock.plan.rows import batch_name, batch_size_for, n_batches, write_batch_plans
     from slidestock.read.headers import HeaderReader
     from slidestock.records import PATCH_PLAN_COLUMNS
@@ -65,6 +65,7 @@ def main() -> None:
         sizes = [bases.get(series) for series in patch_plan["SeriesInstanceUID"]]
         patch_plan["base_columns"] = [None if size is None else size[0] for size in sizes]
         patch_plan["base_rows"] = [None if size is None else size[1] for size in sizes]
+        patch_plan["level_index"] = pyramid_indices(patch_plan, levels)
         patch_plan.to_csv(smk.params.patch_instances, sep="\t", index=False, lineterminator="\n")
         changed = write_batch_plans(patch_plan, Path(smk.params.patch_plans), batch_size, PATCH_PLAN_COLUMNS)
         logging.info("%d of %d patch plans written at %s µm/px", changed, total, smk.params.patches["mpp"])

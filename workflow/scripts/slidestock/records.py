@@ -58,11 +58,12 @@ class PlanColumns(TypedDict):
 
 
 class PatchPlanColumns(PlanColumns):
-    """A patch plan's row (``results/cohort/patches/``): the plan's, and the series' base level size, which patch
-    positions are also given in (empty for a GDC slide)."""
+    """A patch plan's row (``results/cohort/patches/``): the plan's, the series' base level size, which patch
+    positions are also given in, and the level's place among the series' levels (empty for a GDC slide)."""
 
     base_columns: object
     base_rows: object
+    level_index: object
 
 
 PLAN_COLUMNS: tuple[str, ...] = tuple(PlanColumns.__annotations__)
@@ -148,7 +149,13 @@ class PatchRow(TypedDict):
     Positions are the patch's top-left corner in the level it was cut from, in
     the series' level 0 (``x_px``, ``y_px``) and in µm; ``bytes_fetched`` is the
     encoded bytes of the frames it covers. A patch is a file (``path``, under
-    ``results/patches/``) or a member of a webdataset shard (``shard``, ``member``).
+    ``results/patches/``), a member of a webdataset shard (``shard``, ``member``),
+    or with ``patches.format: coordinates`` neither. Every row says what reading
+    its pixels again takes, without a header (:mod:`slidestock.train`): the object
+    (``url``: ``s3://`` or ``gdc:<file id>``), the level's index in its pyramid
+    (``level_index``, finest 0), ``frames`` (JSON: ``[tile, part, offset, length]``
+    for each covered frame, in the object or the concatenation's part) and
+    ``decoding`` (JSON: codec, tile size, exact span, the parts' URLs).
     """
 
     slide_id: str
@@ -170,6 +177,10 @@ class PatchRow(TypedDict):
     sha256: str
     shard: str
     member: str
+    url: str
+    level_index: int
+    frames: str
+    decoding: str
 
 
 PATCH_COLUMNS: tuple[str, ...] = tuple(PatchRow.__annotations__)

@@ -165,15 +165,17 @@ def stock_files(state: SlideState) -> set[str]:
 
 
 def patch_files(state: SlideState, patch_format: str) -> set[str]:
-    """The paths under ``results/patches`` that a judged slide owns: its record, and its PNG files.
+    """The paths under ``results/patches`` that a judged slide owns: its record, its coordinates (h5) when done,
+    and its PNG files.
 
     Under webdataset the PNG files are owned only until the batch's job packs them into its shard.
     """
     if state.state not in (DONE, FAILED) or state.record is None:
         return set()
-    names = {f"{state.slide_id}.json"}
+    names = {f"{state.slide_id}.json"} | ({f"{state.slide_id}.h5"} if state.state == DONE else set())
     rows = as_patch_record(state.record)["patches"] if state.state == DONE else []
-    unpacked = [row for row in rows if patch_format == "png" or not row["shard"]]
+    # Under coordinates no PNG file is of the stock; under webdataset only those its job has yet to pack.
+    unpacked = [row for row in rows if patch_format == "png" or (patch_format == "webdataset" and not row["shard"])]
     names.update(row["path"] for row in unpacked if row["path"])
     return names
 

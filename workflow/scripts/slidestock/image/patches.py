@@ -21,7 +21,7 @@ import numpy as np
 import pyvips
 
 from slidestock.image.output import with_icc_profile
-from slidestock.image.reduce import resize_exact
+from slidestock.image.reduce import output_image, resample_rows
 from slidestock.read.dicom import BACKGROUND
 from slidestock.settings import PatchSettings
 
@@ -177,22 +177,36 @@ def cut_patches(
                 else np.full((level.tile_px[1], level.tile_px[0], 3), BACKGROUND, dtype=np.uint8)
             )
         for k in group:
-            yield patches[k], _resampled(patches[k], needs[k], crop, span, size_px, level, decoded)
+            yield patches[k], resample_patch(patches[k], needs[k], span, size_px, level, decoded)
         for tile in [t for t in decoded if last_use[t] <= group[-1]]:
             del decoded[tile]
 
 
-def _resampled(
+def resample_patch(
     patch: Patch,
     tiles: Sequence[int],
-    crop: tuple[int, int],
     span: tuple[float, float],
     size_px: int,
     level: TiledLevel,
     decoded: Mapping[int, np.ndarray],
 ) -> pyvips.Image:
+    """The patch's pixels (:func:`patch_pixels`) as an image carrying the level's ICC profile, to be written."""
+    return with_icc_profile(output_image(patch_pixels(patch, tiles, span, size_px, level, decoded)), level.icc_profile)
+
+
+def patch_pixels(
+    patch: Patch,
+    tiles: Sequence[int],
+    span: tuple[float, float],
+    size_px: int,
+    level: TiledLevel,
+    decoded: Mapping[int, np.ndarray],
+) -> np.ndarray:
     """The patch's crop assembled from its decoded ``tiles`` (its :func:`patch_tiles`), resized to ``size_px``
-    against its exact span."""
+    against its exact span with the stock's Lanczos-3: the one way a patch's pixels are made, in the workflow
+    and at training time. Numpy and Pillow only (libvips' threads do not survive a fork, a DataLoader's workers'
+    way of starting)."""
+    crop = crop_px(span)
     tile_w, tile_h = level.tile_px
     c0, r0 = patch.x // tile_w, patch.y // tile_h
     n_cols = (patch.x + crop[0] - 1) // tile_w - c0 + 1
@@ -203,6 +217,7 @@ def _resampled(
     )
     x, y = patch.x - c0 * tile_w, patch.y - r0 * tile_h
     region = np.ascontiguousarray(mosaic[y : y + crop[1], x : x + crop[0]])
-    image = with_icc_profile(pyvips.Image.new_from_array(region).copy(interpretation="srgb"), level.icc_profile)
-    resized: pyvips.Image = resize_exact(image, (size_px, size_px), span)
-    return resized
+    height, width = region.shape[:2]
+    if size_px > width or size_px > height:
+        raise ValueError(f"resize to {size_px} x {size_px} px from {width} x {height} px would upsample")
+    return resample_rows([region], (width, height), (size_px, size_px), span)

@@ -16,7 +16,7 @@ import logging
 import shutil
 import tarfile
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,9 +26,9 @@ import pyvips
 
 from slidestock.errors import SlidestockError
 from slidestock.image.output import tissue_mask, write_image
-from slidestock.image.patches import choose_patches, crop_px, cut_patches, patch_tiles, span_px
+from slidestock.image.patches import Patch, TiledLevel, choose_patches, crop_px, cut_patches, patch_tiles, span_px
 from slidestock.jobs.common import Progress, failure_of, map_threads, write_outcome_table
-from slidestock.jobs.patchlevels import open_level
+from slidestock.jobs.patchlevels import PatchLevel, open_level
 from slidestock.jobs.slide import GdcSettings
 from slidestock.plan.rows import PlanRow
 from slidestock.provenance import sha256_file, write_json
@@ -45,6 +45,7 @@ from slidestock.records import (
 from slidestock.settings import PatchSettings
 from slidestock.state import judge_one
 from slidestock.tidy import NOT_OUTPUT, Stale, move_stale, run_of, stale_patch_files
+from slidestock.train.layouts import coords_attributes, write_coords_h5
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -63,6 +64,13 @@ class PatchJob:
     json_path: Path
     gdc: GdcSettings | None = None
     attempts: int = 3
+    # The level's place in the slide's pyramid (the patch plan's), finest 0; -1 when unknown.
+    level_index: int = -1
+
+    @property
+    def h5_path(self) -> Path:
+        """The slide's coordinates in CLAM's and TRIDENT's layout."""
+        return self.json_path.with_suffix(".h5")
 
 
 def patch_digest(job: PatchJob, settings: PatchSettings) -> str:
@@ -70,10 +78,11 @@ def patch_digest(job: PatchJob, settings: PatchSettings) -> str:
     return settings.digest(job.plan, sha256_file(job.image_path) if job.image_path.is_file() else "")
 
 
-def is_finished(job: PatchJob, digest: str, in_shard: Collection[str] = ()) -> bool:
+def is_finished(job: PatchJob, digest: str, in_shard: Collection[str] = (), coordinates: bool = False) -> bool:
     """True when the slide's record says done (or failed for good) for this digest, and its patches are all there.
 
-    A patch is there as its PNG file, or as a member of the batch's shard (``in_shard``: its member names).
+    A patch is there as its PNG file, or as a member of the batch's shard (``in_shard``: its member names), or
+    with ``coordinates`` as a row of its record alone; a done slide's h5 file is there in every format.
     """
     found = read_record(job.json_path)
     if found is None:
@@ -83,6 +92,10 @@ def is_finished(job: PatchJob, digest: str, in_shard: Collection[str] = ()) -> b
         return False
     if record["status"] == "failed":
         return failed_for_good(record)
+    if not job.h5_path.is_file():
+        return False
+    if coordinates:
+        return not any(row["path"] or row["shard"] for row in record.get("patches", []))
     return all(
         (row["path"] and (job.folder.parent / row["path"]).is_file()) or f"{row['patch_id']}.png" in in_shard
         for row in record.get("patches", [])
@@ -96,26 +109,28 @@ def run_patch_batch(
     shard: Path | None = None,
     name: str = "",
     threads: int = 1,
+    coordinates: bool = False,
 ) -> list[PatchRecord]:
     """Every slide's record, new or kept, in the jobs' order; ``threads`` slides at a time, progress said as it goes.
 
     With ``shard`` (``patches.format: webdataset``), the batch's patches are
-    then packed into that tar, and their PNG files removed. First what the
+    then packed into that tar, and their PNG files removed; with ``coordinates``
+    no pixels are fetched, and each row says how to read its patch later. First what the
     batch's slides have that their current settings do not account for (patches
     of other settings; the batch's shard once patches are PNG files) moves to
     ``results/stale/<run>/``.
     """
-    move_stale_patches(jobs, settings, shard, name)
+    move_stale_patches(jobs, settings, shard, name, "coordinates" if coordinates else None)
     members = shard_members(shard) if shard is not None else set()
     progress = Progress(f"{name} patches".strip(), len(jobs), time.monotonic())
 
     def one(job: PatchJob) -> PatchRecord:
         digest = patch_digest(job, settings)
-        if is_finished(job, digest, members):
+        if is_finished(job, digest, members, coordinates):
             log.info("%s: patches done before for this plan and settings; kept", job.plan.slide_id)
             record = as_patch_record(json.loads(job.json_path.read_text()))
         else:
-            record = _run_slide(job, settings, client, digest)
+            record = _run_slide(job, settings, client, digest, coordinates)
             write_json(job.json_path, record)
         progress.count(record["status"] == "done")
         return record
@@ -127,13 +142,15 @@ def run_patch_batch(
     return records
 
 
-def move_stale_patches(jobs: Sequence[PatchJob], settings: PatchSettings, shard: Path | None, name: str) -> None:
+def move_stale_patches(
+    jobs: Sequence[PatchJob], settings: PatchSettings, shard: Path | None, name: str, patch_format: str | None = None
+) -> None:
     """Move the patches of the batch's slides that are not of the stock any longer out of ``results/patches``."""
     if not jobs:
         return
     folder = jobs[0].json_path.parent
     states = [judge_one(job.plan, job.json_path, patch_digest(job, settings), "digest") for job in jobs]
-    found = stale_patch_files(folder, states, "png" if shard is None else "webdataset")
+    found = stale_patch_files(folder, states, patch_format or ("png" if shard is None else "webdataset"))
     png_shard = folder / "shards" / f"{name}.tar"
     if shard is None and png_shard.exists():  # patches are PNG files now: the batch's shard is of another config
         found.append(Stale(png_shard, NOT_OUTPUT))
@@ -200,7 +217,9 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _run_slide(job: PatchJob, settings: PatchSettings, client: RangeClient, digest: str) -> PatchRecord:
+def _run_slide(
+    job: PatchJob, settings: PatchSettings, client: RangeClient, digest: str, coordinates: bool = False
+) -> PatchRecord:
     plan, started = job.plan, time.monotonic()
     record: PatchRecord = {
         "record_version": RECORD_VERSION,
@@ -214,10 +233,12 @@ def _run_slide(job: PatchJob, settings: PatchSettings, client: RangeClient, dige
         "patches": [],
     }
     shutil.rmtree(job.folder, ignore_errors=True)
+    job.h5_path.unlink(missing_ok=True)
     try:
-        cut = _cut_slide(job, settings, client)
+        cut = _cut_slide(job, settings, client, coordinates)
     except Exception as err:  # one slide never stops its batch
         shutil.rmtree(job.folder, ignore_errors=True)
+        job.h5_path.unlink(missing_ok=True)
         failure = failure_of(plan.slide_id, err, "patches")
         record["error"], record["retryable"] = failure["error"], failure["retryable"]
     else:
@@ -244,7 +265,7 @@ class Cut:
     note: str
 
 
-def _cut_slide(job: PatchJob, settings: PatchSettings, client: RangeClient) -> Cut:
+def _cut_slide(job: PatchJob, settings: PatchSettings, client: RangeClient, coordinates: bool = False) -> Cut:
     plan = job.plan
     if not plan.planned:
         # The stock's remedy for slides without spacing (target.fallback_max_px) does not apply to patches.
@@ -252,7 +273,7 @@ def _cut_slide(job: PatchJob, settings: PatchSettings, client: RangeClient) -> C
         raise SlidestockError(f"{plan.slide_id}: no level for patches: {reason}")
     if not job.image_path.is_file():
         raise SlidestockError(f"{plan.slide_id}: no low-resolution image at {job.image_path} to place patches on")
-    opened = open_level(plan, job.base_size_px, client, job.gdc, job.attempts, settings.mpp)
+    opened = open_level(plan, job.base_size_px, client, job.gdc, job.attempts, settings.mpp, job.level_index)
     spacing, level = opened.spacing_um, opened.level
     if max(spacing) > settings.mpp * 1.0001:
         raise SlidestockError(
@@ -266,19 +287,21 @@ def _cut_slide(job: PatchJob, settings: PatchSettings, client: RangeClient) -> C
     tiles = opened.locate(sorted({t for p in patches for t in patch_tiles(p, crop, level)}))
     # What finding the frames took: the header, a TIFF directory, or a walk over the fragments.
     locating = opened.fetched()
-    job.folder.mkdir(parents=True, exist_ok=True)
     base = opened.base_size_px or level.size_px
     scale0 = (base[0] / level.size_px[0], base[1] / level.size_px[1])
+    # What reading a patch again takes besides its frames' ranges, the same for every patch of the slide.
+    decoding = json.dumps({**opened.decoding(), "span_px": list(span), "urls": opened.urls}, sort_keys=True)
+    files = {} if coordinates else dict(_written(job, patches, level, span, settings, opened, tiles.present))
     rows: list[PatchRow] = []
-    for patch, image in cut_patches(patches, level, span, settings.size_px, opened.fetch, opened.decode, tiles.present):
+    for patch in patches:
+        covered = patch_tiles(patch, crop, level)
         patch_id = f"{plan.slide_id}_{patch.number:05d}"
-        path = job.folder / f"{patch_id}.png"
-        write_image(image, path, (settings.mpp, settings.mpp), "png")
+        path = files.get(patch_id)
         rows.append(
             {
                 "slide_id": plan.slide_id,
                 "patch_id": patch_id,
-                "path": f"{job.folder.name}/{path.name}",
+                "path": f"{job.folder.name}/{path.name}" if path else "",
                 "level_columns": level.size_px[0],
                 "level_rows": level.size_px[1],
                 "level_spacing_um": round(spacing[0], 6),
@@ -291,12 +314,22 @@ def _cut_slide(job: PatchJob, settings: PatchSettings, client: RangeClient) -> C
                 "size_px": settings.size_px,
                 "mpp": settings.mpp,
                 "tissue_fraction": patch.tissue,
-                "bytes_fetched": sum(tiles.sizes.get(t, 0) for t in patch_tiles(patch, crop, level)),
-                "sha256": sha256_file(path),
+                "bytes_fetched": sum(tiles.sizes.get(t, 0) for t in covered),
+                "sha256": sha256_file(path) if path else "",
                 "shard": "",
                 "member": "",
+                "url": opened.urls[0],
+                "level_index": opened.level_index,
+                "frames": json.dumps([[t, *where] for t, where in opened.ranges(covered).items()]),
+                "decoding": decoding,
             }
         )
+    write_coords_h5(
+        job.h5_path,
+        rows,
+        coords_attributes(plan.slide_id, level.size_px, base, opened.level_index, span, spacing, settings.size_px,
+                          settings.mpp),
+    )  # fmt: skip
     fewer = settings.mode == "random" and len(patches) < settings.n_per_slide
     return Cut(
         level={
@@ -323,6 +356,24 @@ def _cut_slide(job: PatchJob, settings: PatchSettings, client: RangeClient) -> C
             else ""
         ),
     )
+
+
+def _written(
+    job: PatchJob,
+    patches: Sequence[Patch],
+    level: TiledLevel,
+    span: tuple[float, float],
+    settings: PatchSettings,
+    opened: PatchLevel,
+    present: Collection[int],
+) -> Iterator[tuple[str, Path]]:
+    """Each patch cut from its frames and written as a PNG file: its id and path."""
+    job.folder.mkdir(parents=True, exist_ok=True)
+    for patch, image in cut_patches(patches, level, span, settings.size_px, opened.fetch, opened.decode, present):
+        patch_id = f"{job.plan.slide_id}_{patch.number:05d}"
+        path = job.folder / f"{patch_id}.png"
+        write_image(image, path, (settings.mpp, settings.mpp), "png")
+        yield patch_id, path
 
 
 def write_patch_table(records: Sequence[PatchRecord], out: Path) -> int:

@@ -53,8 +53,20 @@ class PatchLevel(Protocol):
     spacing_um: tuple[float, float]
     base_size_px: tuple[int, int] | None
     facts: dict[str, Any]
+    # The objects the level's frames are in (a concatenation's parts in order), as the plan names them.
+    urls: list[str]
+    # Its place in the slide's pyramid, finest 0 (OpenSlide's level of a local copy); -1 when unknown.
+    level_index: int
 
     def locate(self, tiles: Sequence[int]) -> Covered: ...
+
+    def ranges(self, tiles: Sequence[int]) -> dict[int, tuple[int, int, int]]:
+        """Each located tile's (part, offset, length): what :meth:`fetch` reads for it."""
+        ...
+
+    def decoding(self) -> dict[str, Any]:
+        """What decoding a tile's bytes takes besides them (codec, tile size), for a reader without a header."""
+        ...
 
     def fetch(self, tiles: Sequence[int]) -> Mapping[int, bytes]: ...
 
@@ -70,9 +82,12 @@ class PatchLevel(Protocol):
 class IdcLevel:
     """A DICOM level in its bucket (one instance, or the parts of a concatenation): headers by range, then frames."""
 
-    def __init__(self, plan: PlanRow, base_size_px: tuple[int, int] | None, client: RangeClient) -> None:
-        self.item = plan.slide_id
+    def __init__(
+        self, plan: PlanRow, base_size_px: tuple[int, int] | None, client: RangeClient, level_index: int = -1
+    ) -> None:
+        self.item, self.level_index = plan.slide_id, level_index
         parts = plan.parts or ((plan.url, plan.instance_size),)
+        self.urls = [url for url, _ in parts]
         self.objects = [RemoteObject(client, url, size) for url, size in parts]
         self.instances = [open_instance(obj, plan.slide_id) for obj in self.objects]
         self.starts = _concatenation_starts(self.instances, plan.slide_id) if len(self.instances) > 1 else [0]
@@ -118,6 +133,18 @@ class IdcLevel:
             mine = {t: self.where[t][1] for t in tiles if self.where[t][0] == k}
             out.update(fetch_frames(obj, mine, located.items, self.item) if mine else {})
         return out
+
+    def ranges(self, tiles: Sequence[int]) -> dict[int, tuple[int, int, int]]:
+        return {t: (self.where[t][0], *self.where[t][1].parts[0]) for t in tiles if t in self.where}
+
+    def decoding(self) -> dict[str, Any]:
+        return {
+            "codec": "dicom",
+            "transfer_syntax": self.header.transfer_syntax,
+            "tile_px": list(self.level.tile_px),
+            # Per part: the spans start at their item header (offset tables, a walk), or are the data.
+            "items": [located.items for located in self.found],
+        }
 
     def decode(self, tile: int, data: bytes) -> np.ndarray:
         return decode_frame_data(data, self.where[tile][1], self.header, 1, self.short)
@@ -175,6 +202,8 @@ class GdcPage:
     spacing_um: tuple[float, float]
     base_size_px: tuple[int, int] | None
     facts: dict[str, Any]
+    urls: list[str]
+    level_index: int
     where: list[tuple[int, int]] = field(default_factory=list)
 
     @classmethod
@@ -202,6 +231,8 @@ class GdcPage:
                 "reason": choice.reason,
                 "transfer_syntax": f"tiff-compression-{page.compression}",
             },
+            urls=[plan.url],
+            level_index=next((k for k, level in enumerate(chosen.levels) if level.page == page.index), -1),
         )
 
     def locate(self, tiles: Sequence[int]) -> Covered:
@@ -217,6 +248,20 @@ class GdcPage:
         bodies = self.cache.fetch([self.where[t] for t in tiles], parallel=self.parallel)
         return dict(zip(tiles, bodies, strict=True))
 
+    def ranges(self, tiles: Sequence[int]) -> dict[int, tuple[int, int, int]]:
+        return {t: (0, *self.where[t]) for t in tiles}
+
+    def decoding(self) -> dict[str, Any]:
+        page = self.page
+        return {
+            "codec": "svs",
+            "page": page.index,
+            "compression": page.compression,
+            "photometric": page.photometric,
+            "jpegtables": page.jpegtables.hex() if page.jpegtables else "",
+            "tile_px": list(self.level.tile_px),
+        }
+
     def decode(self, tile: int, data: bytes) -> np.ndarray:
         return decode_tile(self.page, data, self.item, tile)
 
@@ -231,8 +276,8 @@ class GdcPage:
 
 
 def open_level(plan: PlanRow, base_size_px: tuple[int, int] | None, client: RangeClient, gdc: GdcSettings | None,
-               attempts: int, mpp: float) -> PatchLevel:  # fmt: skip
-    """The patch level of a planned slide, opened by its source."""
+               attempts: int, mpp: float, level_index: int = -1) -> PatchLevel:  # fmt: skip
+    """The patch level of a planned slide, opened by its source (``level_index``: the plan's, for a DICOM level)."""
     if plan.source == "gdc":
         return GdcPage.open(plan, gdc, attempts, mpp)
-    return IdcLevel(plan, base_size_px, client)
+    return IdcLevel(plan, base_size_px, client, level_index)

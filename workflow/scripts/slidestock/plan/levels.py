@@ -168,6 +168,13 @@ def base_size(levels: Iterable[Level]) -> tuple[int, int] | None:
     return volumes[0].size_px if volumes else None
 
 
+def pyramid_index(levels: Iterable[Level], size_px: tuple[int, int] | None) -> int:
+    """Where a level of this size sits among the distinct sizes of the VOLUME levels, finest 0 (OpenSlide's
+    level number of the slide); -1 when none has that size."""
+    sizes = list(dict.fromkeys(level.size_px for level in volume_levels(levels)))
+    return sizes.index(size_px) if size_px in sizes else -1
+
+
 def volume_levels(levels: Iterable[Level]) -> list[Level]:
     """The VOLUME levels, finest first; LABEL, OVERVIEW and THUMBNAIL never qualify."""
     volumes = [lv for lv in levels if lv.flavor == "VOLUME"]

@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from slidestock.errors import FetchError, LevelError, UnreachableError
-from slidestock.plan.levels import Level, LevelChoice, Target, choose_level, volume_levels
+from slidestock.plan.levels import Level, LevelChoice, Target, choose_level, pyramid_index, volume_levels
 from slidestock.plan.rows import ASSOCIATED
 from slidestock.records import PLAN_COLUMNS, PlanColumns, empty_plan_row
 
@@ -236,3 +236,14 @@ def plan_frame(
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
         rows = list(pool.map(row, cohort.to_dict("records")))
     return pd.DataFrame(rows, columns=list(PLAN_COLUMNS))
+
+
+def pyramid_indices(plan: pd.DataFrame, levels: Mapping[str, Sequence[Level]]) -> list[int]:
+    """Each planned slide's level, as its place among its series' VOLUME levels (finest 0): the level number
+    OpenSlide and CLAM give it in a local copy. -1 where the plan has no level or the series no levels (GDC)."""
+    out: list[int] = []
+    for series, columns, rows in zip(plan["SeriesInstanceUID"], plan["level_columns"], plan["level_rows"], strict=True):
+        found = levels.get(series, [])
+        known = found and str(columns) not in ("", "nan", "None") and str(rows) not in ("", "nan", "None")
+        out.append(pyramid_index(found, (int(float(columns)), int(float(rows)))) if known else -1)
+    return out

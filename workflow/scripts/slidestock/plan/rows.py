@@ -183,12 +183,19 @@ def write_batch_plans(plan: pd.DataFrame, folder: Path, batch_size: int, columns
     return written
 
 
-def read_base_sizes(path: Path) -> dict[str, tuple[int, int] | None]:
-    """Each slide's base level size (columns, rows) from a patch plan; None where the plan has none (GDC)."""
+def read_base_sizes(path: Path) -> dict[str, tuple[tuple[int, int] | None, int]]:
+    """Each slide's base level size (columns, rows) from a patch plan, None where the plan has none (GDC), and
+    its level's place in the pyramid (finest 0; -1 where the plan has none)."""
     header, *lines = path.read_text().rstrip("\n").split("\n")
     columns = header.split("\t")
     rows = [dict(zip(columns, line.split("\t"), strict=True)) for line in lines if line]
-    return {row["slide_id"]: _pair(row.get("base_columns", ""), row.get("base_rows", "")) for row in rows}
+    return {
+        row["slide_id"]: (
+            _pair(row.get("base_columns", ""), row.get("base_rows", "")),
+            _int(row["level_index"]) if row.get("level_index", "") not in ("", "nan") else -1,
+        )
+        for row in rows
+    }
 
 
 def read_batch_plan(path: Path) -> list[PlanRow]:

@@ -60,8 +60,21 @@ def decode_frame_data(
     the size of the pixels they hold; DICOM asks for whole tiles) is placed at
     its tile's corner and the rest filled as background, with a note in ``notes``.
     """
-    item, syntax = header.item, header.transfer_syntax
-    expected = (math.ceil(header.tile_px[1] / decode), math.ceil(header.tile_px[0] / decode), 3)
+    return decode_codestream(data, frame.index, header.item, header.transfer_syntax, header.tile_px, decode, notes)
+
+
+def decode_codestream(
+    data: bytes,
+    index: int,
+    item: str,
+    syntax: str,
+    tile_px: tuple[int, int],
+    decode: int = 1,
+    notes: list[tuple[int, int, int]] | None = None,
+) -> np.ndarray:
+    """Frame ``index``'s bytes, of a level of this transfer syntax and tile size, as :func:`decode_frame_data`
+    says; what a reader that knows no header (slidestock.train) decodes with."""
+    expected = (math.ceil(tile_px[1] / decode), math.ceil(tile_px[0] / decode), 3)
     array: np.ndarray
     try:
         if syntax in JPEG_SYNTAXES | JPEG2000_SYNTAXES:
@@ -77,7 +90,7 @@ def decode_frame_data(
             array = np.frombuffer(data, dtype=np.uint8).reshape(expected)
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as err:
         raise DecodeError(
-            f"{item}: frame {frame.index + 1} cannot be decoded ({syntax}): {err} (the file is malformed)"
+            f"{item}: frame {index + 1} cannot be decoded ({syntax}): {err} (the file is malformed)"
         ) from err
     if array.shape == expected:
         return array
@@ -87,12 +100,12 @@ def decode_frame_data(
         and array.shape[2] == 3
         and all(0 < got <= want for got, want in zip(array.shape[:2], expected[:2], strict=True))
     ):
-        notes.append((frame.index + 1, array.shape[1] * decode, array.shape[0] * decode))
+        notes.append((index + 1, array.shape[1] * decode, array.shape[0] * decode))
         tile = np.full(expected, BACKGROUND, dtype=np.uint8)
         tile[: array.shape[0], : array.shape[1]] = array
         return tile
     raise DecodeError(
-        f"{item}: frame {frame.index + 1} decodes to {_describe(array.shape)}; expected {_describe(expected)} "
+        f"{item}: frame {index + 1} decodes to {_describe(array.shape)}; expected {_describe(expected)} "
         "(the file is malformed)"
     )
 

@@ -50,8 +50,9 @@ class RangeClient(Client):
     parallel: int = field(default=8, kw_only=True)
     backoff_s: float = field(default=0.5, kw_only=True)
     _stores: dict[str, Any] = field(default_factory=dict, repr=False, kw_only=True)
-    # Set once the server has answered a ranged GET with 200 and a Content-Range: read over HTTP from then on.
-    _plain_http: bool = field(default=False, repr=False, kw_only=True)
+    # Set once the server has answered a ranged GET with 200 and a Content-Range (or by a forked reader, where
+    # obstore's runtime cannot follow): read over HTTP from then on.
+    plain_http: bool = field(default=False, repr=False, kw_only=True)
 
     def _store(self, bucket: str) -> Any:
         with self._lock:
@@ -86,7 +87,7 @@ class RangeClient(Client):
         """``length`` bytes of ``s3://bucket/key`` from ``offset`` (fewer only at the object's end)."""
         if length <= 0:
             return b""
-        body = self._over_http(url, offset, length) if self._plain_http else self._with_obstore(url, offset, length)
+        body = self._over_http(url, offset, length) if self.plain_http else self._with_obstore(url, offset, length)
         self.count(len(body))
         return body
 
@@ -99,7 +100,7 @@ class RangeClient(Client):
         except Exception as err:  # obstore's errors: the first line says the HTTP or connection cause, and retries
             reason = str(err).splitlines()[0]
             if "non-partial response" in reason:
-                self._plain_http = True
+                self.plain_http = True
                 return self._over_http(url, offset, length)
             # obstore says "Generic S3 error: Error performing GET <url> in <time>, after <n> retries, ... - <cause>":
             # the cause, and how many tries it took, are what a user needs.

@@ -147,11 +147,11 @@ def fetch_frames(obj: RemoteObject, frames: Mapping[int, Frame], items: bool, it
         body = bodies[frame.parts[0]]
         if len(body) != frame.parts[0][1]:
             raise DecodeError(f"{item}: frame {frame.index + 1} is cut short: {len(body)} of {frame.parts[0][1]} bytes")
-        out[key] = _item_values(body, frame, item) if items else body
+        out[key] = item_values(body, frame, item) if items else body
     return out
 
 
-def _item_values(span: bytes, frame: Frame, item: str) -> bytes:
+def item_values(span: bytes, frame: Frame, item: str) -> bytes:
     """The values of the fragment items that fill ``span`` (most often one), joined."""
     values, pos = [], 0
     while pos < len(span):

@@ -81,13 +81,16 @@ def _sample_figure(record: PatchRecord, folder: Path, image_path: Path | None) -
     parts = []
     if image_path is not None and image_path.is_file():
         parts.append(_img(_outlined(record, image_path), record["slide_id"]))
-    for row in record["patches"][:PATCHES_SHOWN]:
+    pixels = [row for row in record["patches"] if row["path"] or row["shard"]]
+    for row in pixels[:PATCHES_SHOWN]:
         with Image.open(_patch_file(folder, row)) as patch:
             small = patch.convert("RGB")
         small.thumbnail((96, 96))
         parts.append(_img(small, row["patch_id"]))
     total = len(record["patches"])
     shown = f"{total} patches, the first {PATCHES_SHOWN} shown" if total > PATCHES_SHOWN else f"{total} patches"
+    if not pixels:  # patches.format: coordinates
+        shown = f"{total} patches placed (coordinates only, no pixels fetched)"
     caption = f"{html.escape(record['slide_id'])}: {shown}, each outlined on the slide"
     return f"<figure>{''.join(parts)}<figcaption>{caption}</figcaption></figure>"
 

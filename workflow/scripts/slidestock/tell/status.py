@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slidestock.records import as_patch_record
 from slidestock.state import DONE, FAILED, TO_DO, TO_REDO, SlideState, Stock, count
 
 _NUMBERS = re.compile(r"\b(?:0x[0-9a-fA-F]+|\d+)\b")  # hexadecimal too: a memory address in a repr
@@ -240,11 +241,16 @@ def _patch_lines(states: Sequence[SlideState], made: Sequence[SlideState], comma
 
     counts, made_counts = count(states), count(made)
     current = [s for s in states if s.state in (DONE, FAILED)]
+    rows = [row for s in made if s.record and s.state == DONE for row in as_patch_record(s.record)["patches"]]
+    # patches.format: coordinates places patches and locates their frames, and fetches no pixels.
+    placed = bool(rows) and not any(row["path"] or row["shard"] for row in rows)
+    how = "placed on" if placed else "cut from"
+    fetched = "bytes by range to locate their frames (coordinates only, no pixels)" if placed else "bytes by range"
     return [
         *(group.line() for group in _failures(states)),
-        f"slidestock: patches this run: {n_patches(made):,} cut from {plural(made_counts[DONE], 'slide')}, "
+        f"slidestock: patches this run: {n_patches(made):,} {how} {plural(made_counts[DONE], 'slide')}, "
         f"{made_counts[FAILED]:,} failed, {plural(len(current) - len(made), 'slide')} kept from before; "
-        f"fetched {sum(s.bytes_fetched for s in made):,} bytes by range",
+        f"fetched {sum(s.bytes_fetched for s in made):,} {fetched}",
         f"slidestock: patches in the stock: {n_patches(states):,} from {counts[DONE]:,} of {len(states):,} slides, "
         f"{counts[FAILED]:,} failed{_left(counts)}; {sum(s.bytes_fetched for s in current):,} bytes fetched by "
         f"range for them" + _retry_hint(current, command),

@@ -17,6 +17,7 @@ from slidestock.provenance import sha256_file
 from slidestock.records import as_patch_record, as_slide_record
 from slidestock.state import DONE, FAILED, SlideState, Stock
 from slidestock.tidy import strays
+from slidestock.train.layouts import read_coords_h5
 
 OK, MISMATCH, MISSING, NOT_MADE, FAILED_SLIDE = "ok", "mismatch", "missing", "not made", "failed-slide"
 
@@ -58,15 +59,39 @@ def check_slide(state: SlideState, root: Path) -> Check:
 
 
 def check_patches(state: SlideState, folder: Path) -> Iterator[Check]:
-    """Each patch of a slide done, from its PNG file or its shard's member."""
+    """Each patch of a slide done, from its PNG file, its shard's member, or (``coordinates``) its row of the
+    slide's h5 file."""
     if state.state != DONE or state.record is None:
         return
-    for row in as_patch_record(state.record)["patches"]:
-        if row["shard"]:
+    rows = as_patch_record(state.record)["patches"]
+    coords = _coords(folder / f"{state.slide_id}.h5")
+    for k, row in enumerate(rows):
+        if not row["shard"] and not row["path"]:
+            yield _check_coords(state.slide_id, folder / f"{state.slide_id}.h5", coords, k, (row["x_px"], row["y_px"]))
+        elif row["shard"]:
             yield _check_member(state.slide_id, folder / row["shard"], f"{row['patch_id']}.png", row["sha256"])
         else:
             path = folder / row["path"]
             yield check_file(state.slide_id, path, None, row["sha256"], str(path))
+
+
+def _coords(path: Path) -> list[tuple[int, int]] | None:
+    try:
+        coords, _ = read_coords_h5(path)
+    except (OSError, KeyError):
+        return None
+    return [(int(x), int(y)) for x, y in coords]
+
+
+def _check_coords(
+    slide_id: str, path: Path, coords: list[tuple[int, int]] | None, k: int, corner: tuple[int, int]
+) -> Check:
+    if coords is None:
+        return Check(slide_id, MISSING, f"{path}: missing or unreadable")
+    if k >= len(coords) or coords[k] != corner:
+        found = coords[k] if k < len(coords) else "nothing"
+        return Check(slide_id, MISMATCH, f"{path}: coords row {k} is {found}; its record says {corner}")
+    return Check(slide_id, OK, str(path))
 
 
 def _check_member(slide_id: str, shard: Path, member: str, sha256: str) -> Check:
