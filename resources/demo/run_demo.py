@@ -50,6 +50,12 @@ def main() -> int:
     workdir = (args.workdir or default).resolve()
     retry = "make demo PATCHES=1" if args.patches else "make demo"
     retry = "python resources/demo/run_demo.py --gdc" if args.gdc else retry
+    if args.workdir or args.configfile:  # the same command, with its own folder and configs
+        kind = " --gdc" if args.gdc else " --patches" if args.patches else ""
+        options = (f" --workdir {args.workdir}" if args.workdir else "") + "".join(
+            f" --configfile {path}" for path in args.configfile
+        )
+        retry = f"python resources/demo/run_demo.py{kind}{options}"
     workdir.mkdir(exist_ok=True)
     with (
         s3server.serving(BUILD / "s3", log_path=BUILD / "rclone.log") as server,

@@ -299,8 +299,15 @@ def test_coordinates_place_the_same_patches_and_fetch_no_pixels(first: Run, tmp_
         assert attrs["level_dim"].tolist() == list(level)
         assert attrs["patch_size"] == math.ceil(256 * 0.5 / rows["level_spacing_um"].iloc[0] - 1e-9)
         assert attrs["level_downsample"].tolist() == [1.0, 1.0]
-        assert attrs["target_magnification"] == 20.0
         assert attrs["name"] == slide_id
+        # TRIDENT's own file: the patch's side at the target magnification, and in level-0 pixels.
+        corners, trident = read_coords_h5(folder / f"{slide_id}_patches.h5")
+        assert corners.tolist() == coords.tolist()
+        spacing = rows["level_spacing_um"].iloc[0]
+        assert (trident["patch_size"], trident["target_magnification"]) == (256, 20.0)
+        assert trident["level0_magnification"] == pytest.approx(10 / spacing, rel=1e-5)
+        assert trident["patch_size_level0"] == round(256 * 0.5 / spacing)
+        assert (trident["level0_width"], trident["level0_height"]) == level
     # The coordinates read back as the PNG run's patches, row by row.
     reader = PatchReader(served[0].url, attempts=1)
     for row, png_row in zip(table.to_dict("records"), reference.to_dict("records"), strict=True):
@@ -308,8 +315,11 @@ def test_coordinates_place_the_same_patches_and_fetch_no_pixels(first: Run, tmp_
             assert np.array_equal(reader.read(row), np.asarray(png.convert("RGB"))), row["patch_id"]
     verified = snakemake(run.workdir, run.config, "verify")
     assert verified.returncode == 0, verified.stderr[-2000:]
-    assert "verify: 4 images match their records, 0 do not; 32 patches match their records, 0 do not; 0 files in " \
-        "the stock's folders are not of it" in verified.stderr.splitlines()  # fmt: skip
+    said = (
+        "verify: 4 images match their records, 0 do not; 32 patches match their records, 0 do not; 8 h5 files match "
+        "their records, 0 do not; 0 files in the stock's folders are not of it"
+    )
+    assert said in verified.stderr.splitlines()
     # An h5 file whose corner is not its record's is named.
     first_slide = table["slide_id"].iloc[0]
     h5 = folder / f"{first_slide}.h5"
@@ -321,6 +331,16 @@ def test_coordinates_place_the_same_patches_and_fetch_no_pixels(first: Run, tmp_
     assert tampered.returncode != 0
     assert f"{first_slide}.h5: coords row 0 is ({coords[0, 0]}, {coords[0, 1]}); its record says" in tampered.stderr
     h5.write_bytes(kept)
+    # A row of patches.parquet (under coordinates, what a reader reads the patch with) unlike its record is named.
+    parquet = folder / "patches.parquet"
+    kept = parquet.read_bytes()
+    changed = table.copy()
+    changed.loc[1, "frames"] = "[]"
+    changed.to_parquet(parquet, index=False)
+    tampered = snakemake(run.workdir, run.config, "verify")
+    assert tampered.returncode != 0
+    assert f"patches.parquet: {table['patch_id'].iloc[1]}'s frames not as its record says" in tampered.stderr
+    parquet.write_bytes(kept)
     # Back to PNG files: each slide's patches are cut again; the h5 files stay, the records gain their paths.
     config = yaml.safe_load(run.config.read_text())
     config["patches"]["format"] = "png"
@@ -329,7 +349,7 @@ def test_coordinates_place_the_same_patches_and_fetch_no_pixels(first: Run, tmp_
     assert again.returncode == 0, again.stderr[-2000:]
     table = pd.read_parquet(folder / "patches.parquet")
     assert table["sha256"].tolist() == reference["sha256"].tolist()
-    assert len(list(folder.glob("*.h5"))) == 4
+    assert len(list(folder.glob("*.h5"))) == 8  # CLAM's and TRIDENT's, for each of the 4 slides
 
 
 def test_gdc_patches_match_openslide_on_the_svs(tmp_path, demo_build, s3, gdc_build) -> None:
@@ -503,8 +523,9 @@ def test_changing_a_patch_setting_redoes_patches_but_not_the_plan_or_the_stock(t
         "slidestock: the patches of 4 slides differ (patches.n_per_slide 8 → 5): a run redoes them; "
         "the files no longer of the stock move to results/stale/"
     ) in again.stderr.splitlines()
-    assert re.search(r"^slidestock: moved 36 files that are not this stock's to results/stale/\S+/: "
-                     r"36 made for other settings or an earlier plan$", again.stderr, re.M)  # fmt: skip
+    # 4 slides' 8 PNG files, record and two h5 files (CLAM's, TRIDENT's)
+    assert re.search(r"^slidestock: moved 44 files that are not this stock's to results/stale/\S+/: "
+                     r"44 made for other settings or an earlier plan$", again.stderr, re.M)  # fmt: skip
     assert "slidestock: patches this run: 20 cut from 4 slides, 0 failed, 0 slides kept from before;" in again.stderr
     config["patches"]["parallel"] = 4
     run.config.write_text(yaml.safe_dump(config))

@@ -285,7 +285,9 @@ def test_ctrl_c_on_the_demo_leaves_no_lock_and_the_same_command_goes_on(
     # Nothing of the run goes on behind the prompt (the batch job, once, ran on after it).
     with pytest.raises(ProcessLookupError):
         os.killpg(run.pid, 0)
-    assert said.splitlines()[-1] == "demo: interrupted; `make demo` again goes on from where it stopped"
+    # The command it was given, its own folder and config with it (a newcomer's trial: it said `make demo`).
+    command = f"python resources/demo/run_demo.py --workdir {tmp_path / 'demo'} --configfile {tmp_path / 'fine.yaml'}"
+    assert said.splitlines()[-1] == f"demo: interrupted; `{command}` again goes on from where it stopped"
     assert "Traceback" not in said
     assert list((tmp_path / "demo/.snakemake/locks").glob("*")) == []
     again = subprocess.run(demo, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)

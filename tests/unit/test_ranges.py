@@ -13,7 +13,7 @@ import pydicom
 import pytest
 import pyvips
 
-from slidestock.errors import FetchError, RangeNotSupportedError
+from slidestock.errors import FetchError, MissingObjectError, RangeNotSupportedError
 from slidestock.read.fetch import http_url
 from slidestock.read.headers import HeaderReader
 from slidestock.read.objectstore import RangeClient
@@ -146,3 +146,21 @@ def test_plan_and_patches_read_the_header_the_same_way_whatever_the_server(large
             assert instance.header.icc_profile == bytes(expected.OpticalPathSequence[0].ICCProfile)
             assert instance.header_bytes == obj.fetched == PREFIX_BYTES[2]
             assert obj.requests == 3
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "expected"),
+    [("aws", None), ("gcs", "https://storage.googleapis.com"), ("http://127.0.0.1:9", "http://127.0.0.1:9")],
+)
+def test_each_endpoint_names_its_store_and_a_read_fails_only_for_the_network(endpoint: str, expected) -> None:
+    """Observed: with fetch.endpoint: aws every ranged read failed at once ('None' is not an instance of 'str'):
+    obstore takes no endpoint=None. AWS is obstore's default, named by leaving the endpoint out."""
+    client = RangeClient(endpoint, attempts=1, timeout_s=5)
+    store = client._store("idc-open-data")
+    assert store.config.get("endpoint") == expected
+    assert store.config["region"] == "us-east-1"
+    # Offline, the read fails to reach the server; online, the made-up key is not found. Never a type error.
+    with pytest.raises((FetchError, MissingObjectError)) as failed:
+        client.read("s3://idc-open-data/00000000-0000-0000-0000-000000000000/none.dcm", 0, 10)
+    assert "not an instance" not in str(failed.value)
+    assert str(failed.value).startswith("s3://idc-open-data/00000000-0000-0000-0000-000000000000/none.dcm")

@@ -16,7 +16,8 @@ import pytest
 from slidestock.errors import SlidestockError
 from slidestock.plan.levels import Level, pyramid_index
 from slidestock.plan.planner import pyramid_indices
-from slidestock.train.layouts import coords_attributes, read_coords_h5, write_coords_h5
+from slidestock.tidy import owner_of
+from slidestock.train.layouts import clam_attributes, read_coords_h5, trident_attributes, write_coords_h5
 from slidestock.train.reader import PatchReader, PlannedPatch
 
 VOLUME = ("DERIVED", "PRIMARY", "VOLUME", "RESAMPLED")
@@ -46,32 +47,45 @@ def test_a_levels_place_counts_distinct_volume_sizes_finest_first() -> None:
     assert pyramid_indices(plan, {"s1": levels}) == [1, -1, -1]  # no level planned; a series without levels
 
 
-def test_the_h5_file_holds_level0_corners_and_the_attributes_clam_and_trident_read(tmp_path: Path) -> None:
-    # A patch of 256 px at 0.5 µm/px cut from the /4 level (1.0108 µm/px) of a 40x TCGA scan.
+def test_the_h5_files_hold_level0_corners_and_the_attributes_clam_and_trident_read(tmp_path: Path) -> None:
+    # A patch of 256 px at 0.5 µm/px cut from the /4 level (1.0108 µm/px) of a 40x TCGA scan (0.2527 µm/px).
     span = (256 * 0.5 / 1.0108, 256 * 0.5 / 1.0108)
-    attrs = coords_attributes("S1", (10000, 7500), (40000, 30000), 1, span, (1.0108, 1.0108), 256, 0.5)
     rows = [{"x_px": 4 * 100, "y_px": 4 * 200}, {"x_px": 4 * 612, "y_px": 0}]
-    path = tmp_path / "S1.h5"
-    write_coords_h5(path, rows, attrs)  # type: ignore[arg-type]
-    coords, found = read_coords_h5(path)
+    clam = tmp_path / "S1.h5"
+    write_coords_h5(clam, rows, clam_attributes("S1", (10000, 7500), (40000, 30000), 1, span))  # type: ignore[arg-type]
+    coords, found = read_coords_h5(clam)
     assert coords.dtype == np.int64
     assert coords.tolist() == [[400, 800], [2448, 0]]
-    assert found["patch_size"] == math.ceil(256 * 0.5 / 1.0108) == 127
+    assert found["patch_size"] == math.ceil(256 * 0.5 / 1.0108) == 127  # read at patch_level, CLAM's meaning
     assert found["patch_level"] == 1
     assert found["level_dim"].tolist() == found["downsampled_level_dim"].tolist() == [10000, 7500]
     assert found["downsample"].tolist() == found["level_downsample"].tolist() == [4.0, 4.0]
-    assert found["custom_downsample"] == pytest.approx(127 / 256)
-    assert found["patch_size_level0"] == 508
-    assert found["level0_magnification"] == pytest.approx(10 / 0.2527)
+    assert found["name"] == "S1"
+    assert "target_magnification" not in found  # TRIDENT would read patch_size as its target size
+    trident = tmp_path / "S1_patches.h5"
+    write_coords_h5(trident, rows, trident_attributes("S1", (40000, 30000), 0.2527, 256, 0.5))  # type: ignore[arg-type]
+    coords, found = read_coords_h5(trident)
+    assert coords.tolist() == [[400, 800], [2448, 0]]
+    assert found["patch_size"] == 256  # at the target magnification, TRIDENT's meaning
+    assert found["patch_size_level0"] == round(256 * 0.5 / 0.2527) == 507
+    # TRIDENT's WSIPatcher reads round(patch_size * level0 spacing ratio) level-0 pixels: the same 507.
+    assert round(found["patch_size"] * found["level0_magnification"] / found["target_magnification"]) == 507
     assert found["target_magnification"] == 20.0
     assert (found["level0_width"], found["level0_height"], found["overlap"]) == (40000, 30000, 0)
-    assert found["name"] == "S1"
     assert not list(tmp_path.glob(".*partial"))
-    with h5py.File(path) as h5:  # as CLAM's extract_features_fp.py opens it
+    with h5py.File(clam) as h5:  # as CLAM's extract_features_fp.py opens it
         assert h5["coords"].attrs["patch_level"] == 1
         assert h5["coords"].shape == (2, 2)
-    write_coords_h5(tmp_path / "none.h5", [], attrs)
+    write_coords_h5(tmp_path / "none.h5", [], {"name": "none"})
     assert read_coords_h5(tmp_path / "none.h5")[0].shape == (0, 2)  # a slide with no patch: an empty (0, 2) array
+
+
+def test_a_file_of_a_slide_is_owned_by_it_whatever_its_name_adds() -> None:
+    owners = {"TCGA-AB_1234", "TCGA-AB"}
+    assert owner_of("TCGA-AB_1234_patches.h5", owners) == "TCGA-AB_1234"  # TRIDENT's name
+    assert owner_of("TCGA-AB_1234.h5", owners) == "TCGA-AB_1234"
+    assert owner_of("TCGA-AB.json", owners) == "TCGA-AB"
+    assert owner_of("TCGA-AC_patches.h5", owners) is None
 
 
 ROW = {

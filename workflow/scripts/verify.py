@@ -22,7 +22,7 @@ def main() -> None:
         checked = verify(Stock.at(Path(smk.params.results)), Path.cwd())
     except SlidestockError as err:
         sys.exit(f"verify: {err}")
-    for check in (*checked.images, *checked.patches):
+    for check in (*checked.images, *checked.patches, *checked.coordinates):
         logging.info("%s\t%s\t%s", check.slide_id, check.outcome, check.detail)
     for path in checked.strays:
         logging.info("not of this stock: %s", path)

@@ -84,8 +84,10 @@ class Stock:
         """The stock under ``results`` (raises :class:`SlidestockError` when no run has planned it yet)."""
         plan = results / "cohort" / "instances.tsv"
         if not plan.is_file():
+            inside = results / "results" / "cohort" / "instances.tsv"
+            hint = f" (did you mean {results / 'results'}?)" if inside.is_file() else " (run the workflow first)"
             raise SlidestockError(f"{plan} not found: no plan yet; expected the results of a run that has passed its "
-                                  "plan step here (run the workflow first)")  # fmt: skip
+                                  f"plan step here{hint}")  # fmt: skip
         return cls(results, RunSettings.read(results / "cohort" / "settings.json"))
 
     @property
@@ -165,14 +167,15 @@ def stock_files(state: SlideState) -> set[str]:
 
 
 def patch_files(state: SlideState, patch_format: str) -> set[str]:
-    """The paths under ``results/patches`` that a judged slide owns: its record, its coordinates (h5) when done,
+    """The paths under ``results/patches`` that a judged slide owns: its record, its coordinates (two h5) when done,
     and its PNG files.
 
     Under webdataset the PNG files are owned only until the batch's job packs them into its shard.
     """
     if state.state not in (DONE, FAILED) or state.record is None:
         return set()
-    names = {f"{state.slide_id}.json"} | ({f"{state.slide_id}.h5"} if state.state == DONE else set())
+    coordinates = {f"{state.slide_id}.h5", f"{state.slide_id}_patches.h5"}  # CLAM's, TRIDENT's
+    names = {f"{state.slide_id}.json"} | (coordinates if state.state == DONE else set())
     rows = as_patch_record(state.record)["patches"] if state.state == DONE else []
     # Under coordinates no PNG file is of the stock; under webdataset only those its job has yet to pack.
     unpacked = [row for row in rows if patch_format == "png" or (patch_format == "webdataset" and not row["shard"])]

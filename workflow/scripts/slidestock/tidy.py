@@ -55,10 +55,11 @@ def _entries(folder: Path) -> list[Path]:
 
 def owner_of(name: str, owners: Collection[str]) -> str | None:
     """The slide a file name belongs to: the longest slide id the name starts with, followed by a dot (or all of
-    it, for a patch folder)."""
+    it, for a patch folder; or ``_patches.h5``, TRIDENT's name)."""
     name = name.removeprefix(".")  # a partial file: .{slide}.png.partial
     cuts = [i for i, char in enumerate(name) if char == "."] + [len(name)]
-    return next((name[:i] for i in reversed(cuts) if name[:i] in owners), None)
+    cuts += [len(name) - len("_patches.h5")] if name.endswith("_patches.h5") else []
+    return next((name[:i] for i in sorted(cuts, reverse=True) if name[:i] in owners), None)
 
 
 def _why(path: Path, state: SlideState) -> str:

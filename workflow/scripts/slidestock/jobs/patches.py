@@ -45,7 +45,7 @@ from slidestock.records import (
 from slidestock.settings import PatchSettings
 from slidestock.state import judge_one
 from slidestock.tidy import NOT_OUTPUT, Stale, move_stale, run_of, stale_patch_files
-from slidestock.train.layouts import coords_attributes, write_coords_h5
+from slidestock.train.layouts import TRIDENT_SUFFIX, clam_attributes, trident_attributes, write_coords_h5
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -68,9 +68,9 @@ class PatchJob:
     level_index: int = -1
 
     @property
-    def h5_path(self) -> Path:
-        """The slide's coordinates in CLAM's and TRIDENT's layout."""
-        return self.json_path.with_suffix(".h5")
+    def h5_paths(self) -> tuple[Path, Path]:
+        """The slide's coordinates as CLAM's and TRIDENT's patching steps write them."""
+        return self.json_path.with_suffix(".h5"), self.json_path.with_name(f"{self.plan.slide_id}{TRIDENT_SUFFIX}")
 
 
 def patch_digest(job: PatchJob, settings: PatchSettings) -> str:
@@ -82,7 +82,7 @@ def is_finished(job: PatchJob, digest: str, in_shard: Collection[str] = (), coor
     """True when the slide's record says done (or failed for good) for this digest, and its patches are all there.
 
     A patch is there as its PNG file, or as a member of the batch's shard (``in_shard``: its member names), or
-    with ``coordinates`` as a row of its record alone; a done slide's h5 file is there in every format.
+    with ``coordinates`` as a row of its record alone; a done slide's h5 files are there in every format.
     """
     found = read_record(job.json_path)
     if found is None:
@@ -92,7 +92,7 @@ def is_finished(job: PatchJob, digest: str, in_shard: Collection[str] = (), coor
         return False
     if record["status"] == "failed":
         return failed_for_good(record)
-    if not job.h5_path.is_file():
+    if not all(path.is_file() for path in job.h5_paths):
         return False
     if coordinates:
         return not any(row["path"] or row["shard"] for row in record.get("patches", []))
@@ -233,12 +233,14 @@ def _run_slide(
         "patches": [],
     }
     shutil.rmtree(job.folder, ignore_errors=True)
-    job.h5_path.unlink(missing_ok=True)
+    for path in job.h5_paths:
+        path.unlink(missing_ok=True)
     try:
         cut = _cut_slide(job, settings, client, coordinates)
     except Exception as err:  # one slide never stops its batch
         shutil.rmtree(job.folder, ignore_errors=True)
-        job.h5_path.unlink(missing_ok=True)
+        for path in job.h5_paths:
+            path.unlink(missing_ok=True)
         failure = failure_of(plan.slide_id, err, "patches")
         record["error"], record["retryable"] = failure["error"], failure["retryable"]
     else:
@@ -324,12 +326,10 @@ def _cut_slide(job: PatchJob, settings: PatchSettings, client: RangeClient, coor
                 "decoding": decoding,
             }
         )
-    write_coords_h5(
-        job.h5_path,
-        rows,
-        coords_attributes(plan.slide_id, level.size_px, base, opened.level_index, span, spacing, settings.size_px,
-                          settings.mpp),
-    )  # fmt: skip
+    clam, trident = job.h5_paths
+    write_coords_h5(clam, rows, clam_attributes(plan.slide_id, level.size_px, base, opened.level_index, span))
+    base_mpp = spacing[0] * level.size_px[0] / base[0]
+    write_coords_h5(trident, rows, trident_attributes(plan.slide_id, base, base_mpp, settings.size_px, settings.mpp))
     fewer = settings.mode == "random" and len(patches) < settings.n_per_slide
     return Cut(
         level={

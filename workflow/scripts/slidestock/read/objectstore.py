@@ -27,7 +27,7 @@ from slidestock.read.fetch import MISSING_HINT, endpoint_url, http_url, source_u
 from slidestock.read.ranges import MAX_BACKOFF_S, Client, Fetched, Range, fan_out, http_range
 
 if TYPE_CHECKING:  # typing names only: obstore's stubs define them, its module does not
-    from obstore.store import ClientConfig, RetryConfig
+    from obstore.store import ClientConfig, RetryConfig, S3Config
 
 # idc-open-data and its two companions are in us-east-1; a custom endpoint ignores the region.
 REGION = "us-east-1"
@@ -73,14 +73,11 @@ class RangeClient(Client):
                         "base": 2,
                     },
                 }
-                self._stores[bucket] = S3Store(
-                    bucket,
-                    endpoint=custom,
-                    region=REGION,
-                    skip_signature=True,
-                    client_options=options,
-                    retry_config=retries,
-                )
+                # obstore takes no endpoint=None: AWS is its default, named by leaving the endpoint out.
+                config: S3Config = {"region": REGION, "skip_signature": True}
+                if custom is not None:
+                    config["endpoint"] = custom
+                self._stores[bucket] = S3Store(bucket, config=config, client_options=options, retry_config=retries)
             return self._stores[bucket]
 
     def read(self, url: str, offset: int, length: int) -> bytes:

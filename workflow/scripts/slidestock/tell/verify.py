@@ -9,17 +9,19 @@ not verified but counted as not made, and a file the stock does not account for
 from __future__ import annotations
 
 import tarfile
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from slidestock.provenance import sha256_file
-from slidestock.records import as_patch_record, as_slide_record
+from slidestock.records import PATCH_COLUMNS, PatchRow, as_patch_record, as_slide_record
 from slidestock.state import DONE, FAILED, SlideState, Stock
 from slidestock.tidy import strays
-from slidestock.train.layouts import read_coords_h5
+from slidestock.train.layouts import TRIDENT_SUFFIX, read_coords_h5
 
 OK, MISMATCH, MISSING, NOT_MADE, FAILED_SLIDE = "ok", "mismatch", "missing", "not made", "failed-slide"
+PATCH_TABLE = "patches.parquet"
 
 
 @dataclass(frozen=True)
@@ -58,40 +60,73 @@ def check_slide(state: SlideState, root: Path) -> Check:
     return check_file(state.slide_id, root / output["path"], output["bytes"], output["sha256"], output["path"])
 
 
-def check_patches(state: SlideState, folder: Path) -> Iterator[Check]:
-    """Each patch of a slide done, from its PNG file, its shard's member, or (``coordinates``) its row of the
-    slide's h5 file."""
+def check_patches(state: SlideState, folder: Path, table: Mapping[str, Mapping[str, Any]] | None) -> Iterator[Check]:
+    """Each patch of a slide done: its PNG file or its shard's member against the hash its record gives, and its
+    row of ``patches.parquet`` (``table``, by patch id; None when there is none) against its record's row: under
+    ``coordinates`` the row is the patch, what a reader reads it with."""
     if state.state != DONE or state.record is None:
         return
-    rows = as_patch_record(state.record)["patches"]
-    coords = _coords(folder / f"{state.slide_id}.h5")
-    for k, row in enumerate(rows):
-        if not row["shard"] and not row["path"]:
-            yield _check_coords(state.slide_id, folder / f"{state.slide_id}.h5", coords, k, (row["x_px"], row["y_px"]))
-        elif row["shard"]:
-            yield _check_member(state.slide_id, folder / row["shard"], f"{row['patch_id']}.png", row["sha256"])
-        else:
+    for row in as_patch_record(state.record)["patches"]:
+        check = _check_row(state.slide_id, row, table, folder / PATCH_TABLE)
+        if check.outcome == OK and row["shard"]:
+            check = _check_member(state.slide_id, folder / row["shard"], f"{row['patch_id']}.png", row["sha256"])
+        elif check.outcome == OK and row["path"]:
             path = folder / row["path"]
-            yield check_file(state.slide_id, path, None, row["sha256"], str(path))
+            check = check_file(state.slide_id, path, None, row["sha256"], str(path))
+        yield check
 
 
-def _coords(path: Path) -> list[tuple[int, int]] | None:
-    try:
-        coords, _ = read_coords_h5(path)
-    except (OSError, KeyError):
+def _check_row(slide_id: str, row: PatchRow, table: Mapping[str, Mapping[str, Any]] | None, shown: Path) -> Check:
+    if table is None:
+        return Check(slide_id, MISSING, f"{shown} not found")
+    found = table.get(row["patch_id"])
+    if found is None:
+        return Check(slide_id, MISSING, f"{shown}: no row for {row['patch_id']}")
+    differ = [key for key in PATCH_COLUMNS if found.get(key) != row[key]]  # type: ignore[literal-required]
+    if differ:
+        return Check(slide_id, MISMATCH, f"{shown}: {row['patch_id']}'s {', '.join(differ)} not as its record says")
+    return Check(slide_id, OK, row["patch_id"])
+
+
+def read_patch_table(folder: Path) -> dict[str, dict[str, Any]] | None:
+    """``patches.parquet``'s rows by patch id (plain Python values), or None when there is none."""
+    import pandas as pd
+
+    path = folder / PATCH_TABLE
+    if not path.is_file():
         return None
-    return [(int(x), int(y)) for x, y in coords]
+    rows = pd.read_parquet(path).astype(object).to_dict("records")
+    return {str(row["patch_id"]): {str(k): _plain(v) for k, v in row.items()} for row in rows}
 
 
-def _check_coords(
-    slide_id: str, path: Path, coords: list[tuple[int, int]] | None, k: int, corner: tuple[int, int]
-) -> Check:
-    if coords is None:
-        return Check(slide_id, MISSING, f"{path}: missing or unreadable")
-    if k >= len(coords) or coords[k] != corner:
-        found = coords[k] if k < len(coords) else "nothing"
-        return Check(slide_id, MISMATCH, f"{path}: coords row {k} is {found}; its record says {corner}")
-    return Check(slide_id, OK, str(path))
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def check_coordinates(state: SlideState, folder: Path) -> Iterator[Check]:
+    """A slide done: its two h5 files (CLAM's, TRIDENT's), each with its patches' level-0 corners in order."""
+    if state.state != DONE or state.record is None:
+        return
+    corners = [(row["x_px"], row["y_px"]) for row in as_patch_record(state.record)["patches"]]
+    for name in (f"{state.slide_id}.h5", f"{state.slide_id}{TRIDENT_SUFFIX}"):
+        path = folder / name
+        try:
+            coords, _ = read_coords_h5(path)
+        except (OSError, KeyError):
+            yield Check(state.slide_id, MISSING, f"{path} not found or unreadable")
+            continue
+        found = [(int(x), int(y)) for x, y in coords]
+        wrong = next((k for k, (a, b) in enumerate(zip(found, corners, strict=False)) if a != b), None)
+        if wrong is not None:
+            yield Check(
+                state.slide_id,
+                MISMATCH,
+                f"{path}: coords row {wrong} is {found[wrong]}; its record says {corners[wrong]}",
+            )
+        elif len(found) != len(corners):
+            yield Check(state.slide_id, MISMATCH, f"{path}: {len(found)} coords; its record has {len(corners)} patches")
+        else:
+            yield Check(state.slide_id, OK, str(path))
 
 
 def _check_member(slide_id: str, shard: Path, member: str, sha256: str) -> Check:
@@ -117,10 +152,11 @@ class Verified:
     images: list[Check]
     patches: list[Check]
     strays: list[Path]
+    coordinates: list[Check] = field(default_factory=list)
 
     @property
     def bad(self) -> list[Check]:
-        return [c for c in (*self.images, *self.patches) if c.bad]
+        return [c for c in (*self.images, *self.patches, *self.coordinates) if c.bad]
 
     def summary(self) -> str:
         def said(checks: Sequence[Check], one: str, many: str) -> str:
@@ -130,6 +166,7 @@ class Verified:
 
         parts = [said(self.images, "image", "images")]
         parts += [said(self.patches, "patch", "patches")] if self.patches else []
+        parts += [said(self.coordinates, "h5 file", "h5 files")] if self.coordinates else []
         strays = len(self.strays)
         files = "1 file in the stock's folders is" if strays == 1 else f"{strays:,} files in the stock's folders are"
         parts.append(f"{files} not of it")
@@ -146,7 +183,9 @@ class Verified:
         if not said:
             return None
         more = f" (and {len(said) - 5:,} more)" if len(said) > 5 else ""
-        return "verify: " + "; ".join(said[:5]) + more
+        missing = any(c.outcome == MISSING for c in (*self.patches, *self.coordinates))
+        again = "; `snakemake --forcerun patches` makes missing patch files again" if missing else ""
+        return "verify: " + "; ".join(said[:5]) + more + again
 
 
 def verify(stock: Stock, root: Path) -> Verified:
@@ -154,5 +193,7 @@ def verify(stock: Stock, root: Path) -> Verified:
     slides = stock.slide_states()
     patches = stock.patch_states(slides)
     images = sorted((check_slide(s, root) for s in slides), key=lambda c: c.slide_id)
-    patch_checks = [check for state in patches for check in check_patches(state, stock.patches)]
-    return Verified(images, patch_checks, strays(stock, slides, patches))
+    table = read_patch_table(stock.patches) if patches else None
+    patch_checks = [check for state in patches for check in check_patches(state, stock.patches, table)]
+    coordinates = [check for state in patches for check in check_coordinates(state, stock.patches)]
+    return Verified(images, patch_checks, strays(stock, slides, patches), coordinates)

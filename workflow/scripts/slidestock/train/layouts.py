@@ -1,16 +1,21 @@
-"""A slide's patch coordinates as CLAM's and TRIDENT's patching steps leave them: ``{slide}.h5`` with a
-``coords`` dataset of level-0 (x, y) top-left corners, one row per patch in the record's order.
+"""A slide's patch coordinates as CLAM's and TRIDENT's patching steps leave them: a ``coords`` dataset of level-0
+(x, y) top-left corners, one row per patch in the record's order, with each tool's attributes.
 
-The attributes follow CLAM's ``create_patches_fp.py``: ``patch_size`` is the side
-read at ``patch_level`` (the level's pixels a patch spans, rounded up),
+``{slide}.h5`` follows CLAM's ``create_patches_fp.py``: ``patch_size`` is the
+side read at ``patch_level`` (the level's pixels a patch spans, rounded up),
 ``patch_level`` the level's number in the slide's pyramid (finest 0, as
 OpenSlide numbers a local copy), ``level_dim``, ``downsampled_level_dim`` and
 ``downsample`` the level's size and its ratio to level 0 (also as
-``level_downsample``). TRIDENT's legacy reader takes ``patch_size``,
-``patch_level`` and ``custom_downsample`` (the crop's ratio to ``size_px``); its
-own attributes (``patch_size_level0``, ``level0_magnification``,
-``target_magnification``, ``level0_width``, ``level0_height``, ``overlap``) are
-there too, magnifications as 10 µm over the spacing.
+``level_downsample``). CLAM's feature extraction reads it from
+``{data_h5_dir}/patches/{slide}.h5``.
+
+``{slide}_patches.h5`` follows TRIDENT's ``coords_to_h5``: ``patch_size`` is the
+patch's side at the target magnification (``patches.size_px``),
+``patch_size_level0`` its side in level-0 pixels, ``level0_magnification`` and
+``target_magnification`` 10 µm over the spacings (40 at 0.25 µm/px), with
+``level0_width``, ``level0_height``, ``overlap`` (0) and ``name``. TRIDENT reads it
+from ``{job_dir}/{coords_dir}/patches/{slide}_patches.h5``. The two tools mean
+different things by ``patch_size``, hence two files.
 """
 
 from __future__ import annotations
@@ -24,34 +29,37 @@ import numpy as np
 from slidestock.image.patches import crop_px
 from slidestock.records import PatchRow
 
+TRIDENT_SUFFIX = "_patches.h5"
 
-def coords_attributes(
+
+def clam_attributes(
     slide_id: str,
     level_size: tuple[int, int],
     base_size: tuple[int, int],
     level_index: int,
     span: tuple[float, float],
-    spacing_um: tuple[float, float],
-    size_px: int,
-    mpp: float,
 ) -> dict[str, Any]:
-    """The ``coords`` dataset's attributes for a slide's patches (see the module's docstring)."""
-    crop = crop_px(span)
-    downsample = (base_size[0] / level_size[0], base_size[1] / level_size[1])
-    base_mpp = spacing_um[0] / downsample[0]
+    """The ``coords`` attributes of CLAM's file for a slide's patches (see the module's docstring)."""
+    downsample = np.array((base_size[0] / level_size[0], base_size[1] / level_size[1]), dtype=np.float64)
     return {
         "name": slide_id,
-        "patch_size": crop[0],
+        "patch_size": crop_px(span)[0],
         "patch_level": level_index,
         "level_dim": np.array(level_size, dtype=np.int64),
         "downsampled_level_dim": np.array(level_size, dtype=np.int64),
-        "downsample": np.array(downsample, dtype=np.float64),
-        "level_downsample": np.array(downsample, dtype=np.float64),
-        "custom_downsample": crop[0] / size_px,
-        "target_patch_size": size_px,
-        "mpp": mpp,
-        "level_mpp": spacing_um[0],
-        "patch_size_level0": round(crop[0] * downsample[0]),
+        "downsample": downsample,
+        "level_downsample": downsample,
+    }
+
+
+def trident_attributes(
+    slide_id: str, base_size: tuple[int, int], base_mpp: float, size_px: int, mpp: float
+) -> dict[str, Any]:
+    """The ``coords`` attributes of TRIDENT's file for a slide's patches (see the module's docstring)."""
+    return {
+        "name": slide_id,
+        "patch_size": size_px,
+        "patch_size_level0": round(size_px * mpp / base_mpp),
         "level0_magnification": 10.0 / base_mpp,
         "target_magnification": 10.0 / mpp,
         "level0_width": base_size[0],
