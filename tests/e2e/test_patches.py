@@ -350,6 +350,20 @@ def test_coordinates_place_the_same_patches_and_fetch_no_pixels(first: Run, tmp_
     table = pd.read_parquet(folder / "patches.parquet")
     assert table["sha256"].tolist() == reference["sha256"].tolist()
     assert len(list(folder.glob("*.h5"))) == 8  # CLAM's and TRIDENT's, for each of the 4 slides
+    # And to coordinates again: the PNG files move to results/stale/, each slide's folder with a copy of the
+    # record that gives their hashes (its own record is written again without them).
+    config["patches"]["format"] = "coordinates"
+    run.config.write_text(yaml.safe_dump(config))
+    back = snakemake(run.workdir, run.config)
+    assert back.returncode == 0, back.stderr[-2000:]
+    assert not list(folder.rglob("*.png"))
+    [stale] = (run.workdir / "results/stale").iterdir()
+    for slide_id, rows in table.groupby("slide_id"):
+        kept = json.loads((stale / "patches" / f"{slide_id}.json").read_text())
+        for row in kept["patches"]:
+            png = stale / "patches" / row["path"]
+            assert hashlib.sha256(png.read_bytes()).hexdigest() == row["sha256"]
+        assert [row["sha256"] for row in kept["patches"]] == rows["sha256"].tolist()
 
 
 def test_gdc_patches_match_openslide_on_the_svs(tmp_path, demo_build, s3, gdc_build) -> None:

@@ -154,9 +154,14 @@ def move_stale_patches(
     png_shard = folder / "shards" / f"{name}.tar"
     if shard is None and png_shard.exists():  # patches are PNG files now: the batch's shard is of another config
         found.append(Stale(png_shard, NOT_OUTPUT))
-    results = folder.parent
+    results, moving = folder.parent, {stale.path for stale in found}
     for stale, dest in move_stale(found, results, run_of(results), f"patches-{name}"):
         log.info("%s: moved %s to %s: %s", name, stale.path.name, dest, stale.why)
+        record = folder / f"{stale.path.name}.json"
+        if dest.is_dir() and record.is_file() and record not in moving:
+            # A slide's PNG folder of another format: its record (the patches' rows and hashes) goes along as a
+            # copy, since the slide's own record stays, to be written again for the current format.
+            shutil.copy2(record, dest.with_name(record.name))
 
 
 def shard_members(shard: Path) -> set[str]:
