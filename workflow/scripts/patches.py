@@ -30,8 +30,8 @@ def main() -> None:
     jobs = [
         PatchJob(
             plan=plan,
-            base_size_px=bases.get(plan.slide_id, (None, -1))[0],
-            level_index=bases.get(plan.slide_id, (None, -1))[1],
+            base_size_px=bases[plan.slide_id][0],
+            level_index=bases[plan.slide_id][1],
             image_path=slides / f"{plan.slide_id}.{smk.params.suffix}",
             folder=folder / plan.slide_id,
             json_path=folder / f"{plan.slide_id}.json",

@@ -184,6 +184,14 @@ class PatchRow(TypedDict):
 
 
 PATCH_COLUMNS: tuple[str, ...] = tuple(PatchRow.__annotations__)
+# TRIDENT's name for a slide's coordinates: {slide}_patches.h5.
+TRIDENT_SUFFIX = "_patches.h5"
+
+
+def coordinate_files(slide_id: str) -> tuple[str, str]:
+    """The names, under ``results/patches``, of a slide's coordinates as CLAM and TRIDENT read them
+    (:mod:`slidestock.train.layouts`)."""
+    return f"{slide_id}.h5", f"{slide_id}{TRIDENT_SUFFIX}"
 
 
 class PatchRecord(Record):

@@ -25,6 +25,7 @@ from slidestock.records import (
     SlideRecord,
     as_patch_record,
     as_slide_record,
+    coordinate_files,
     may_pass,
     output_sha256,
     read_record,
@@ -174,8 +175,7 @@ def patch_files(state: SlideState, patch_format: str) -> set[str]:
     """
     if state.state not in (DONE, FAILED) or state.record is None:
         return set()
-    coordinates = {f"{state.slide_id}.h5", f"{state.slide_id}_patches.h5"}  # CLAM's, TRIDENT's
-    names = {f"{state.slide_id}.json"} | (coordinates if state.state == DONE else set())
+    names = {f"{state.slide_id}.json", *(coordinate_files(state.slide_id) if state.state == DONE else ())}
     rows = as_patch_record(state.record)["patches"] if state.state == DONE else []
     # Under coordinates no PNG file is of the stock; under webdataset only those its job has yet to pack.
     unpacked = [row for row in rows if patch_format == "png" or (patch_format == "webdataset" and not row["shard"])]

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slidestock.errors import SlidestockError
+from slidestock.records import TRIDENT_SUFFIX
 from slidestock.settings import RunSettings
 from slidestock.state import DONE, FAILED, SlideState, Stock, patch_files, stock_files
 
@@ -58,7 +59,7 @@ def owner_of(name: str, owners: Collection[str]) -> str | None:
     it, for a patch folder; or ``_patches.h5``, TRIDENT's name)."""
     name = name.removeprefix(".")  # a partial file: .{slide}.png.partial
     cuts = [i for i, char in enumerate(name) if char == "."] + [len(name)]
-    cuts += [len(name) - len("_patches.h5")] if name.endswith("_patches.h5") else []
+    cuts += [len(name) - len(TRIDENT_SUFFIX)] if name.endswith(TRIDENT_SUFFIX) else []
     return next((name[:i] for i in sorted(cuts, reverse=True) if name[:i] in owners), None)
 
 

@@ -177,21 +177,10 @@ def cut_patches(
                 else np.full((level.tile_px[1], level.tile_px[0], 3), BACKGROUND, dtype=np.uint8)
             )
         for k in group:
-            yield patches[k], resample_patch(patches[k], needs[k], span, size_px, level, decoded)
+            pixels = patch_pixels(patches[k], needs[k], span, size_px, level, decoded)
+            yield patches[k], with_icc_profile(output_image(pixels), level.icc_profile)
         for tile in [t for t in decoded if last_use[t] <= group[-1]]:
             del decoded[tile]
-
-
-def resample_patch(
-    patch: Patch,
-    tiles: Sequence[int],
-    span: tuple[float, float],
-    size_px: int,
-    level: TiledLevel,
-    decoded: Mapping[int, np.ndarray],
-) -> pyvips.Image:
-    """The patch's pixels (:func:`patch_pixels`) as an image carrying the level's ICC profile, to be written."""
-    return with_icc_profile(output_image(patch_pixels(patch, tiles, span, size_px, level, decoded)), level.icc_profile)
 
 
 def patch_pixels(

@@ -39,13 +39,14 @@ from slidestock.records import (
     PatchRecord,
     PatchRow,
     as_patch_record,
+    coordinate_files,
     failed_for_good,
     read_record,
 )
 from slidestock.settings import PatchSettings
 from slidestock.state import judge_one
 from slidestock.tidy import NOT_OUTPUT, Stale, move_stale, run_of, stale_patch_files
-from slidestock.train.layouts import TRIDENT_SUFFIX, clam_attributes, trident_attributes, write_coords_h5
+from slidestock.train.layouts import clam_attributes, trident_attributes, write_coords_h5
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -70,7 +71,8 @@ class PatchJob:
     @property
     def h5_paths(self) -> tuple[Path, Path]:
         """The slide's coordinates as CLAM's and TRIDENT's patching steps write them."""
-        return self.json_path.with_suffix(".h5"), self.json_path.with_name(f"{self.plan.slide_id}{TRIDENT_SUFFIX}")
+        clam, trident = coordinate_files(self.plan.slide_id)
+        return self.json_path.with_name(clam), self.json_path.with_name(trident)
 
 
 def patch_digest(job: PatchJob, settings: PatchSettings) -> str:

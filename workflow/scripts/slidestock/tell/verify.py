@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from slidestock.provenance import sha256_file
-from slidestock.records import PATCH_COLUMNS, PatchRow, as_patch_record, as_slide_record
+from slidestock.records import PATCH_COLUMNS, PatchRow, as_patch_record, as_slide_record, coordinate_files
 from slidestock.state import DONE, FAILED, SlideState, Stock
 from slidestock.tidy import strays
-from slidestock.train.layouts import TRIDENT_SUFFIX, read_coords_h5
+from slidestock.train.layouts import read_coords_h5
 
 OK, MISMATCH, MISSING, NOT_MADE, FAILED_SLIDE = "ok", "mismatch", "missing", "not made", "failed-slide"
 PATCH_TABLE = "patches.parquet"
@@ -109,7 +109,7 @@ def check_coordinates(state: SlideState, folder: Path) -> Iterator[Check]:
     if state.state != DONE or state.record is None:
         return
     corners = [(row["x_px"], row["y_px"]) for row in as_patch_record(state.record)["patches"]]
-    for name in (f"{state.slide_id}.h5", f"{state.slide_id}{TRIDENT_SUFFIX}"):
+    for name in coordinate_files(state.slide_id):
         path = folder / name
         try:
             coords, _ = read_coords_h5(path)

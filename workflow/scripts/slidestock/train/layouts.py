@@ -29,8 +29,6 @@ import numpy as np
 from slidestock.image.patches import crop_px
 from slidestock.records import PatchRow
 
-TRIDENT_SUFFIX = "_patches.h5"
-
 
 def clam_attributes(
     slide_id: str,
