@@ -165,6 +165,27 @@ def assert_plot_labels_fit(driver: Any) -> None:
                 assert overlap_x <= 0.5 or overlap_y <= 0.5, f"{a!r} overlaps {b!r}"
 
 
+def test_plot_labels_fit_at_the_edges(browser: Any, tmp_path: Path) -> None:
+    """Plots drawn for awkward data keep their labels inside and apart in a real browser: a first x tick at the
+    spine, ticks a hundred-thousandth apart, a range within one decade, long collection names, 40 collections."""
+    from slidestock.tell import plots
+
+    svgs = [
+        plots.scatter_log("Bytes fetched per slide", "whole series (bytes)", "fetched (bytes)", [2e5, 3e9], [1e5, 4e8]),
+        plots.scatter_log("One decade", "whole", "fetched", [3.0e5, 3.2e5], [3.0e5, 3.1e5]),
+        plots.histogram("Close values", "µm per pixel", [3.2222, 3.2222, 3.2223]),
+        plots.histogram("One value", "µm per pixel", [15.0] * 20),
+        plots.histogram("Sizes", "long side (pixels)", [640, 12_000, 99_999, 1_234]),
+        plots.bars("Long names", ["TCGA-LUAD-WWWWMMMM", "cptac_ccrcc", "x"], [1_200, 40, 1]),
+        plots.bars("Many collections", [f"collection_{i:02d}" for i in range(40)], list(range(40))),
+    ]
+    page = tmp_path / "plots.html"
+    page.write_text('<html><body><div class="plots">' + "".join(svgs) + "</div></body></html>")
+    browser.get(page.as_uri())
+    assert len(browser.execute_script(PLOT_TEXT_BOXES)) == len(svgs)
+    assert_plot_labels_fit(browser)
+
+
 def test_snakemake_report_zip_has_captions_plots_and_sheet(run: Run) -> None:
     proc = snakemake(run.workdir, run.config, "--report", "report.zip")
     assert proc.returncode == 0, proc.stderr[-2000:]

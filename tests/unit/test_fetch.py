@@ -21,7 +21,7 @@ from slidestock.read.fetch import (
     s5cmd_base,
     source_url,
 )
-from slidestock.read.stream import Downloads, Group, fetch_batch
+from slidestock.read.stream import Downloads, Group, fetch_batch, may_fly
 from slidestock_testkit import faultproxy
 from slidestock_testkit.s3server import S3Server
 
@@ -233,3 +233,16 @@ def test_no_more_than_the_window_of_slides_is_on_disk_and_a_missing_object_fails
             assert result.bytes_fetched == item.expected_bytes
     assert isinstance(seen["broken"][missing.dest], MissingObjectError)
     assert isinstance(seen["broken"][tmp_path / "x.dcm"], FetchResult)
+
+
+def test_a_run_starts_with_two_objects_in_flight_and_adds_one_per_answer() -> None:
+    """Sixteen objects sharing a 100 Mb/s link from the start each took 1.6 s to land (1.25 MB each): the
+    decoder waited that long for its first slide. Two at first land in 0.2 s; the run widens as they do."""
+    assert may_fly(0, 0, 1, 16)
+    assert may_fly(0, 0, 5, 16)  # a slide of five parts goes whole when nothing flies
+    assert may_fly(1, 0, 1, 16)
+    assert not may_fly(2, 0, 1, 16)
+    assert may_fly(2, 1, 1, 16)
+    assert may_fly(15, 14, 1, 16)
+    assert not may_fly(16, 100, 1, 16)  # never more than the workers
+    assert not may_fly(3, 2, 2, 16)

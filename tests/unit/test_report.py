@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -164,9 +165,9 @@ SVG = "{http://www.w3.org/2000/svg}"
 
 
 def tick_labels(svg: str, axis: str) -> list[str]:
-    """The text of each major tick label of ``axis`` ("x" or "y") in a matplotlib SVG."""
+    """The text of each tick label of ``axis`` ("x" or "y") in a plot's SVG."""
     root = ElementTree.fromstring(svg)
-    ticks = [g for g in root.iter(f"{SVG}g") if re.fullmatch(rf"{axis}tick_\d+", g.get("id", ""))]
+    ticks = [g for g in root.iter(f"{SVG}g") if g.get("class") == f"{axis}tick"]
     return [(text.text or "").strip() for tick in ticks for text in tick.iter(f"{SVG}text")]
 
 
@@ -199,6 +200,28 @@ def test_value_axes_read_without_exponents() -> None:
     assert not [label for label in spacing + tick_labels(scatter, "y") if "e+" in label or "e-" in label]
     assert plots.byte_label(4.567e6) == "4.57 MB"
     assert plots.byte_label(512) == "512 B"
+
+
+def test_plots_draw_their_data_to_scale() -> None:
+    """Bars as tall or as long as their counts, one dot per slide with bytes on both axes."""
+    heights = [
+        float(r.get("height", 0))
+        for r in ElementTree.fromstring(plots.histogram("h", "x", [1.0, 2.0, 2.0], bins=2)).iter(f"{SVG}rect")
+    ]
+    assert len(heights) == 2
+    assert heights[1] == pytest.approx(2 * heights[0], abs=0.2)
+    widths = [
+        float(r.get("width", 0))
+        for r in ElementTree.fromstring(plots.bars("b", ["a", "b", "c"], [5, 10, 20])).iter(f"{SVG}rect")
+    ]
+    assert widths[0] == pytest.approx(2 * widths[1], abs=0.2)
+    assert widths[0] == pytest.approx(4 * widths[2], abs=0.4)
+    dots = list(
+        ElementTree.fromstring(plots.scatter_log("t", "x", "y", [1e6, 2e7, 0.0], [3e4, 5e5, 1e5])).iter(f"{SVG}circle")
+    )
+    assert len(dots) == 2  # the slide with no series size is left out
+    assert float(dots[0].get("cx", 0)) < float(dots[1].get("cx", 0))
+    assert float(dots[0].get("cy", 0)) > float(dots[1].get("cy", 0))  # more bytes fetched: higher
 
 
 def test_many_collections_are_summed_beyond_the_cap() -> None:
@@ -303,3 +326,22 @@ def test_thumbnails_are_made_of_an_output_of_any_size(tmp_path: Path) -> None:
     stripes.bandjoin([stripes, stripes]).copy(interpretation="srgb").pngsave(str(big), compression=1)
     small = thumbnail(big)
     assert small.size == (160, 144)
+
+
+def test_thumbnails_put_only_transparent_pixels_on_white(tmp_path: Path) -> None:
+    """An RGB output is shrunk as it is; an RGBA one's transparent pixels turn white, its opaque ones as RGB's."""
+    from PIL import Image
+
+    from slidestock.image.thumbnails import thumbnail
+    from slidestock_testkit.tissue import texture_array
+
+    pixels = texture_array((640, 480), seed=3)
+    Image.fromarray(pixels).save(tmp_path / "rgb.png")
+    alpha = np.full((480, 640), 255, dtype=np.uint8)
+    alpha[:, 320:] = 0
+    Image.fromarray(np.dstack([pixels, alpha])).save(tmp_path / "rgba.png")
+    rgb, rgba = np.asarray(thumbnail(tmp_path / "rgb.png")), np.asarray(thumbnail(tmp_path / "rgba.png"))
+    assert rgb.shape == rgba.shape == (120, 160, 3)
+    assert rgb.std() > 10  # tissue, not a blank
+    assert (rgba[:, 82:] == 255).all()  # the transparent half, white
+    assert np.array_equal(rgba[:, :78], rgb[:, :78])  # the opaque half, as the RGB image's

@@ -29,7 +29,8 @@ def thumbnail(path: Path, size_px: int = THUMBNAIL_PX) -> Image.Image:
             large = opened.width * opened.height > LARGE_PX
             if not large:
                 opened.draft("RGB", (size_px, size_px))  # a JPEG decodes at a reduced scale
-                image = opened.convert("RGBA")
+                # Only an image with alpha is put on white: converting an RGB one to RGBA cost a third of the time.
+                image = opened.convert("RGBA" if _has_alpha(opened) else "RGB")
     except Image.DecompressionBombError:
         large = True
     if large:
@@ -38,9 +39,15 @@ def thumbnail(path: Path, size_px: int = THUMBNAIL_PX) -> Image.Image:
         shrunk = pyvips.Image.thumbnail(str(path), size_px, height=size_px, size="down")
         image = Image.fromarray(shrunk.numpy()).convert("RGBA")
     image.thumbnail((size_px, size_px))
+    if image.mode == "RGB":
+        return image
     flat = Image.new("RGB", image.size, "white")
     flat.paste(image, mask=image.getchannel("A"))
     return flat
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
 
 
 def thumbnails(paths: Sequence[Path], threads: int = 1) -> dict[Path, Image.Image]:

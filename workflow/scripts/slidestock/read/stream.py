@@ -47,6 +47,8 @@ Outcome = FetchResult | FetchError
 _MISSING = ("NoSuchKey", "NoSuchBucket", "status code: 404")
 # How often the event loop looks at the clock while it waits (a stall is judged to this precision).
 _TICK_S = 0.25
+# Objects in flight at a run's start; one more for each that arrives, up to the workers (a slow start).
+_FIRST_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
@@ -71,11 +73,12 @@ class _Event:
 
 @dataclass
 class _Flight:
-    """The objects fed to the running s5cmd and not answered yet, and when that last changed."""
+    """The objects fed to the running s5cmd and not answered yet, when that last changed, and how many were."""
 
     dests: set[Path] = field(default_factory=set)
     changed: float = field(default_factory=time.monotonic)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    answered: int = 0
+    lock: threading.Condition = field(default_factory=threading.Condition)
 
     def add(self, dests: Sequence[Path]) -> None:
         with self.lock:
@@ -85,7 +88,9 @@ class _Flight:
     def discard(self, dest: Path) -> None:
         with self.lock:
             self.dests.discard(dest)
+            self.answered += 1
             self.changed = time.monotonic()
+            self.lock.notify_all()
 
     def empty(self) -> bool:
         with self.lock:
@@ -94,6 +99,22 @@ class _Flight:
     def stalled(self, timeout_s: float) -> bool:
         with self.lock:
             return bool(self.dests) and time.monotonic() - self.changed > timeout_s
+
+    def wait_for_room(self, count: int, most: int, stop: threading.Event) -> None:
+        """Until ``count`` more objects may fly (:func:`may_fly`), or ``stop``."""
+        with self.lock:
+            while not may_fly(len(self.dests), self.answered, count, most) and not stop.is_set():
+                self.lock.wait(_TICK_S)
+
+
+def may_fly(in_flight: int, answered: int, count: int, most: int) -> bool:
+    """Whether ``count`` more objects may join the ``in_flight`` ones: two at a run's start, one more for each of
+    the run's objects ``answered``, at most ``most`` (the workers); a slide's objects always, when none fly.
+
+    A run's first objects share the link with few others, so the first slide lands, and
+    decodes, in a fraction of the time that the workers' full share of the link would take.
+    """
+    return not in_flight or in_flight + count <= min(most, _FIRST_IN_FLIGHT + answered)
 
 
 class Downloads:
@@ -119,7 +140,7 @@ class Downloads:
         retry_count: int = 10,
     ) -> None:
         self.groups, self.endpoint, self.attempts = list(groups), endpoint, attempts
-        self.backoff_s, self.timeout_s = backoff_s, timeout_s
+        self.backoff_s, self.timeout_s, self.workers = backoff_s, timeout_s, workers
         self.argv = [*s5cmd_base(endpoint), "--json", "--numworkers", str(workers), "--retry-count", str(retry_count)]
         self._places = threading.Semaphore(max(1, window))
         self._placed: set[str] = set()
@@ -263,6 +284,7 @@ class Downloads:
                         self._placed.add(group.key)
                     elif stop.is_set() or (flight.empty() and self._idle_consumer()):
                         return
+                flight.wait_for_room(len(items), self.workers, stop)
                 for item in items:
                     item.dest.unlink(missing_ok=True)
                 flight.add([item.dest for item in items])
