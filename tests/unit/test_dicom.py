@@ -291,3 +291,17 @@ def test_a_ragged_level_decoded_in_the_dct_keeps_its_last_partial_block(
     # The last column comes from the level's last two pixels: the same as decoding everything whole.
     last = np.abs(reduced.image.numpy()[:, -1].astype(int) - full.numpy()[:, -1].astype(int))
     assert last.mean() < 1.0
+
+
+def test_a_level_reduced_on_one_thread_or_several_is_the_same(
+    demo_build: dict[str, Path], instance_table: pd.DataFrame, tmp_path: Path
+) -> None:
+    """One thread decodes in the caller (no pool per slide: it cost a small slide a fifth of its time); more
+    decode the next row ahead. The same pixels either way, ragged edge and DCT reduction included."""
+    path = level_file(demo_build, instance_table, slides.JPEG_BASELINE, 2050, tmp_path / "one")
+    header = read_header(path)
+    size = (round(header.size_px[0] / 13), round(header.size_px[1] / 13))
+    one, several = reduce_level(header, size, threads=1), reduce_level(header, size, threads=3)
+    assert one.decode_shrink == several.decode_shrink == 4
+    assert one.image.numpy().std() > 10  # tissue, not a blank
+    assert np.array_equal(one.image.numpy(), several.image.numpy())
