@@ -89,13 +89,22 @@ def main() -> int:
             return 130
     here = workdir.relative_to(REPO) if workdir.is_relative_to(REPO) else workdir
     if code != 0:
-        said = f"demo: snakemake failed with exit code {code}; see {here}/logs/; `{retry}` again retries what may pass"
+        if (workdir / "logs").is_dir():
+            said = (
+                f"demo: snakemake failed with exit code {code}; see {here}/logs/; `{retry}` again retries what may pass"
+            )
+        else:  # no job ran: the config, or the workflow's own checks, stopped it
+            said = f"demo: snakemake stopped with exit code {code} before any job ran; "
+            said += "mend what it says above, then run again"
         print(said, file=sys.stderr)
         return code
     print(f"demo: {time.monotonic() - start:.0f} s in all (fixtures, servers and the workflow)")
     for line in summary_lines(workdir / "results", began, retry):
         print(line)
-    print(f"demo: images and provenance in {here}/results/slides/, report in {here}/results/report/index.html")
+    report = workdir / "results" / "report" / "index.html"
+    made = report.is_file() and report.stat().st_mtime >= began
+    print(f"demo: images and provenance in {here}/results/slides/, report "
+          + (f"in {here}/results/report/index.html" if made else "not made by this run"))  # fmt: skip
     if args.patches:
         print(patch_summary(workdir / "results" / "patches", here))
     return 0

@@ -297,6 +297,20 @@ def test_ctrl_c_on_the_demo_leaves_no_lock_and_the_same_command_goes_on(
     assert [p for p in (tmp_path / "demo").rglob("*") if p.name.endswith((".partial", ".dcm", ".s5cmd"))] == []
 
 
+def test_a_config_mistake_on_the_demo_says_to_mend_it_not_to_retry(tmp_path: Path, demo_build: dict[str, Path]) -> None:
+    """Observed (a newcomer's trial): `target.mpp: -5` was named, then the demo said `see demo-bad/logs/` (there
+    were none) and that running again retries what may pass (it would fail the same way)."""
+    (tmp_path / "bad.yaml").write_text("target:\n  mpp: -5\n")
+    demo = [sys.executable, str(REPO / "resources/demo/run_demo.py"), "--workdir", str(tmp_path / "demo"),
+            "--configfile", str(tmp_path / "bad.yaml")]  # fmt: skip
+    run = subprocess.run(demo, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode != 0
+    said = run.stderr.strip().splitlines()
+    assert any("config key target.mpp: got -5" in line for line in said), said[-5:]
+    assert said[-1].endswith("before any job ran; mend what it says above, then run again"), said[-3:]
+    assert not (tmp_path / "demo" / "logs").exists()
+
+
 def test_disk_preflight_stops_the_batch_before_any_download(
     s3: S3Server, tmp_path: Path, demo_build: dict[str, Path], instance_table: pd.DataFrame, reference: Run
 ) -> None:

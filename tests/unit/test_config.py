@@ -117,7 +117,12 @@ def test_defaults_are_filled_in() -> None:
         ("patches.size_px", 8, "config key patches.size_px: got 8; expected an integer from 16 to 4096"),
         ("patches.format", "zarr", "config key patches.format: got 'zarr'; expected png (one file per patch)"),
         ("patches.mpp", 0, "config key patches.mpp: got 0; expected a number > 0"),
-        ("patches.sizepx", 256, "config key patches.sizepx: not a known key; expected one of: enabled, format"),
+        (
+            "patches.sizepx",
+            256,
+            "config key patches.sizepx: not a known key (did you mean patches.size_px?); "
+            "expected one of: enabled, format",
+        ),
         (
             "report.contact_sheet_max",
             -1,

@@ -308,6 +308,10 @@ def test_end_lines_say_this_run_and_the_stock_apart(tmp_path: Path) -> None:
     started = 2_000_000.0
     for name, when in (("a", started - 100), ("b", started + 5), ("c", started + 6), ("d", started - 50)):
         os.utime(tmp_path / "slides" / f"{name}.json", (when, when))
+    report = tmp_path / "report" / "index.html"
+    report.parent.mkdir()
+    report.write_text("<html></html>")
+    os.utime(report, (started + 10, started + 10))  # made by this run
     lines, failed = run_lines(stock_at(tmp_path), started, "snakemake --cores 2")
     assert failed == 2
     assert lines == [
@@ -320,6 +324,19 @@ def test_end_lines_say_this_run_and_the_stock_apart(tmp_path: Path) -> None:
     ]
     lines, _ = run_lines(stock_at(tmp_path), started + 100, "snakemake")
     assert lines[2] == "slidestock: this run: 0 slides made, 0 failed, 4 kept from before; fetched 0 bytes for them"
+    # Observed: a run stopped at the plan pointed to the report of the stock before it, as if made now.
+    assert lines[3].endswith("; results/report/index.html is of an earlier run (this one did not make the report)")
+
+
+def test_a_stock_with_nothing_made_says_so_not_zero_of_zero_bytes(tmp_path: Path) -> None:
+    """Observed: `0 of 0 series bytes fetched for it` after a run that stopped at the plan, the series 94 MB."""
+    write_plan(tmp_path, ["a", "b"])
+    lines, failed = run_lines(stock_at(tmp_path), 2_000_000.0, "snakemake")
+    assert failed == 0
+    assert lines[-1] == (
+        "slidestock: the stock: 0 of 2 slides done, 0 failed, 2 not made; nothing of it made yet; "
+        "no report yet (this run did not make one)"
+    )
 
 
 def test_verify_names_a_mismatch_a_record_of_other_settings_and_strays(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ Messages name the key, the value found and what was expected, e.g.
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 import importlib.metadata
 from collections.abc import Mapping
@@ -50,8 +51,11 @@ def describe_error(error: jsonschema.ValidationError) -> str:
         allowed = sorted(schema.get("properties", {}))
         extra = sorted(set(error.instance if isinstance(error.instance, dict) else ()) - set(allowed))
         where = f"{key}." if error.absolute_path else ""
+        near = difflib.get_close_matches(extra[0], allowed, n=1) if len(extra) == 1 else []
         return (
-            f"config key {where}{extra[0]}: not a known key; expected one of: {', '.join(allowed)}"
+            f"config key {where}{extra[0]}: not a known key"
+            + (f" (did you mean {where}{near[0]}?)" if near else "")
+            + f"; expected one of: {', '.join(allowed)}"
             if len(extra) == 1
             else f"config keys {', '.join(where + e for e in extra)}: not known; expected one of: {', '.join(allowed)}"
         )

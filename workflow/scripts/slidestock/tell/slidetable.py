@@ -172,7 +172,7 @@ def plot_svgs(frame: pd.DataFrame) -> dict[str, str]:
             [float(v) for v in done["bytes_fetched"]],
         ),
         "spacing": plots.histogram(
-            "Output spacing", "µm per pixel", [float(v) for v in done["output_spacing_um"].dropna()]
+            "Output spacing", "µm per pixel, across", [float(v) for v in done["output_spacing_um"].dropna()]
         ),
         "size": plots.histogram(
             "Output size",

@@ -202,7 +202,9 @@ def run_lines(stock: Stock, since: float, command: str) -> tuple[list[str], int]
         f"{counts[DONE] + counts[FAILED] - len(made):,} kept from before; "
         f"fetched {sum(s.bytes_fetched for s in made):,} bytes for them"
     )
-    lines.append(_stock_line(states, counts, command))
+    report = stock.slides.parent / "report" / "index.html"
+    report_made = None if not report.is_file() else _mtime(report) >= since
+    lines.append(_stock_line(states, counts, command, report_made))
     failed = counts[FAILED]
     patches = stock.patch_states(states)
     if stock.settings.patches is not None:
@@ -211,16 +213,24 @@ def run_lines(stock: Stock, since: float, command: str) -> tuple[list[str], int]
     return lines, failed
 
 
-def _stock_line(states: Sequence[SlideState], counts: dict[str, int], command: str) -> str:
+def _stock_line(states: Sequence[SlideState], counts: dict[str, int], command: str, report_made: bool | None) -> str:
+    """The stock's counts and bytes, and where its report is: made by this run (True), by an earlier one (False),
+    or not at all (None)."""
     current = [s for s in states if s.state in (DONE, FAILED)]
     fetched = sum(s.bytes_fetched for s in current)
     whole = sum(s.series_bytes for s in current)
     share = f" ({100 * fetched / whole:.2f} %)" if whole else ""
+    said = f"{fetched:,} of {whole:,} series bytes fetched for it{share}" if current else "nothing of it made yet"
     line = (
         f"slidestock: the stock: {counts[DONE]:,} of {len(states):,} slides done, {counts[FAILED]:,} failed"
-        f"{_left(counts)}; {fetched:,} of {whole:,} series bytes fetched for it{share}"
+        f"{_left(counts)}; {said}"
     )
-    return line + _retry_hint(current, command) + f"; report: {REPORT}"
+    report = {
+        True: f"; report: {REPORT}",
+        False: f"; {REPORT} is of an earlier run (this one did not make the report)",
+        None: "; no report yet (this run did not make one)",
+    }[report_made]
+    return line + _retry_hint(current, command) + report
 
 
 def _left(counts: dict[str, int]) -> str:
