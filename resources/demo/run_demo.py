@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 sys.path.insert(0, str(REPO / "testkit"))
 
 from slidestock.state import Stock  # noqa: E402
-from slidestock.tell.status import run_lines  # noqa: E402
+from slidestock.tell.status import report_is_current, run_lines  # noqa: E402
 from slidestock_testkit import faultproxy, fixtures, gdcserver, s3server, svsfiles  # noqa: E402
 
 BUILD = REPO / "resources" / "demo" / "build"
@@ -101,10 +101,10 @@ def main() -> int:
     print(f"demo: {time.monotonic() - start:.0f} s in all (fixtures, servers and the workflow)")
     for line in summary_lines(workdir / "results", began, retry):
         print(line)
-    report = workdir / "results" / "report" / "index.html"
-    made = report.is_file() and report.stat().st_mtime >= began
+    stock = Stock.at(workdir / "results")
+    current = report_is_current(stock, stock.slide_states())
     print(f"demo: images and provenance in {here}/results/slides/, report "
-          + (f"in {here}/results/report/index.html" if made else "not made by this run"))  # fmt: skip
+          + (f"in {here}/results/report/index.html" if current else "not made for this stock yet"))  # fmt: skip
     if args.patches:
         print(patch_summary(workdir / "results" / "patches", here))
     return 0

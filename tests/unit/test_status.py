@@ -308,11 +308,14 @@ def test_end_lines_say_this_run_and_the_stock_apart(tmp_path: Path) -> None:
     started = 2_000_000.0
     for name, when in (("a", started - 100), ("b", started + 5), ("c", started + 6), ("d", started - 50)):
         os.utime(tmp_path / "slides" / f"{name}.json", (when, when))
+    stock = stock_at(tmp_path)
+    for planned in ("instances.tsv", "settings.json"):
+        os.utime(tmp_path / "cohort" / planned, (started - 200, started - 200))
     report = tmp_path / "report" / "index.html"
     report.parent.mkdir()
     report.write_text("<html></html>")
-    os.utime(report, (started + 10, started + 10))  # made by this run
-    lines, failed = run_lines(stock_at(tmp_path), started, "snakemake --cores 2")
+    os.utime(report, (started + 10, started + 10))  # made by this run, after every record
+    lines, failed = run_lines(stock, started, "snakemake --cores 2")
     assert failed == 2
     assert lines == [
         "       1 x c: HTTP 503 after 3 attempts  (may pass on a re-run)",
@@ -322,10 +325,15 @@ def test_end_lines_say_this_run_and_the_stock_apart(tmp_path: Path) -> None:
         "1 may pass: `snakemake --cores 2` again retries them; 1 permanent: fetch.redo_failed: true retries those; "
         "report: results/report/index.html",
     ]
-    lines, _ = run_lines(stock_at(tmp_path), started + 100, "snakemake")
+    lines, _ = run_lines(stock, started + 100, "snakemake")
     assert lines[2] == "slidestock: this run: 0 slides made, 0 failed, 4 kept from before; fetched 0 bytes for them"
-    # Observed: a run stopped at the plan pointed to the report of the stock before it, as if made now.
-    assert lines[3].endswith("; results/report/index.html is of an earlier run (this one did not make the report)")
+    assert lines[3].endswith("; report: results/report/index.html")  # a re-run that made nothing: still current
+    # Observed: a run stopped after planning a new config pointed to the report of the stock before, as if current.
+    os.utime(tmp_path / "cohort" / "settings.json", (started + 200, started + 200))
+    lines, _ = run_lines(stock, started + 150, "snakemake")
+    assert lines[3].endswith(
+        "; results/report/index.html is of the stock before this run (which stopped before its report)"
+    )
 
 
 def test_a_stock_with_nothing_made_says_so_not_zero_of_zero_bytes(tmp_path: Path) -> None:
@@ -335,7 +343,7 @@ def test_a_stock_with_nothing_made_says_so_not_zero_of_zero_bytes(tmp_path: Path
     assert failed == 0
     assert lines[-1] == (
         "slidestock: the stock: 0 of 2 slides done, 0 failed, 2 not made; nothing of it made yet; "
-        "no report yet (this run did not make one)"
+        "no report yet (this run stopped before its report)"
     )
 
 

@@ -202,9 +202,7 @@ def run_lines(stock: Stock, since: float, command: str) -> tuple[list[str], int]
         f"{counts[DONE] + counts[FAILED] - len(made):,} kept from before; "
         f"fetched {sum(s.bytes_fetched for s in made):,} bytes for them"
     )
-    report = stock.slides.parent / "report" / "index.html"
-    report_made = None if not report.is_file() else _mtime(report) >= since
-    lines.append(_stock_line(states, counts, command, report_made))
+    lines.append(_stock_line(states, counts, command, report_is_current(stock, states)))
     failed = counts[FAILED]
     patches = stock.patch_states(states)
     if stock.settings.patches is not None:
@@ -213,9 +211,22 @@ def run_lines(stock: Stock, since: float, command: str) -> tuple[list[str], int]
     return lines, failed
 
 
+def report_is_current(stock: Stock, states: Sequence[SlideState]) -> bool | None:
+    """Whether ``results/report/index.html`` is of the stock as it is: made after its plan, its settings and every
+    slide's record (True), before one of them (False: a run stopped before its report, or a new config planned
+    only), or not made at all (None). A re-run that made nothing leaves a current report current."""
+    report = stock.results / REPORT.removeprefix("results/")
+    if not report.is_file():
+        return None
+    cohort = stock.results / "cohort"
+    made = [cohort / "instances.tsv", cohort / "settings.json"]
+    made += [stock.slides / f"{s.slide_id}.json" for s in states if s.state in (DONE, FAILED)]
+    return _mtime(report) >= max(_mtime(path) for path in made)
+
+
 def _stock_line(states: Sequence[SlideState], counts: dict[str, int], command: str, report_made: bool | None) -> str:
-    """The stock's counts and bytes, and where its report is: made by this run (True), by an earlier one (False),
-    or not at all (None)."""
+    """The stock's counts and bytes, and where its report is: current (True), of an earlier stock (False), or not
+    made (None)."""
     current = [s for s in states if s.state in (DONE, FAILED)]
     fetched = sum(s.bytes_fetched for s in current)
     whole = sum(s.series_bytes for s in current)
@@ -227,8 +238,8 @@ def _stock_line(states: Sequence[SlideState], counts: dict[str, int], command: s
     )
     report = {
         True: f"; report: {REPORT}",
-        False: f"; {REPORT} is of an earlier run (this one did not make the report)",
-        None: "; no report yet (this run did not make one)",
+        False: f"; {REPORT} is of the stock before this run (which stopped before its report)",
+        None: "; no report yet (this run stopped before its report)",
     }[report_made]
     return line + _retry_hint(current, command) + report
 
