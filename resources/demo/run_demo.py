@@ -133,11 +133,13 @@ def summary_lines(results: Path, began: float, retry: str) -> list[str]:
     """What this run made and what the stock holds, as the workflow's own last lines say it (also for a run that
     had nothing to do, after which Snakemake says nothing)."""
     lines, _ = run_lines(Stock.at(results), began, retry)
-    return [
-        line.replace("slidestock: ", "demo: ", 1).split("; report: ")[0]
-        for line in lines
-        if line.startswith("slidestock: ")
-    ]
+    said = []
+    for line in lines:
+        if line.startswith("slidestock: the stock: "):
+            line = line.rsplit("; ", 1)[0]  # where its report is: the demo's own last line says it
+        if line.startswith("slidestock: "):
+            said.append(line.replace("slidestock: ", "demo: ", 1))
+    return said
 
 
 def patch_summary(folder: Path, here: Path) -> str:

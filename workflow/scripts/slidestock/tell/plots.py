@@ -197,9 +197,9 @@ def _log_ticks(
     mantissas = (1,) if sum(low <= 10**d <= high for d in decades) >= 2 else (1, 2, 5)
     values = [m * 10**d for d in decades for m in mantissas if low <= m * 10**d <= high]
     ticks: tuple[tuple[float, str], ...] = ()
+    per_decade = length_px / (math.log10(high) - math.log10(low))
     for stride in range(1, len(values) + 1):
         ticks = tuple((v, byte_label(v)) for v in values[::stride])
-        per_decade = length_px / (math.log10(high) - math.log10(low))
         gap = min((math.log10(b[0]) - math.log10(a[0]) for a, b in itertools.pairwise(ticks)), default=1)
         if _fit(ticks, per_decade * gap, width):
             return ticks
